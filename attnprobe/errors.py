@@ -1,0 +1,55 @@
+"""One exception root for everything attnprobe raises on purpose.
+
+Messages follow one shape so a user can act on them: what was expected, what came,
+and how to fix it. The CLI turns any ``AttnprobeError`` into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class AttnprobeError(Exception):
+    """Root of every error attnprobe raises for bad input or a broken contract.
+
+    Parameters
+    ----------
+    what
+        One sentence naming the problem.
+    expected, got, fix
+        Optional parts appended as ``expected ...; got ...; fix: ...``.
+    """
+
+    def __init__(self, what: str, *, expected: str | None = None, got: str | None = None,
+                 fix: str | None = None) -> None:
+        parts = [what.rstrip(".")]
+        if expected is not None:
+            parts.append(f"expected {expected}")
+        if got is not None:
+            parts.append(f"got {got}")
+        if fix is not None:
+            parts.append(f"fix: {fix}")
+        super().__init__("; ".join(parts))
+        self.what, self.expected, self.got, self.fix = what, expected, got, fix
+
+
+class ConfigError(AttnprobeError):
+    """Unknown architecture, bad option value, bad workspace file."""
+
+
+class CheckpointError(AttnprobeError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+class ShapeError(AttnprobeError):
+    """A tensor or volume with the wrong shape, rank or size."""
+
+
+class DataError(AttnprobeError):
+    """Input data that cannot be read or used (empty datalist, NaNs, bad NIfTI)."""
+
+
+class StoreError(AttnprobeError):
+    """A capture store that is missing, corrupt or from another schema version."""
+
+
+class TapError(AttnprobeError):
+    """A tap pattern that matches nothing, or a tap that did not fire as expected."""
