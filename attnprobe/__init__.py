@@ -13,7 +13,7 @@ from __future__ import annotations
 from attnprobe.errors import AttnprobeError
 
 __version__ = "0.1.0"
-SCHEMA_VERSION = 1
+from attnprobe.store.schema import SCHEMA_VERSION  # noqa: E402
 
 __all__ = ["AttnprobeError", "open_store", "__version__", "SCHEMA_VERSION"]
 

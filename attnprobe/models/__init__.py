@@ -1,1 +1,19 @@
+"""Backbones, their adapters (one per architecture) and checkpoint loading."""
 
+from attnprobe.models import swin_unetr as _swin_unetr  # noqa: F401  (registers the adapter)
+from attnprobe.models.adapter import ATTN_DIMS, KIND_DIMS, OUT_DIMS, Adapter, BlockGeometry, BlockRef, TapSpec
+from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_checkpoint
+from attnprobe.models.registry import (
+    adapter_for,
+    available_architectures,
+    build_model,
+    get_adapter,
+    register_adapter,
+    resolve_config,
+)
+
+__all__ = [
+    "ATTN_DIMS", "KIND_DIMS", "OUT_DIMS", "Adapter", "BlockGeometry", "BlockRef", "TapSpec",
+    "LoadReport", "load_checkpoint", "read_checkpoint", "adapter_for", "available_architectures",
+    "build_model", "get_adapter", "register_adapter", "resolve_config",
+]

@@ -1,0 +1,108 @@
+"""Token kinds in window order, pushed through the model's own geometry.
+
+A real-voxel mask goes through the same steps as the features (SPEC §2):
+
+1. patch embedding: a stage-0 token is real iff any voxel of its patch is real;
+2. patch merging: a merged token is real iff any of its 8 children is real;
+3. inside each block: pad at the end of each axis to a window multiple (those tokens are
+   window padding), roll by ``-shift`` on shifted blocks, partition into windows,
+
+using the adapter's pad and the model's own ``window_partition`` / window-shrinking
+function, so the kinds can never drift from what the attention really sees.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnprobe.errors import ShapeError
+from attnprobe.models.adapter import Adapter, BlockGeometry, Triple
+from attnprobe.models.registry import adapter_for
+from attnprobe.tokens import INPUT_PAD, REAL, WINDOW_PAD
+
+
+def check_mask(real_mask: torch.Tensor) -> torch.Tensor:
+    """Accept ``(B, 1, X, Y, Z)`` or ``(B, X, Y, Z)`` masks; return ``(B, 1, X, Y, Z)`` bool."""
+    if real_mask.ndim == 4:
+        real_mask = real_mask[:, None]
+    if real_mask.ndim != 5 or real_mask.shape[1] != 1:
+        raise ShapeError(
+            "real-voxel mask has the wrong shape",
+            expected="(sample, 1, x, y, z) or (sample, x, y, z)",
+            got=str(tuple(real_mask.shape)),
+            fix="pass the mask that preprocessing returned next to the image",
+        )
+    return real_mask.bool()
+
+
+def stage_token_kinds(adapter: Adapter, real_mask: torch.Tensor, n_stages: int) -> list[torch.Tensor]:
+    """Kind of every token of every stage, ``(B, X_s, Y_s, Z_s)`` uint8 (REAL or INPUT_PAD)."""
+    real = check_mask(real_mask).float()
+    p = adapter.patch_size
+    real = F.max_pool3d(real, kernel_size=p, stride=p, ceil_mode=True)
+    kinds = []
+    for stage in range(n_stages):
+        if stage:
+            real = F.max_pool3d(real, kernel_size=2, stride=2, ceil_mode=True)
+        kinds.append(torch.where(real[:, 0] > 0, REAL, INPUT_PAD).to(torch.uint8))
+    return kinds
+
+
+def block_token_kinds(adapter: Adapter, geom: BlockGeometry, stage_kinds: torch.Tensor) -> torch.Tensor:
+    """Token kinds of one block in window order, ``(B, window, token)`` uint8."""
+    if tuple(stage_kinds.shape[1:]) != tuple(geom.grid):
+        raise ShapeError(
+            f"token grid of {geom.name} does not match the stage mask",
+            expected=str(tuple(geom.grid)), got=str(tuple(stage_kinds.shape[1:])),
+        )
+    b = stage_kinds.shape[0]
+    x = stage_kinds[..., None].to(torch.float32)
+    x = adapter.pad_to_window(x, geom.window, value=float(WINDOW_PAD))
+    if geom.shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
+    windows = adapter.window_partition(x, geom.window)
+    return windows.reshape(b, geom.n_windows, geom.n_tokens).to(torch.uint8)
+
+
+def token_kinds(
+    model: nn.Module, real_mask: torch.Tensor, *, adapter: Adapter | None = None,
+) -> tuple[dict[str, BlockGeometry], dict[str, torch.Tensor]]:
+    """Geometry and token kinds of every block for one batch of masks.
+
+    Parameters
+    ----------
+    model
+        A model of a registered architecture.
+    real_mask
+        ``(sample, 1, x, y, z)`` bool, True on voxels from the original volume.
+
+    Returns
+    -------
+    (geometry, kinds)
+        Both keyed by block name (``stage{s}.block{b}``); kinds are ``(sample, window, token)``.
+    """
+    adapter = adapter or adapter_for(model)
+    mask = check_mask(real_mask)
+    geoms = adapter.geometry(model, tuple(mask.shape[2:]))
+    n_stages = max(g.stage for g in geoms) + 1
+    per_stage = stage_token_kinds(adapter, mask, n_stages)
+    geometry = {g.name: g for g in geoms}
+    kinds = {g.name: block_token_kinds(adapter, g, per_stage[g.stage]) for g in geoms}
+    return geometry, kinds
+
+
+def check_input_shape(adapter: Adapter, spatial_shape: Triple) -> None:
+    """Raise a clear error when an input size is not a multiple of the adapter's requirement."""
+    m = adapter.input_multiple
+    bad = [(axis, s) for axis, s in zip("xyz", spatial_shape) if s % m]
+    if bad:
+        near = {axis: (s // m * m or m, -(-s // m) * m) for axis, s in bad}
+        raise ShapeError(
+            f"input size {tuple(spatial_shape)} is not divisible by {m} on axis "
+            f"{', '.join(a for a, _ in bad)}",
+            expected=f"every spatial size a multiple of {m} for {adapter.name}",
+            got=str(tuple(spatial_shape)),
+            fix="use an ROI such as " + ", ".join(f"{a}: {lo} or {hi}" for a, (lo, hi) in near.items()),
+        )

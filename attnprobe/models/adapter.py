@@ -1,0 +1,198 @@
+"""The adapter interface: what attnprobe needs to know about one architecture.
+
+An adapter is a small stateless object registered under an architecture name
+(``swin_unetr``, ``smit``). It builds models, names their taps canonically, and exposes
+the model's *own* window functions so token geometry can never drift from the model.
+Adding an architecture means writing one adapter module and registering it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TapKind = Literal["attn", "out"]
+
+ATTN_DIMS: tuple[str, ...] = ("sample", "window", "head", "query", "key")
+OUT_DIMS: tuple[str, ...] = ("sample", "x", "y", "z", "channel")
+KIND_DIMS: tuple[str, ...] = ("sample", "window", "token")
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """One transformer block of a model, by canonical position and module paths."""
+
+    stage: int
+    block: int
+    block_path: str
+    softmax_path: str
+    attn_path: str
+
+    @property
+    def name(self) -> str:
+        return f"stage{self.stage}.block{self.block}"
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """A tap: a canonical name bound to one module whose forward output it reads."""
+
+    name: str
+    kind: TapKind
+    block: BlockRef
+    module_path: str
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ATTN_DIMS if self.kind == "attn" else OUT_DIMS
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Token geometry of one block for one input size (x, y, z order).
+
+    ``window`` and ``shift`` are what the block really uses after window shrinking on
+    small grids; ``padded`` is the grid after window padding.
+    """
+
+    stage: int
+    block: int
+    grid: Triple
+    window: Triple
+    shift: Triple
+    heads: int
+    channels: int
+
+    @property
+    def name(self) -> str:
+        return f"stage{self.stage}.block{self.block}"
+
+    @property
+    def padded(self) -> Triple:
+        return tuple(math.ceil(g / w) * w for g, w in zip(self.grid, self.window))  # type: ignore[return-value]
+
+    @property
+    def n_windows(self) -> int:
+        return math.prod(p // w for p, w in zip(self.padded, self.window))
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per window (``N``)."""
+        return math.prod(self.window)
+
+    @property
+    def shifted(self) -> bool:
+        return any(s > 0 for s in self.shift)
+
+
+class Adapter(ABC):
+    """Everything architecture-specific that capture and geometry need.
+
+    Subclasses set ``name``, ``presets`` and ``default_preset`` and implement the
+    abstract methods. Models built by :meth:`build` carry ``attnprobe_arch`` and
+    ``attnprobe_config`` attributes so the rest of the toolkit can find their adapter.
+    """
+
+    name: ClassVar[str]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]
+    default_preset: ClassVar[str]
+    #: every spatial input size must be a multiple of this
+    input_multiple: ClassVar[int] = 32
+    #: spatial reduction of the patch embedding
+    patch_size: ClassVar[int] = 2
+
+    # ---- building -------------------------------------------------------------------
+    @abstractmethod
+    def _construct(self, config: Mapping[str, Any]) -> nn.Module:
+        """Instantiate the model from a complete config."""
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        model = self._construct(config)
+        model.attnprobe_arch = self.name  # type: ignore[attr-defined]
+        model.attnprobe_config = dict(config)  # type: ignore[attr-defined]
+        return model
+
+    def recognizes(self, model: nn.Module) -> bool:
+        """True when a model not built by attnprobe is of this architecture."""
+        return False
+
+    # ---- checkpoints ----------------------------------------------------------------
+    @abstractmethod
+    def normalize_state_dict(self, raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+        """Unwrap a loaded checkpoint object into model keys; return (state_dict, format name)."""
+
+    @abstractmethod
+    def infer_config(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Hyper-parameters that the keys and shapes determine."""
+
+    @abstractmethod
+    def is_backbone_key(self, key: str) -> bool:
+        """True for keys of the pretrained encoder (the ones a load must not miss)."""
+
+    # ---- structure ------------------------------------------------------------------
+    @abstractmethod
+    def blocks(self, model: nn.Module) -> list[BlockRef]:
+        """All attention blocks in forward order."""
+
+    @abstractmethod
+    def block_hparams(self, model: nn.Module, ref: BlockRef) -> tuple[Triple, int, int]:
+        """(nominal window, heads, channels) of one block."""
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Modules holding a ``use_flash_attention`` flag that capture must switch off."""
+        return [model.get_submodule(ref.attn_path) for ref in self.blocks(model)]
+
+    # ---- geometry (the model's own window functions) --------------------------------
+    @abstractmethod
+    def effective_window(self, grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple]:
+        """(window, shift) the block really uses on a token grid, as the model computes it."""
+
+    @abstractmethod
+    def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:
+        """The model's partition: ``(B, X, Y, Z, C) -> (B*nW, N, C)``."""
+
+    def pad_to_window(self, x: torch.Tensor, window: Triple, value: float = 0.0) -> torch.Tensor:
+        """Pad a channel-last grid at the END of each axis up to a window multiple."""
+        _, gx, gy, gz, _ = x.shape
+        px, py, pz = ((w - g % w) % w for g, w in zip((gx, gy, gz), window))
+        if px or py or pz:
+            x = F.pad(x, (0, 0, 0, pz, 0, py, 0, px), value=value)
+        return x
+
+    def stage_grid(self, spatial_shape: Triple, stage: int) -> Triple:
+        """Token grid of a stage for an input of ``spatial_shape`` voxels."""
+        grid = tuple(math.ceil(s / self.patch_size) for s in spatial_shape)
+        for _ in range(stage):
+            grid = tuple(math.ceil(g / 2) for g in grid)
+        return grid  # type: ignore[return-value]
+
+    def geometry(self, model: nn.Module, spatial_shape: Triple) -> list[BlockGeometry]:
+        """Geometry of every block for one input size."""
+        out = []
+        for ref in self.blocks(model):
+            grid = self.stage_grid(spatial_shape, ref.stage)
+            nominal, heads, channels = self.block_hparams(model, ref)
+            window, shift = self.effective_window(grid, nominal, ref.block % 2 == 1)
+            out.append(BlockGeometry(ref.stage, ref.block, grid, window, shift, heads, channels))
+        return out
+
+    def out_to_channel_last(self, value: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+        """Bring a block's forward output to ``(B, X, Y, Z, C)``; default: already so."""
+        return value
+
+    # ---- taps -----------------------------------------------------------------------
+    def taps(self, model: nn.Module) -> list[TapSpec]:
+        taps: list[TapSpec] = []
+        for ref in self.blocks(model):
+            taps.append(TapSpec(f"{ref.name}.attn", "attn", ref, ref.softmax_path))
+            taps.append(TapSpec(f"{ref.name}.out", "out", ref, ref.block_path))
+        return taps

@@ -1,0 +1,119 @@
+"""Capture a model's taps over a set of prepared cases into a Zarr store (resumable)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import monai
+import torch
+from torch import nn
+
+import attnprobe
+from attnprobe.capture.probe import Probe
+from attnprobe.capture.sinks import SampleCollector
+from attnprobe.errors import ShapeError
+from attnprobe.models.registry import adapter_for
+from attnprobe.store.schema import StoreDType
+from attnprobe.store.writer import StoreWriter
+
+
+class CaseLike(Protocol):
+    """A prepared case: channel-first image and real-voxel mask of the model ROI."""
+
+    case_id: str
+    image: torch.Tensor  # (1, x, y, z) float
+    mask: torch.Tensor  # (1, x, y, z) bool
+
+
+def environment_attrs() -> dict[str, Any]:
+    return {"attnprobe_version": attnprobe.__version__, "torch_version": torch.__version__,
+            "monai_version": monai.__version__, "python_version": platform.python_version()}
+
+
+def model_attrs(model: nn.Module) -> dict[str, Any]:
+    report = getattr(model, "attnprobe_checkpoint", None)
+    return {
+        "arch": adapter_for(model).name,
+        "model_config": getattr(model, "attnprobe_config", {}),
+        "checkpoint": getattr(report, "path", None),
+        "checkpoint_sha256": getattr(report, "sha256", None),
+    }
+
+
+def capture_to_store(
+    model: nn.Module,
+    cases: Sequence[CaseLike],
+    out: str | Path,
+    *,
+    taps: Iterable[str] = ("*",),
+    dtype: StoreDType = "float16",
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+    on_sample: Callable[[str, bool], None] | None = None,
+) -> Path:
+    """Run every case through the model and stream the requested taps to a store.
+
+    Parameters
+    ----------
+    model
+        A model of a registered architecture, in eval mode.
+    cases
+        Prepared cases of one ROI (``image`` and ``mask`` ``(1, x, y, z)``).
+    out
+        Store path. An existing store of the same capture is resumed: samples marked done
+        are skipped. Another capture there is an error unless ``overwrite``.
+    taps
+        Glob patterns over canonical tap names.
+    attrs
+        Extra root attributes (preprocessing, padding spec ...).
+    on_sample
+        Called after each sample with ``(case id, skipped)`` (progress bars).
+
+    Returns
+    -------
+    Path
+        The store path.
+    """
+    if not cases:
+        raise ShapeError("nothing to capture", expected="at least one case", got="0 cases")
+    shapes = {tuple(c.image.shape[-3:]) for c in cases}
+    if len(shapes) != 1:
+        raise ShapeError(
+            "cases have different sizes, a store needs one ROI",
+            expected="every prepared image of the same (x, y, z)", got=str(sorted(shapes)),
+            fix="prepare with a fixed --roi instead of 'full'",
+        )
+    spatial = shapes.pop()
+    model = model.to(device).eval()
+    with Probe(model, taps, keep=False) as probe:
+        geometry = {g.name: g for g in probe.adapter.geometry(model, spatial)}
+        blocks: dict[str, tuple[Any, set[str]]] = {}
+        for tap in probe.taps:
+            blocks.setdefault(tap.block.name, (geometry[tap.block.name], set()))[1].add(tap.kind)
+        root_attrs = {
+            **environment_attrs(), **model_attrs(model), "roi": list(spatial),
+            "taps": [t.name for t in probe.taps], **(attrs or {}),
+        }
+        writer = StoreWriter(out, cases=[c.case_id for c in cases], blocks=blocks, attrs=root_attrs,
+                             dtype=dtype, overwrite=overwrite)
+        try:
+            done = writer.done
+            probe.sinks.append(SampleCollector(writer, dtype=dtype))
+            with torch.no_grad():
+                for index, case in enumerate(cases):
+                    if done[index]:
+                        if on_sample:
+                            on_sample(case.case_id, True)
+                        continue
+                    image = case.image[None].to(device=device, dtype=torch.float32)
+                    mask = case.mask[None].to(device)
+                    probe.run(image, mask=mask, tag=[index])
+                    if on_sample:
+                        on_sample(case.case_id, False)
+        finally:
+            writer.close()
+    return Path(out)
