@@ -1,0 +1,5 @@
+"""``python -m attnprobe`` (what ``torchrun ... -m attnprobe`` runs)."""
+
+from attnprobe.cli.app import main
+
+main()

@@ -1,0 +1,429 @@
+"""Attention flow between real and padding tokens, and the attention dilution index (SPEC §3).
+
+Inputs are the attention probabilities of one block and the token kinds in the same window
+order (:mod:`attnprobe.tokens`). Everything is vectorised over windows and any leading batch
+dims, runs on the device of the probabilities, and never returns NaN.
+
+Token classes
+-------------
+Every token is ``REAL``, ``INPUT_PAD`` or ``WINDOW_PAD``. For ``padding`` =
+
+- ``"input"``: P = input-padding tokens,
+- ``"window"``: P = window-padding tokens,
+- ``"all"``: P = both padding kinds,
+
+and R = real tokens in every case. With ``"input"`` or ``"window"`` the tokens of the *other*
+padding kind (call them O) belong to neither class: as queries they enter no average, as keys
+they enter no ``A_qr``/``A_qp`` sum but do enter the full entropy ``H`` (SPEC: ``H`` sums all
+keys). Consequences, all exact: ``A_rr + A_rp = 1 - (attention of real queries to O)``; the
+``"input"`` and ``"window"`` values of ``a_rp``, ``h_rp`` and ``adi`` add up to the ``"all"``
+value; ``a_rr``, ``h`` and ``n_real_queries`` do not depend on ``padding``.
+
+Definitions (one sample; windows with no real token are dropped first)
+----------------------------------------------------------------------
+With ``ᾱ`` the head-averaged probabilities (or one head's, for ``heads="per-head"``):
+
+- ``a_qk = mean_{i in q} sum_{j in k, same window} ᾱ_ij`` for q, k in {r, p}, queries of all
+  windows pooled; ``sfr = a_rr``.
+- ``H_i = -sum_j ᾱ_ij log ᾱ_ij`` and ``H^rp_i = -sum_{j in P} ᾱ_ij log ᾱ_ij`` (natural log,
+  0 log 0 = 0); ``h = mean_{i in R} H_i``, ``h_rp = mean_{i in R} H^rp_i``.
+- ``adi = sum_{i in R} H^rp_i / sum_{i in R} H_i`` (ratio of means).
+
+Conventions where the SPEC is silent
+------------------------------------
+- A mean over an empty query set is 0, not NaN: ``a_pr = a_pp = 0`` when a sample has no
+  padding query (in a window with a real token), and ``a_rr = a_rp = h = h_rp = 0`` when it
+  has no real query. ``adi = 0`` when ``sum H`` is 0 (no padding, or one-hot attention).
+  ``n_real_queries`` / ``n_pad_queries`` say which values are placeholders and serve as
+  token weights.
+- Precision: element-wise work in float32 (float64 if the input is float64), sums over
+  queries and windows in float64 (float32 on MPS, which has no float64). Results are float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+
+from attnprobe.errors import ConfigError, DataError, ShapeError
+from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD, PaddingKind
+
+__all__ = [
+    "METRICS",
+    "COUNTS",
+    "HeadMode",
+    "FlowResult",
+    "FlowAccumulator",
+    "attention_flow",
+]
+
+HeadMode = Literal["mean", "per-head"]
+HEAD_MODES: tuple[HeadMode, ...] = ("mean", "per-head")
+
+METRICS: tuple[str, ...] = ("adi", "sfr", "a_rr", "a_rp", "a_pr", "a_pp", "h", "h_rp")
+"""Names of the metric fields of :class:`FlowResult`, in report order."""
+
+COUNTS: tuple[str, ...] = ("n_real_queries", "n_pad_queries")
+"""Names of the count fields of :class:`FlowResult`."""
+
+# Token classes are indexed by their kind code: column c of a one-hot is kind c.
+_N_CLASSES = 3
+_PAD_CLASSES: dict[str, list[int]] = {
+    "input": [INPUT_PAD],
+    "window": [WINDOW_PAD],
+    "all": [INPUT_PAD, WINDOW_PAD],
+}
+
+
+@dataclass(frozen=True, eq=False)
+class FlowResult:
+    """Attention flow of one block, per sample.
+
+    Metric tensors have shape ``(*batch)`` for ``heads="mean"`` and ``(*batch, head)`` for
+    ``heads="per-head"``, dtype float64; count tensors have shape ``(*batch)``, dtype int64.
+    ``*batch`` are the leading dims of the input (e.g. ``sample``).
+
+    Attributes
+    ----------
+    a_rr, a_rp, a_pr, a_pp
+        Flow matrix entries: mean over queries of the first class of the attention mass on
+        keys of the second class (r = real, p = padding).
+    sfr
+        Signal fidelity ratio, equal to ``a_rr``.
+    h, h_rp
+        Mean over real queries of the full attention entropy and of its padding-key part (nats).
+    adi
+        Attention dilution index ``sum_R H^rp / sum_R H``, in [0, 1].
+    n_real_queries
+        Real queries counted (all windows).
+    n_pad_queries
+        Padding queries counted (only windows that hold a real token).
+    padding, heads
+        The options the result was computed with.
+    """
+
+    a_rr: torch.Tensor
+    a_rp: torch.Tensor
+    a_pr: torch.Tensor
+    a_pp: torch.Tensor
+    sfr: torch.Tensor
+    h: torch.Tensor
+    h_rp: torch.Tensor
+    adi: torch.Tensor
+    n_real_queries: torch.Tensor
+    n_pad_queries: torch.Tensor
+    padding: PaddingKind
+    heads: HeadMode
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Metric and count tensors by name (keys of :data:`METRICS` then the counts)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("padding", "heads")}
+
+
+def _check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"unknown {name} option",
+            expected=" | ".join(repr(a) for a in allowed),
+            got=repr(value),
+            fix=f"pass {name}= one of the allowed values",
+        )
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; float32 sums are still far inside the 1e-5 online/offline budget.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """Validate shapes/dtypes/values; return ``kinds`` on ``probs``' device, expanded to
+    ``(*batch, window, N)``."""
+    if not isinstance(probs, torch.Tensor) or not isinstance(kinds, torch.Tensor):
+        raise ShapeError(
+            "probs and kinds must be torch tensors",
+            got=f"{type(probs).__name__}, {type(kinds).__name__}",
+            fix="convert with torch.as_tensor",
+        )
+    if probs.ndim < 4 or probs.shape[-1] != probs.shape[-2]:
+        raise ShapeError(
+            "attention probabilities have the wrong shape",
+            expected="(..., window, head, query, key) with query == key",
+            got=str(tuple(probs.shape)),
+            fix="reshape the hook output (B*nW, head, N, N) to (B, nW, head, N, N)",
+        )
+    if not probs.is_floating_point():
+        raise ShapeError("attention probabilities must be floating point", got=str(probs.dtype))
+    if kinds.dtype == torch.bool or kinds.is_floating_point() or kinds.is_complex():
+        raise ShapeError(
+            "token kinds must be an integer tensor",
+            expected="uint8 codes REAL=0, INPUT_PAD=1, WINDOW_PAD=2",
+            got=str(kinds.dtype),
+        )
+    *lead, n_win, _, n_tok, _ = probs.shape
+    want = (*lead, n_win, n_tok)
+    ok = kinds.ndim >= 2 and tuple(kinds.shape[-2:]) == (n_win, n_tok)
+    if ok:
+        try:
+            torch.broadcast_shapes(tuple(kinds.shape), want)
+        except RuntimeError:
+            ok = False
+        ok = ok and kinds.ndim <= len(want)
+    if not ok:
+        raise ShapeError(
+            "token kinds do not match the attention probabilities",
+            expected=f"{want} (leading dims may be omitted to broadcast)",
+            got=str(tuple(kinds.shape)),
+            fix="push the block's token kinds through the same pad/roll/partition as the features",
+        )
+    kinds = kinds.to(probs.device)
+    # One sync per call; cheap next to the forward, and a bad code would otherwise vanish silently.
+    if bool(((kinds < REAL) | (kinds > WINDOW_PAD)).any()):
+        bad = torch.unique(kinds[(kinds < REAL) | (kinds > WINDOW_PAD)]).tolist()
+        raise DataError(
+            "unknown token kind codes",
+            expected="codes in {0 (real), 1 (input padding), 2 (window padding)}",
+            got=f"codes {bad[:5]}",
+            fix="build kinds with the constants in attnprobe.tokens",
+        )
+    return kinds.expand(want)
+
+
+def _block_sums(
+    probs: torch.Tensor, kinds: torch.Tensor, heads: HeadMode
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sufficient statistics of one chunk of windows.
+
+    Returns
+    -------
+    flow : (*batch, head', 3, 3)
+        Sum over queries of class c (windows with a real token) of the mass on keys of class d.
+    ent : (*batch, head', 3)
+        Sum over real queries of ``-sum_{j in class d} a_ij log a_ij``.
+    count : (*batch, 3)
+        Queries of class c in windows with a real token (int64).
+
+    ``head'`` is 1 for ``heads="mean"``. Class index = kind code.
+    """
+    sum_dtype = _sum_dtype(probs.device)
+    work = torch.float64 if probs.dtype == torch.float64 and sum_dtype == torch.float64 else torch.float32
+    *lead, n_win, n_head, n_tok, _ = probs.shape
+
+    if heads == "mean":
+        # Heads are averaged before anything non-linear (SPEC §3); dtype= avoids a full fp32 copy.
+        attn = probs.mean(dim=-3, keepdim=True, dtype=work)
+        owned = True
+    else:
+        attn = probs.to(work)
+        owned = attn is not probs
+    hh = attn.shape[-3]
+
+    classes = torch.arange(_N_CLASSES, device=probs.device, dtype=kinds.dtype)
+    key_onehot = kinds.unsqueeze(-1) == classes  # (*batch, window, N, 3) bool
+    has_real = key_onehot[..., REAL].any(dim=-1, keepdim=True)  # (*batch, window, 1)
+    # Windows without a real token drop out of every average (SPEC §3).
+    query_onehot = key_onehot & has_real.unsqueeze(-1)
+    count = query_onehot.sum(dim=(-3, -2))  # int64 (*batch, 3)
+
+    key_w = key_onehot.to(work)
+    query_w = query_onehot.to(sum_dtype)
+
+    def per_class(mat: torch.Tensor) -> torch.Tensor:
+        # (.., window, head', N, N) @ (.., window, N, 3): heads folded into rows so the
+        # one-hot is never expanded over heads.
+        rows = mat.reshape(*lead, n_win, hh * n_tok, n_tok)
+        return torch.matmul(rows, key_w).reshape(*lead, n_win, hh, n_tok, _N_CLASSES).to(sum_dtype)
+
+    mass = per_class(attn)  # (*batch, window, head', N, 3)
+    flow = torch.einsum("...wnc,...whnd->...hcd", query_w, mass)
+
+    # x log x in place when we own the buffer: keeps peak memory at one copy of the block.
+    xlx = torch.special.xlogy(attn, attn, out=attn) if owned else torch.special.xlogy(attn, attn)
+    ent = -torch.einsum("...wn,...whnd->...hd", query_w[..., REAL], per_class(xlx))
+    return flow, ent, count
+
+
+class FlowAccumulator:
+    """Attention flow summed chunk by chunk over windows, for stores that do not fit in memory.
+
+    Feed the windows of one block in any split and order with :meth:`update`; :meth:`result`
+    then equals :func:`attention_flow` on all windows at once (up to float64 summation order,
+    ~1e-15 relative). The state holds all three token classes, so one pass serves every
+    ``padding`` kind: call ``result(padding=...)`` once per kind.
+
+    Parameters
+    ----------
+    padding
+        Default padding kind for :meth:`result`.
+    heads
+        ``"mean"``: average heads first; ``"per-head"``: keep a trailing head dim.
+
+    Examples
+    --------
+    >>> acc = FlowAccumulator(heads="mean")
+    >>> for w0 in range(0, n_windows, 64):                      # doctest: +SKIP
+    ...     acc.update(probs[:, w0:w0 + 64], kinds[:, w0:w0 + 64])
+    >>> {k: acc.result(padding=k).adi for k in ("input", "window", "all")}  # doctest: +SKIP
+    """
+
+    def __init__(self, *, padding: PaddingKind = "all", heads: HeadMode = "mean") -> None:
+        _check_option("padding", padding, PADDING_KINDS)
+        _check_option("heads", heads, HEAD_MODES)
+        self.padding: PaddingKind = padding
+        self.heads: HeadMode = heads
+        self._flow: torch.Tensor | None = None
+        self._ent: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+
+    def update(self, probs: torch.Tensor, kinds: torch.Tensor) -> FlowAccumulator:
+        """Add a chunk of windows.
+
+        Parameters
+        ----------
+        probs : (*batch, window, head, query, key) floating tensor
+            Attention probabilities of a chunk of windows (any float dtype).
+        kinds : (*batch, window, N) integer tensor
+            Token kinds of the same windows in the same order; leading dims may be omitted
+            (broadcast). Moved to ``probs``' device.
+
+        Returns
+        -------
+        FlowAccumulator
+            ``self``, so calls chain.
+        """
+        kinds = _check_inputs(probs, kinds)
+        flow, ent, count = _block_sums(probs, kinds, self.heads)
+        if self._flow is None:
+            self._flow, self._ent, self._count = flow, ent, count
+            return self
+        if flow.shape != self._flow.shape:
+            raise ShapeError(
+                "chunk does not match the chunks accumulated so far",
+                expected=f"batch/head dims {tuple(self._flow.shape[:-2])}",
+                got=str(tuple(flow.shape[:-2])),
+                fix="split a block along the window axis only",
+            )
+        dev = self._flow.device
+        self._flow = self._flow + flow.to(dev)
+        self._ent = self._ent + ent.to(dev)
+        self._count = self._count + count.to(dev)
+        return self
+
+    def merge(self, other: FlowAccumulator) -> FlowAccumulator:
+        """Add the state of another accumulator over other windows of the same block; ``self``."""
+        if other.heads != self.heads:
+            raise ConfigError("cannot merge accumulators with different head modes",
+                              expected=self.heads, got=other.heads)
+        if other._flow is None:
+            return self
+        if self._flow is None:
+            self._flow, self._ent, self._count = other._flow, other._ent, other._count
+            return self
+        if other._flow.shape != self._flow.shape:
+            raise ShapeError("accumulators have different batch/head dims",
+                             expected=str(tuple(self._flow.shape[:-2])), got=str(tuple(other._flow.shape[:-2])))
+        dev = self._flow.device
+        self._flow = self._flow + other._flow.to(dev)
+        self._ent = self._ent + other._ent.to(dev)
+        self._count = self._count + other._count.to(dev)
+        return self
+
+    def result(self, *, padding: PaddingKind | None = None) -> FlowResult:
+        """Finalise the sums into per-sample metrics.
+
+        Parameters
+        ----------
+        padding
+            Which tokens count as padding; defaults to the constructor's.
+
+        Returns
+        -------
+        FlowResult
+            Metrics of shape ``(*batch)`` or ``(*batch, head)``; see the module docstring
+            for the 0 conventions on empty query sets.
+        """
+        padding = self.padding if padding is None else padding
+        _check_option("padding", padding, PADDING_KINDS)
+        if self._flow is None:
+            raise DataError("no windows were accumulated", fix="call update() before result()")
+        flow, ent, count = self._flow, self._ent, self._count
+        pad = _PAD_CLASSES[padding]
+
+        n_real = count[..., REAL]
+        n_pad = count[..., pad].sum(dim=-1)
+
+        def mean(total: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            n = n.unsqueeze(-1).to(total.dtype)  # broadcast over the head' dim
+            return torch.where(n > 0, total / n.clamp_min(1), torch.zeros_like(total))
+
+        a_rr = mean(flow[..., REAL, REAL], n_real)
+        a_rp = mean(flow[..., REAL, pad].sum(dim=-1), n_real)
+        a_pr = mean(flow[..., pad, REAL].sum(dim=-1), n_pad)
+        a_pp = mean(flow[..., pad, :][..., pad].sum(dim=(-2, -1)), n_pad)
+        h_all = ent.sum(dim=-1)
+        h_pad = ent[..., pad].sum(dim=-1)
+        h = mean(h_all, n_real)
+        h_rp = mean(h_pad, n_real)
+        # Ratio of sums == ratio of means over the same real queries; 0 where H vanishes.
+        positive = h_all > 0
+        adi = torch.where(positive, h_pad / torch.where(positive, h_all, torch.ones_like(h_all)),
+                          torch.zeros_like(h_all))
+
+        def out(x: torch.Tensor) -> torch.Tensor:
+            return x.squeeze(-1) if self.heads == "mean" else x
+
+        return FlowResult(
+            a_rr=out(a_rr), a_rp=out(a_rp), a_pr=out(a_pr), a_pp=out(a_pp), sfr=out(a_rr),
+            h=out(h), h_rp=out(h_rp), adi=out(adi),
+            n_real_queries=n_real, n_pad_queries=n_pad, padding=padding, heads=self.heads,
+        )
+
+
+def attention_flow(
+    probs: torch.Tensor,
+    kinds: torch.Tensor,
+    *,
+    padding: PaddingKind = "all",
+    heads: HeadMode = "mean",
+) -> FlowResult:
+    """Attention flow and ADI of one block, per sample (SPEC §3).
+
+    Parameters
+    ----------
+    probs : (*batch, window, head, query, key) floating tensor
+        Post-softmax attention probabilities of one block, e.g. ``(sample, window, head, N, N)``;
+        a hook on ``attn.softmax`` sees ``(B*nW, head, N, N)``, reshape it to
+        ``(B, nW, head, N, N)``. fp16/bf16 are fine (upcast internally).
+    kinds : (*batch, window, N) integer tensor
+        Token kinds (:mod:`attnprobe.tokens`) in the same window order; leading dims may be
+        omitted to share one geometry across the batch.
+    padding
+        ``"input"``, ``"window"`` or ``"all"``: which tokens form P (see module docstring for
+        how tokens of the other padding kind are treated).
+    heads
+        ``"mean"`` averages the probabilities over heads first; ``"per-head"`` keeps a
+        trailing head dim on every metric.
+
+    Returns
+    -------
+    FlowResult
+        float64 metrics ``(*batch)`` or ``(*batch, head)`` and int64 counts ``(*batch)``, on
+        ``probs``' device.
+
+    Raises
+    ------
+    ShapeError
+        Wrong rank/shape/dtype, or kinds that do not match probs.
+    DataError
+        Kind codes outside {0, 1, 2}.
+    ConfigError
+        Unknown ``padding`` or ``heads``.
+
+    Notes
+    -----
+    Cost: two batched matmuls against a (N, 3) one-hot plus one ``xlogy`` pass; extra memory
+    about one float32 copy of the head-averaged (or, per-head, the full) block. To get all
+    three padding kinds from one pass use :class:`FlowAccumulator` and call ``result`` per kind.
+    """
+    return FlowAccumulator(padding=padding, heads=heads).update(probs, kinds).result()

@@ -1,0 +1,359 @@
+"""Attention flow / ADI (SPEC §3) against brute force, closed forms and invariances."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnprobe.errors import AttnprobeError, ConfigError, DataError, ShapeError
+from attnprobe.metrics.flow import METRICS, FlowAccumulator, FlowResult, attention_flow
+from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD
+
+PAD_SETS = {"input": {INPUT_PAD}, "window": {WINDOW_PAD}, "all": {INPUT_PAD, WINDOW_PAD}}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def random_block(seed: int, *, batch=(2,), windows=7, heads=3, n=6, dtype=torch.float64):
+    """Random softmax attention and kinds with an all-real, an all-padding, an all-window-pad
+    and a no-real-but-input window, the rest random."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(*batch, windows, heads, n, n, generator=g, dtype=torch.float64)
+    probs = torch.softmax(logits, dim=-1).to(dtype)
+    kinds = torch.randint(0, 3, (*batch, windows, n), generator=g).to(torch.uint8)
+    kinds[..., 0, :] = REAL
+    kinds[..., 1, :] = torch.tensor([INPUT_PAD, WINDOW_PAD] * n, dtype=torch.uint8)[:n]
+    kinds[..., 2, :] = WINDOW_PAD
+    kinds[..., 3, :] = INPUT_PAD
+    return probs, kinds
+
+
+def brute_force(probs, kinds, padding, heads):
+    """Triple loop over windows, queries, keys on Python floats, straight from SPEC §3.
+
+    Returns {metric: list} per sample (a list over heads for per-head)."""
+    pset = PAD_SETS[padding]
+    lead = probs.shape[:-4]
+    p_flat = probs.double().reshape(-1, *probs.shape[-4:]).tolist()
+    k_flat = kinds.reshape(-1, *kinds.shape[-2:]).tolist()
+    n_head = probs.shape[-3]
+    out = {m: [] for m in (*METRICS, "n_real_queries", "n_pad_queries")}
+    for p_s, k_s in zip(p_flat, k_flat, strict=True):
+        if heads == "mean":
+            mats = [[[[sum(p_w[h][i][j] for h in range(n_head)) / n_head for j in range(len(k_w))]
+                      for i in range(len(k_w))] for p_w, k_w in zip(p_s, k_s, strict=True)]]
+        else:
+            mats = [[p_w[h] for p_w in p_s] for h in range(n_head)]
+        per_head = {m: [] for m in out}
+        for windows in mats:
+            s = dict.fromkeys(("rr", "rp", "pr", "pp", "h", "hrp"), 0.0)
+            nr = npd = 0
+            for a, k_w in zip(windows, k_s, strict=True):
+                if REAL not in k_w:
+                    continue
+                for i, ki in enumerate(k_w):
+                    to_r = to_p = h = hrp = 0.0
+                    for j, kj in enumerate(k_w):
+                        v = a[i][j]
+                        e = -v * math.log(v) if v > 0 else 0.0
+                        h += e
+                        if kj == REAL:
+                            to_r += v
+                        elif kj in pset:
+                            to_p += v
+                            hrp += e
+                    if ki == REAL:
+                        nr += 1
+                        s["rr"] += to_r
+                        s["rp"] += to_p
+                        s["h"] += h
+                        s["hrp"] += hrp
+                    elif ki in pset:
+                        npd += 1
+                        s["pr"] += to_r
+                        s["pp"] += to_p
+            vals = {
+                "a_rr": s["rr"] / nr if nr else 0.0, "a_rp": s["rp"] / nr if nr else 0.0,
+                "a_pr": s["pr"] / npd if npd else 0.0, "a_pp": s["pp"] / npd if npd else 0.0,
+                "h": s["h"] / nr if nr else 0.0, "h_rp": s["hrp"] / nr if nr else 0.0,
+                "adi": s["hrp"] / s["h"] if s["h"] > 0 else 0.0,
+                "n_real_queries": nr, "n_pad_queries": npd,
+            }
+            vals["sfr"] = vals["a_rr"]
+            for m in out:
+                per_head[m].append(vals[m])
+        for m in out:
+            out[m].append(per_head[m] if heads == "per-head" else per_head[m][0])
+    shape_m = (*lead, n_head) if heads == "per-head" else lead
+    res = {m: torch.tensor(out[m], dtype=torch.float64).reshape(shape_m) for m in METRICS}
+    for c in ("n_real_queries", "n_pad_queries"):
+        res[c] = torch.tensor([x if heads == "mean" else x[0] for x in out[c]]).reshape(lead)
+    return res
+
+
+def assert_same(res: FlowResult, ref: dict, *, rtol=1e-10, atol=1e-12):
+    for name, value in ref.items():
+        got = getattr(res, name)
+        assert got.shape == value.shape, name
+        if name.startswith("n_"):
+            assert torch.equal(got.cpu(), value), name
+        else:
+            torch.testing.assert_close(got.cpu(), value, rtol=rtol, atol=atol, msg=name)
+
+
+def uniform_block(ks, n):
+    """Uniform attention 1/n over windows with ks[w] padding tokens (input padding at the end)."""
+    w = len(ks)
+    probs = torch.full((w, 1, n, n), 1.0 / n, dtype=torch.float64)
+    kinds = torch.zeros(w, n, dtype=torch.uint8)
+    for i, k in enumerate(ks):
+        kinds[i, n - k:] = INPUT_PAD
+    return probs, kinds
+
+
+# ---------------------------------------------------------------- brute force
+
+
+@pytest.mark.parametrize("heads", ["mean", "per-head"])
+@pytest.mark.parametrize("padding", PADDING_KINDS)
+def test_matches_brute_force(padding, heads):
+    probs, kinds = random_block(0, batch=(3,))
+    ref = brute_force(probs, kinds, padding, heads)
+    assert_same(attention_flow(probs, kinds, padding=padding, heads=heads), ref)
+
+
+def test_matches_brute_force_float32_and_two_batch_dims():
+    # float32 work: per-row sums of <= 6 terms, errors ~1e-7 relative.
+    probs, kinds = random_block(1, batch=(2, 2), dtype=torch.float32)
+    for padding in PADDING_KINDS:
+        ref = brute_force(probs, kinds, padding, "mean")
+        assert_same(attention_flow(probs, kinds, padding=padding), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_invariants_between_padding_kinds():
+    probs, kinds = random_block(2)
+    r = {k: attention_flow(probs, kinds, padding=k, heads="per-head") for k in PADDING_KINDS}
+    for m in ("a_rp", "h_rp", "adi"):
+        torch.testing.assert_close(getattr(r["input"], m) + getattr(r["window"], m), getattr(r["all"], m))
+    for m in ("a_rr", "h", "n_real_queries"):
+        torch.testing.assert_close(getattr(r["input"], m), getattr(r["all"], m))
+    # Only with P = all padding is the real row of the flow matrix a distribution.
+    torch.testing.assert_close(r["all"].a_rr + r["all"].a_rp, torch.ones_like(r["all"].a_rr))
+    torch.testing.assert_close(r["all"].a_pr + r["all"].a_pp, torch.ones_like(r["all"].a_pr))
+    assert bool((r["all"].adi >= 0).all() and (r["all"].adi <= 1).all())
+
+
+def test_mean_mode_averages_heads_first():
+    probs, kinds = random_block(3)
+    mean = attention_flow(probs, kinds, heads="mean")
+    via = attention_flow(probs.mean(dim=-3, keepdim=True), kinds, heads="per-head")
+    for m in METRICS:
+        torch.testing.assert_close(getattr(mean, m), getattr(via, m).squeeze(-1))
+    # ... which is not the mean of per-head entropies (entropy is concave).
+    per = attention_flow(probs, kinds, heads="per-head")
+    assert not torch.allclose(mean.h, per.h.mean(-1))
+
+
+# ---------------------------------------------------------------- closed forms
+
+
+def test_no_padding_gives_zero_adi():
+    probs, _ = random_block(4)
+    kinds = torch.zeros(probs.shape[:-3] + probs.shape[-1:], dtype=torch.uint8)
+    for padding in PADDING_KINDS:
+        r = attention_flow(probs, kinds, padding=padding)
+        assert torch.equal(r.adi, torch.zeros(2, dtype=torch.float64))
+        assert torch.equal(r.a_rp, torch.zeros_like(r.a_rp))
+        torch.testing.assert_close(r.a_rr, torch.ones_like(r.a_rr))
+        # No padding query: A_pr, A_pp defined as 0, flagged by the count.
+        assert torch.equal(r.a_pr, torch.zeros_like(r.a_pr)) and torch.equal(r.a_pp, r.a_pr)
+        assert torch.equal(r.n_pad_queries, torch.zeros(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7])
+def test_uniform_attention_single_window(k):
+    n = 8
+    probs, kinds = uniform_block([k], n)
+    r = attention_flow(probs, kinds, padding="input")
+    ln = math.log(n)
+    torch.testing.assert_close(r.h, torch.tensor(ln, dtype=torch.float64))
+    torch.testing.assert_close(r.h_rp, torch.tensor(k / n * ln, dtype=torch.float64))
+    torch.testing.assert_close(r.adi, torch.tensor(k / n, dtype=torch.float64))
+    torch.testing.assert_close(r.a_rp, torch.tensor(k / n, dtype=torch.float64))
+    torch.testing.assert_close(r.a_rr, torch.tensor((n - k) / n, dtype=torch.float64))
+    if k:
+        torch.testing.assert_close(r.a_pp, torch.tensor(k / n, dtype=torch.float64))
+    assert int(r.n_real_queries) == n - k and int(r.n_pad_queries) == k
+
+
+def test_uniform_attention_pooled_ratio_of_means():
+    n, ks = 8, [0, 2, 5, 8, 3]  # k = 8: all-padding window, must be dropped
+    probs, kinds = uniform_block(ks, n)
+    r = attention_flow(probs, kinds, padding="input")
+    kept = [k for k in ks if k < n]
+    n_real = sum(n - k for k in kept)
+    # sum_R H^rp / sum_R H with H_i = log n, H^rp_i = (k/n) log n per real query of a window.
+    adi = sum((n - k) * k / n for k in kept) / n_real
+    a_pp = sum(k * k / n for k in kept) / sum(kept)  # padding queries of kept windows only
+    torch.testing.assert_close(r.adi, torch.tensor(adi, dtype=torch.float64))
+    torch.testing.assert_close(r.a_rp, torch.tensor(adi, dtype=torch.float64))
+    torch.testing.assert_close(r.a_pp, torch.tensor(a_pp, dtype=torch.float64))
+    torch.testing.assert_close(r.h, torch.tensor(math.log(n), dtype=torch.float64))
+    assert int(r.n_real_queries) == n_real and int(r.n_pad_queries) == sum(kept)
+    # ratio of means != mean of per-window ratios
+    assert abs(adi - sum(k / n for k in kept) / len(kept)) > 1e-3
+
+
+def test_empty_query_sets_and_one_hot_attention_give_zeros_not_nan():
+    n = 4
+    probs = torch.eye(n, dtype=torch.float64).expand(2, 1, n, n).clone()  # H = 0 everywhere
+    kinds = torch.tensor([[0, 0, 1, 2], [1, 1, 2, 2]], dtype=torch.uint8)
+    r = attention_flow(probs, kinds)
+    assert float(r.adi) == 0.0 and float(r.h) == 0.0 and float(r.a_rr) == 1.0
+    only_pad = attention_flow(probs[1:], kinds[1:])  # no real token at all
+    for m, v in only_pad.as_dict().items():
+        assert not torch.isnan(v.double()).any(), m
+        assert float(v) == 0.0, m
+
+
+# ---------------------------------------------------------------- invariances, chunking
+
+
+def test_window_and_token_order_invariance():
+    probs, kinds = random_block(5)
+    base = attention_flow(probs, kinds, heads="per-head")
+    g = torch.Generator().manual_seed(0)
+    perm_w = torch.randperm(probs.shape[-4], generator=g)
+    perm_t = torch.randperm(probs.shape[-1], generator=g)
+    by_window = attention_flow(probs[:, perm_w], kinds[:, perm_w], heads="per-head")
+    by_token = attention_flow(probs[..., perm_t, :][..., perm_t], kinds[..., perm_t], heads="per-head")
+    for m in METRICS:
+        torch.testing.assert_close(getattr(by_window, m), getattr(base, m), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(getattr(by_token, m), getattr(base, m), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("heads", ["mean", "per-head"])
+def test_accumulator_over_window_chunks_equals_one_shot(heads):
+    probs, kinds = random_block(6, windows=11, dtype=torch.float32)
+    acc = FlowAccumulator(heads=heads)
+    for lo, hi in [(0, 3), (3, 3), (3, 4), (4, 11)]:  # uneven, one empty chunk
+        acc.update(probs[:, lo:hi], kinds[:, lo:hi])
+    for padding in PADDING_KINDS:
+        one = attention_flow(probs, kinds, padding=padding, heads=heads)
+        chunked = acc.result(padding=padding)
+        for m, v in one.as_dict().items():
+            # Same float32 per-row work, only float64 summation order differs.
+            torch.testing.assert_close(getattr(chunked, m), v, rtol=1e-12, atol=1e-14, msg=m)
+    # merge() of accumulators over disjoint windows == one accumulator over all
+    a = FlowAccumulator(heads=heads).update(probs[:, :5], kinds[:, :5])
+    b = FlowAccumulator(heads=heads).update(probs[:, 5:], kinds[:, 5:])
+    merged = a.merge(b).result()
+    torch.testing.assert_close(merged.adi, attention_flow(probs, kinds, heads=heads).adi, rtol=1e-12, atol=0)
+
+
+def test_batch_splitting_and_broadcast_kinds():
+    probs, kinds = random_block(7, batch=(4,))
+    whole = attention_flow(probs, kinds)
+    parts = [attention_flow(probs[i:i + 1], kinds[i:i + 1]) for i in range(4)]
+    for m in METRICS:
+        torch.testing.assert_close(torch.cat([getattr(p, m) for p in parts]), getattr(whole, m))
+    shared = attention_flow(probs, kinds[0])  # one geometry for the whole batch
+    expanded = attention_flow(probs, kinds[:1].expand_as(kinds))
+    torch.testing.assert_close(shared.adi, expanded.adi)
+
+
+# ---------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize(("dtype", "unit_roundoff"), [(torch.float16, 2.0**-11), (torch.bfloat16, 2.0**-8)])
+def test_low_precision_inputs_agree_with_float32(dtype, unit_roundoff):
+    probs, kinds = random_block(8, batch=(2,), windows=9, heads=4, n=27, dtype=torch.float32)
+    low = probs.to(dtype)
+    ref = attention_flow(probs, kinds, heads="per-head")
+    got = attention_flow(low, kinds, heads="per-head")
+    # Upcast is exact, so the low-precision input equals its float32 image bit for bit...
+    same = attention_flow(low.float(), kinds, heads="per-head")
+    for m in METRICS:
+        torch.testing.assert_close(getattr(got, m), getattr(same, m), rtol=0, atol=0)
+    # ... and differs from float32 only by the rounding of each probability, |dp| <= u p:
+    # sums of probabilities move by <= u relatively; |d(-p log p)| <= u p |1 + log p| gives
+    # |dH| <= u (H + 1), i.e. <= u (1 + 1/H) relatively (H > 1 here); ADI is a ratio of two
+    # such sums, so <= ~2 u (1 + 1/H). rtol = 4u covers it with margin; atol covers values
+    # near 0 (tiny fp16 subnormal probabilities).
+    assert float(ref.h.min()) > 1.0
+    for m in METRICS:
+        torch.testing.assert_close(getattr(got, m), getattr(ref, m), rtol=4 * unit_roundoff, atol=1e-5, msg=m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_minus_100_masked_logits_give_no_nan(dtype):
+    g = torch.Generator().manual_seed(9)
+    w, n = 4, 8
+    logits = torch.randn(2, w, 2, n, n, generator=g)
+    mask = torch.rand(w, 1, n, n, generator=g) < 0.5  # shifted-window style: -100, not -inf
+    mask |= torch.eye(n, dtype=torch.bool)  # ... but every query sees itself, like Swin
+    logits = logits - 100.0 * (~mask)
+    probs = torch.softmax(logits, dim=-1).to(dtype)  # masked entries ~e^-100, 0 in fp16/bf16
+    kinds = torch.randint(0, 3, (2, w, n), generator=g).to(torch.uint8)
+    kinds[..., 0] = REAL
+    for heads in ("mean", "per-head"):
+        for padding in PADDING_KINDS:
+            r = attention_flow(probs, kinds, padding=padding, heads=heads)
+            for m, v in r.as_dict().items():
+                assert torch.isfinite(v.double()).all(), (m, dtype, heads, padding)
+    # In float64 the ~e^-100 entries contribute ~1e-41 each: same as masking to exact zeros.
+    approx = torch.softmax(logits.double(), dim=-1)
+    exact = torch.softmax(logits.double().masked_fill(~mask, -math.inf), dim=-1)
+    torch.testing.assert_close(attention_flow(approx, kinds).adi, attention_flow(exact, kinds).adi,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_float64_work_is_kept_and_outputs_are_float64():
+    probs, kinds = random_block(10, dtype=torch.float64)
+    r = attention_flow(probs, kinds)
+    assert r.adi.dtype == torch.float64 and r.n_real_queries.dtype == torch.int64
+    assert set(r.as_dict()) == {*METRICS, "n_real_queries", "n_pad_queries"}
+    assert r.padding == "all" and r.heads == "mean"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    probs, kinds = random_block(11, dtype=torch.float32)
+    cpu = attention_flow(probs, kinds, heads="per-head")
+    gpu = attention_flow(probs.cuda(), kinds, heads="per-head")  # kinds moved to the device
+    assert gpu.adi.device.type == "cuda"
+    for m in METRICS:
+        torch.testing.assert_close(getattr(gpu, m).cpu(), getattr(cpu, m), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_errors_are_attnprobe_errors():
+    probs, kinds = random_block(12)
+    with pytest.raises(ShapeError, match="expected"):
+        attention_flow(probs[0, 0], kinds[0, 0])  # rank < 4
+    with pytest.raises(ShapeError):
+        attention_flow(probs, kinds[..., :-1])  # N mismatch
+    with pytest.raises(ShapeError):
+        attention_flow(probs, kinds[:, :-1])  # window mismatch
+    with pytest.raises(ShapeError):
+        attention_flow(probs, kinds.float())
+    with pytest.raises(ShapeError):
+        attention_flow(probs, kinds[None, None])  # more leading dims than probs
+    with pytest.raises(DataError, match="codes"):
+        attention_flow(probs, kinds + 1)
+    with pytest.raises(ConfigError):
+        attention_flow(probs, kinds, padding="both")
+    with pytest.raises(ConfigError):
+        attention_flow(probs, kinds, heads="sum")
+    with pytest.raises(DataError):
+        FlowAccumulator().result()
+    acc = FlowAccumulator().update(probs, kinds)
+    with pytest.raises(ShapeError):
+        acc.update(probs[:1], kinds[:1])  # batch dims changed between chunks
+    with pytest.raises(AttnprobeError):
+        acc.merge(FlowAccumulator(heads="per-head").update(probs, kinds))

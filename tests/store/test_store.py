@@ -1,0 +1,116 @@
+"""Capture stores: round trip, crash + resume, schema checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from attnprobe import open_store
+from attnprobe.capture import Probe
+from attnprobe.errors import StoreError
+from attnprobe.models import build_model
+from attnprobe.store import block_names, capture_to_store
+
+
+@dataclass
+class Case:
+    case_id: str
+    image: torch.Tensor
+    mask: torch.Tensor
+
+
+def make_cases(n=3, shape=(64, 64, 32)):
+    g = torch.Generator().manual_seed(1)
+    cases = []
+    for i in range(n):
+        mask = torch.zeros(1, *shape, dtype=torch.bool)
+        mask[..., : 12 + 6 * i] = True
+        cases.append(Case(f"case{i}", torch.randn(1, *shape, generator=g) * mask, mask))
+    return cases
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("swin_unetr", preset="tiny").eval()
+
+
+def test_round_trip_matches_the_probe(model, tmp_path):
+    cases = make_cases()
+    path = capture_to_store(model, cases, tmp_path / "s.zarr", taps=["stage0.*", "stage3.block1.out"],
+                            dtype="float32")
+    tree = open_store(path)
+    assert block_names(tree) == ["stage0.block0", "stage0.block1", "stage3.block1"]
+    assert tree["done"].values.all() and list(tree["case"].values) == ["case0", "case1", "case2"]
+    assert tree.attrs["monai_version"] and tree.attrs["arch"] == "swin_unetr"
+    node = tree["stage0.block1"].dataset
+    assert node["attn"].dims == ("sample", "window", "head", "query", "key")
+    assert node["out"].dims == ("sample", "x", "y", "z", "channel")
+    assert "attn" not in tree["stage3.block1"].dataset
+    with torch.no_grad(), Probe(model, ["stage0.block1.*"]) as probe:
+        probe.run(cases[2].image[None], mask=cases[2].mask[None])
+    np.testing.assert_array_equal(node["attn"][2].values, probe.cache["stage0.block1.attn"][0].numpy())
+    np.testing.assert_array_equal(node["out"][2].values, probe.cache["stage0.block1.out"][0].numpy())
+    np.testing.assert_array_equal(node["attn_kind"][2].values, probe.context.kinds["stage0.block1"][0].numpy())
+
+
+def test_float16_is_the_default_and_chunks_split_windows(model, tmp_path):
+    path = capture_to_store(model, make_cases(1), tmp_path / "s.zarr", taps=["stage0.block0.attn"])
+    arr = zarr.open_group(str(path))["stage0.block0/attn"]
+    assert arr.dtype == np.float16
+    assert arr.chunks[0] == 1 and arr.chunks[1] < arr.shape[1]  # windows split into chunks
+
+
+def test_crash_halfway_leaves_complete_samples_and_resumes(model, tmp_path):
+    cases = make_cases()
+    path = tmp_path / "s.zarr"
+
+    def crash_after_first(case_id, skipped):
+        if case_id == "case0":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        capture_to_store(model, cases, path, taps=["stage1.*"], on_sample=crash_after_first)
+    tree = open_store(path)
+    assert tree["done"].values.tolist() == [True, False, False]
+    first = tree["stage1.block0"]["attn"][0].values.copy()
+    calls = []
+    capture_to_store(model, cases, path, taps=["stage1.*"], on_sample=lambda c, s: calls.append((c, s)))
+    assert calls == [("case0", True), ("case1", False), ("case2", False)]
+    tree = open_store(path)
+    assert tree["done"].values.all()
+    np.testing.assert_array_equal(tree["stage1.block0"]["attn"][0].values, first)
+
+
+def test_another_capture_cannot_resume_into_a_store(model, tmp_path):
+    path = capture_to_store(model, make_cases(2), tmp_path / "s.zarr", taps=["stage1.*"])
+    with pytest.raises(StoreError, match="taps differs"):
+        capture_to_store(model, make_cases(2), path, taps=["stage2.*"])
+    capture_to_store(model, make_cases(2), path, taps=["stage2.*"], overwrite=True)
+    assert block_names(open_store(path)) == ["stage2.block0", "stage2.block1"]
+
+
+def test_other_schema_versions_and_non_stores_are_refused(model, tmp_path):
+    path = capture_to_store(model, make_cases(1), tmp_path / "s.zarr", taps=["stage3.*"])
+    zarr.open_group(str(path), mode="r+").attrs["attnprobe_schema"] = 99
+    with pytest.raises(StoreError, match="schema 99"):
+        open_store(path)
+    with pytest.raises(StoreError, match="schema"):
+        capture_to_store(model, make_cases(1), path, taps=["stage3.*"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError):
+        open_store(tmp_path / "empty")
+    with pytest.raises(StoreError, match="no store"):
+        open_store(tmp_path / "missing.zarr")
+
+
+def test_dask_backed_open(model, tmp_path):
+    path = capture_to_store(model, make_cases(2), tmp_path / "s.zarr", taps=["stage1.block0.attn"])
+    tree = open_store(path, chunks={})
+    attn = tree["stage1.block0"]["attn"]
+    assert attn.chunks is not None
+    assert float(attn.astype("float64").sum().compute()) == pytest.approx(2 * 18 * 6 * 343, rel=1e-3)
