@@ -22,14 +22,14 @@ Intensity = Literal["percentile", "fixed"]
 
 
 def prepare_all(data: str, *, roi, pad_mode: str, spacing: float | None, intensity: str,
-                a_min: float, a_max: float, split: str, limit: int | None):
+                a_min: float | None, a_max: float | None, split: str, limit: int | None):
     """List and preprocess cases (with their real-voxel masks)."""
     from attnprobe.data.io import list_cases
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.workspace import resolve_data
 
     source = resolve_data(data)
-    refs = list_cases(source, split=split)  # type: ignore[arg-type]
+    refs = list_cases(source, split=split if split != "all" else getattr(source, "split", None) or "all")  # type: ignore[arg-type]
     if limit is not None:
         refs = refs[:limit]
     config = PreprocessConfig(roi=roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
@@ -58,8 +58,8 @@ def capture(
     split: Annotated[str, typer.Option(help="Datalist split: all, training, validation, test.")] = "all",
     spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
-    a_min: Annotated[float, typer.Option(help="Fixed window lower bound.")] = 0.0,
-    a_max: Annotated[float, typer.Option(help="Fixed window upper bound.")] = 1.0,
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store instead of resuming.")] = False,
 ) -> None:
     """Capture attention maps and block outputs of MODEL on DATA into a Zarr store."""

@@ -1,5 +1,6 @@
 """Backbones, their adapters (one per architecture) and checkpoint loading."""
 
+from attnprobe.models import smit_adapter as _smit_adapter  # noqa: F401  (registers the adapter)
 from attnprobe.models import swin_unetr as _swin_unetr  # noqa: F401  (registers the adapter)
 from attnprobe.models.adapter import ATTN_DIMS, KIND_DIMS, OUT_DIMS, Adapter, BlockGeometry, BlockRef, TapSpec
 from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_checkpoint

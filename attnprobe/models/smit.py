@@ -242,6 +242,8 @@ def from_windows(windows: torch.Tensor, window: Sequence[int], shift: Sequence[i
     x = window_reverse(windows, window, batch=batch, padded=padded_grid(grid, window))
     x = roll_shift(x, shift, inverse=True)
     d, h, w = grid
+    if tuple(x.shape[1:4]) == (d, h, w):
+        return x
     return x[:, :d, :h, :w].contiguous()
 
 
@@ -777,6 +779,13 @@ class SMIT(nn.Module):
     :class:`SMITConfig`); ``SMIT()`` is the reference model (depths (2,2,8,2), heads
     (4,4,8,16), embed 48, window 4, 2 classes). ``forward`` maps ``(B, C_in, D, H, W)``, every
     size a multiple of 32, to logits ``(B, out_channels, D, H, W)``.
+
+    With instance norm the input must exceed 32 voxels on at least one axis: a 32³ input leaves
+    a 1x1x1 bottleneck that torch's instance norm refuses (a :class:`ShapeError` says so);
+    ``SMIT.transformer`` alone takes any multiple of 32.
+
+    Geometry for capture code: :meth:`stage_grids`, :meth:`block_geometry` (module paths,
+    effective window/shift, window counts) and, per block, :meth:`SMITBlock.window_for`.
     """
 
     def __init__(self, config: SMITConfig | None = None, /, **kwargs: Any) -> None:

@@ -45,10 +45,10 @@ def random_mask(shape, seed):
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 32), (96, 96, 64), (128, 96, 32)])
-@pytest.mark.parametrize("window", [7, 4])
-def test_kinds_match_brute_force(shape, window):
-    model = build_model("swin_unetr", preset="tiny", window_size=window)
-    adapter = get_adapter("swin_unetr")
+@pytest.mark.parametrize(("arch", "window"), [("swin_unetr", 7), ("swin_unetr", 4), ("smit", 4)])
+def test_kinds_match_brute_force(shape, arch, window):
+    model = build_model(arch, preset="tiny", window_size=window)
+    adapter = get_adapter(arch)
     mask = random_mask(shape, seed=sum(shape) + window)
     geometry, kinds = token_kinds(model, torch.from_numpy(mask)[None, None])
     assert any(g.shifted for g in geometry.values()) and any(not g.shifted for g in geometry.values())
@@ -68,15 +68,16 @@ def test_window_shrinks_on_small_grids():
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 32), (64, 96, 32)])
-def test_window_padding_tokens_are_exact_zeros_in_the_model(shape):
+@pytest.mark.parametrize("arch", ["swin_unetr", "smit"])
+def test_window_padding_tokens_are_exact_zeros_in_the_model(shape, arch):
     """Independent check against the model itself: WINDOW_PAD <=> all-zero attention input."""
     torch.manual_seed(0)
-    model = build_model("swin_unetr", preset="tiny").eval()
+    model = build_model(arch, preset="tiny").eval()
     x = torch.randn(2, 1, *shape)
     geometry, kinds = token_kinds(model, torch.ones(2, 1, *shape, dtype=torch.bool))
     seen = {}
     handles = []
-    for ref in get_adapter("swin_unetr").blocks(model):
+    for ref in get_adapter(arch).blocks(model):
         def pre(module, args, name=ref.name):
             seen[name] = args[0].detach()
         handles.append(model.get_submodule(ref.attn_path).register_forward_pre_hook(pre))

@@ -14,10 +14,10 @@ def hook_count(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_v2"])
-def test_hooked_forward_is_bit_identical(preset):
+@pytest.mark.parametrize(("arch", "preset"), [("swin_unetr", "tiny"), ("swin_unetr", "tiny_v2"), ("smit", "tiny")])
+def test_hooked_forward_is_bit_identical(arch, preset):
     torch.manual_seed(0)
-    model = build_model("swin_unetr", preset=preset).eval()
+    model = build_model(arch, preset=preset).eval()
     x = torch.randn(1, 1, 64, 64, 32)
     with torch.no_grad():
         plain = model(x)
@@ -29,6 +29,7 @@ def test_hooked_forward_is_bit_identical(preset):
     geom = probe.context.geometry["stage0.block1"]
     assert probe.cache["stage0.block1.attn"].shape == (1, geom.n_windows, 3, geom.n_tokens, geom.n_tokens)
     assert probe.cache["stage1.block0.out"].shape == (1, 16, 16, 8, 24)
+    assert len(probe.cache) == 2 * sum(1 for _ in probe.adapter.blocks(model))
     # probabilities: every row sums to one
     rows = probe.cache["stage0.block0.attn"].sum(-1)
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)

@@ -1,0 +1,248 @@
+"""``attnprobe adi``: attention dilution index, online over a padding sweep or offline from a store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from attnprobe.cli.common import (
+    console,
+    ensure_dir,
+    err_console,
+    load_model_ref,
+    one_line_errors,
+    parse_int_list,
+    parse_roi,
+    progress_bar,
+)
+
+Axis = Literal["x", "y", "z"]
+PadMode = Literal["end", "symmetric"]
+SweepModeOpt = Literal["fixed-roi", "grow"]
+Heads = Literal["mean", "per-head"]
+Intensity = Literal["percentile", "fixed"]
+Split = Literal["all", "training", "validation", "test"]
+
+OUTPUT_FILES = ("adi.csv", "adi.parquet", "adi.nc", "summary.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``adi`` command to the app (called by :mod:`attnprobe.cli.app`)."""
+    app.command("adi")(adi)
+
+
+def _is_store(path: Path) -> bool:
+    # A zarr v3 group is a folder with zarr.json; a checkpoint is a file.
+    return path.is_dir() and (path / "zarr.json").exists()
+
+
+def _check_device(device: str):
+    import torch
+
+    from attnprobe.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError("cannot read --device", expected="cpu, cuda or cuda:N", got=repr(device)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
+                          got=repr(device), fix="use --device cpu")
+    return dev
+
+
+def _case_refs(data: str, split: str | None, limit: int | None):
+    from attnprobe.data.io import list_cases
+    from attnprobe.errors import ConfigError
+    from attnprobe.workspace import resolve_data
+
+    if limit is not None and limit < 1:
+        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+    source = resolve_data(data)
+    refs = list_cases(source, split=split or source.split)  # type: ignore[arg-type]
+    return refs[:limit] if limit is not None else refs
+
+
+def _write_outputs(frame, out: Path, attrs: dict):
+    """adi.csv / adi.parquet (tidy blocks), adi.nc (xarray) and summary.csv (stage level over cases)."""
+    from attnprobe.metrics.aggregate import to_xarray
+    from attnprobe.metrics.sweep import sweep_tables
+
+    tables = sweep_tables(frame)
+    frame.to_csv(out / "adi.csv", index=False)
+    frame.to_parquet(out / "adi.parquet", index=False)
+    tables.summary.to_csv(out / "summary.csv", index=False)
+    ds = to_xarray(frame)
+    # netCDF attributes must be plain scalars or strings.
+    ds.attrs.update({k: (v if isinstance(v, (int, float)) else str(v)) for k, v in attrs.items() if v is not None})
+    for name in ("case", "kind"):
+        if name in ds.coords:
+            ds = ds.assign_coords({name: ds[name].astype(str)})
+    ds.to_netcdf(out / "adi.nc", engine="h5netcdf")
+    return tables
+
+
+def _print_table(stages) -> None:
+    """Stage ADI (kind all), mean ± std over cases, one row per padding level."""
+    from rich.table import Table
+
+    sel = stages[(stages["metric"] == "adi") & (stages["kind"] == "all")]
+    if "head" in sel.columns:  # per-head runs: show the mean over heads
+        sel = sel.groupby(["case", "padding", "pad_fraction", "stage"], sort=False, dropna=False)["value"].mean()
+        sel = sel.reset_index()
+    n_stages = sorted(sel["stage"].unique())
+    table = Table(title="ADI by stage (padding kind: all; mean ± std over cases)")
+    table.add_column("padding", justify="right")
+    table.add_column("pad fraction", justify="right")
+    for s in n_stages:
+        table.add_column(f"stage{s}", justify="right")
+    table.add_column("n", justify="right")
+    for p, rows in sel.groupby("padding", sort=True):
+        frac = rows["pad_fraction"].mean()
+        cells = []
+        for s in n_stages:
+            vals = rows.loc[rows["stage"] == s, "value"]
+            std = vals.std(ddof=1)
+            cells.append(f"{vals.mean():.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}"))
+        table.add_row(f"{p:g}", "n/a" if math.isnan(frac) else f"{frac:.3f}", *cells, str(rows["case"].nunique()))
+    console.print(table)
+
+
+@one_line_errors
+def adi(
+    out: Annotated[Path, typer.Option(help="Output folder for adi.csv, adi.parquet, adi.nc, summary.csv.")],
+    model: Annotated[str | None, typer.Option(help="Model name from attnprobe.toml, a checkpoint, or a "
+                                              "capture store.")] = None,
+    data: Annotated[str | None, typer.Option(help="Datalist JSON, folder of NIfTI files, or dataset name.")] = None,
+    padding_sweep: Annotated[str | None, typer.Option(help="Padding amounts in voxels, e.g. 0,16,32,48 "
+                                                      "(default: the cases as prepared).")] = None,
+    axis: Annotated[Axis, typer.Option(help="Axis the sweep pads along.")] = "z",
+    pad_mode: Annotated[PadMode, typer.Option(help="Padding at the end or split on both sides.")] = "end",
+    sweep_mode: Annotated[SweepModeOpt, typer.Option(help="fixed-roi: content shrinks inside the ROI; "
+                                                     "grow: input grows by p.")] = "fixed-roi",
+    heads: Annotated[Heads, typer.Option(help="Average heads first, or keep one value per head.")] = "mean",
+    store: Annotated[Path | None, typer.Option(help="Compute offline from this capture store "
+                                               "(no model needed).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint).")] = None,
+    roi: Annotated[str | None, typer.Option(help="Model ROI x,y,z (default: the model's).")] = None,
+    split: Annotated[Split | None, typer.Option(help="Datalist split (default: the dataset's, else all).")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
+    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+) -> None:
+    """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding."""
+    from attnprobe.errors import ConfigError
+
+    dev = _check_device(device)
+    store_path = store
+    if store_path is None and model is not None:
+        from attnprobe.workspace import resolve_model
+
+        ref = resolve_model(model)
+        if _is_store(ref.checkpoint):
+            store_path = ref.checkpoint
+    if store_path is not None:
+        if padding_sweep is not None:
+            raise ConfigError("--padding-sweep needs a model, a store holds one capture",
+                              expected="--store without --padding-sweep", got=f"--padding-sweep {padding_sweep}",
+                              fix="drop --padding-sweep, or pass --model and --data to run the sweep")
+        frame, attrs = _offline(store_path, heads=heads, device=dev, limit=limit)
+    else:
+        if model is None or data is None:
+            raise ConfigError("a model and data are needed", expected="--model and --data (or --store STORE.zarr)",
+                              got=f"--model {model!r} --data {data!r}")
+        frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
+                               sweep_mode=sweep_mode, heads=heads, device=dev, limit=limit, arch=arch, roi=roi,
+                               split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max)
+    ensure_dir(out)
+    tables = _write_outputs(frame, out, attrs)
+    _print_table(tables.stages)
+    console.print(f"wrote {', '.join(str(out / f) for f in OUTPUT_FILES)}", highlight=False)
+
+
+def _offline(store_path: Path, *, heads: str, device, limit: int | None):
+    from attnprobe.errors import ConfigError
+    from attnprobe.metrics.offline import OfflineStats
+    from attnprobe.store import open_store
+
+    if limit is not None and limit < 1:
+        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+    tree = open_store(store_path, chunks={})
+    done = int(tree["done"].values.sum())
+    stats = OfflineStats()
+    with progress_bar() as bar:
+        task = bar.add_task("adi (store)", total=min(done, limit or done), status="")
+
+        def advance(case_id: str) -> None:
+            bar.update(task, advance=1, status=case_id)
+
+        frame = _limited_store_flow(tree, heads=heads, device=device, stats=stats, on_sample=advance, limit=limit)
+    if stats.skipped_samples:
+        err_console.print(f"left out {len(stats.skipped_samples)} unfinished sample(s) of the store", highlight=False)
+    err_console.print(f"read {stats.attn_bytes / 1e9:.3f} GB of attention in {stats.seconds:.1f} s "
+                      f"({stats.gb_per_s:.3f} GB/s)", highlight=False)
+    attrs = {"source": "store", "store": str(store_path), "heads": heads, "arch": tree.attrs.get("arch"),
+             "roi": tree.attrs.get("roi")}
+    return frame, attrs
+
+
+def _limited_store_flow(tree, *, heads, device, stats, on_sample, limit):
+    from attnprobe.capture.reducers import flows_to_frame
+    from attnprobe.metrics.offline import store_flow_records
+
+    records = []
+    for rec in store_flow_records(tree, heads=heads, device=device, stats=stats, on_sample=on_sample):
+        records.append(rec)
+        if limit is not None and len(records) >= limit:
+            break
+    return flows_to_frame(records)
+
+
+def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
+            heads: str, device, limit: int | None, arch: str | None, roi: str | None, split: str | None,
+            spacing: float | None, intensity: str, a_min: float | None, a_max: float | None):
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.metrics.sweep import SweepSpec, prepared_flow
+    from attnprobe.metrics.sweep import padding_sweep as run_sweep
+
+    spec = None
+    if padding_sweep is not None:
+        spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
+                         pad_mode=pad_mode, mode=sweep_mode)  # type: ignore[arg-type]
+    # Options are checked before the model and the data are loaded: bad input fails fast.
+    config_roi = parse_roi(roi)
+    refs = _case_refs(data, split, limit)
+    net, report, model_roi = load_model_ref(model, arch=arch)
+    err_console.print(f"loaded {report.summary()}", highlight=False)
+    use_roi = config_roi or model_roi or (96, 96, 96)
+    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
+                              a_min=a_min, a_max=a_max)
+    if spec is not None and config.roi != "full":
+        spec.check_shape(config.roi)
+    levels = spec.paddings if spec is not None else (0,)
+
+    with progress_bar() as bar:
+        task = bar.add_task("adi", total=len(refs) * len(levels), status="")
+
+        def prepared():
+            for ref in refs:
+                bar.update(task, status=f"{ref.case_id} preprocessing")
+                yield prepare_case(ref, config)
+
+        def advance(case_id: str, p: int) -> None:
+            bar.update(task, advance=1, status=f"{case_id} p={p}")
+
+        if spec is None:
+            frame = prepared_flow(net, prepared(), heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
+        else:
+            frame = run_sweep(net, prepared(), spec, heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
+    attrs = {"source": "model", "model": model, "checkpoint": report.path, "arch": report.arch,
+             "roi": str(config.roi), "heads": heads, "padding_sweep": ",".join(map(str, levels)),
+             "axis": axis, "pad_mode": pad_mode, "sweep_mode": sweep_mode if spec is not None else "none"}
+    return frame, attrs
