@@ -21,26 +21,29 @@ DType = Literal["float16", "float32"]
 Intensity = Literal["percentile", "fixed"]
 
 
-def prepare_all(data: str, *, roi, pad_mode: str, spacing: float | None, intensity: str,
-                a_min: float | None, a_max: float | None, split: str, limit: int | None):
-    """List and preprocess cases (with their real-voxel masks)."""
+def lazy_cases(data: str, config, *, split: str, limit: int | None):
+    """Cases of a datalist/folder/dataset name, preprocessed when first touched."""
     from attnprobe.data.io import list_cases
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.data.lazy import LazyCase
+    from attnprobe.errors import DataError
     from attnprobe.workspace import resolve_data
 
     source = resolve_data(data)
-    refs = list_cases(source, split=split if split != "all" else getattr(source, "split", None) or "all")  # type: ignore[arg-type]
+    split = split if split != "all" else getattr(source, "split", None) or "all"
+    refs = list_cases(source, split=split)  # type: ignore[arg-type]
     if limit is not None:
         refs = refs[:limit]
-    config = PreprocessConfig(roi=roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
-                              a_min=a_min, a_max=a_max)
-    cases = []
-    with progress_bar() as bar:
-        task = bar.add_task("preprocess", total=len(refs), status="")
-        for ref in refs:
-            cases.append(prepare_case(ref, config))
-            bar.update(task, advance=1, status=ref.case_id)
-    return cases, config
+    if not refs:
+        raise DataError(f"no cases in {data}", expected="at least one case", got="0 after --limit/--split")
+    return [LazyCase(ref, config) for ref in refs]
+
+
+def preprocess_config(*, roi, pad_mode: str, spacing: float | None, intensity: str, a_min: float | None,
+                      a_max: float | None):
+    from attnprobe.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(roi=roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
+                            a_min=a_min, a_max=a_max)
 
 
 @one_line_errors
@@ -63,25 +66,40 @@ def capture(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store instead of resuming.")] = False,
 ) -> None:
     """Capture attention maps and block outputs of MODEL on DATA into a Zarr store."""
+    from attnprobe import dist
+    from attnprobe.errors import ConfigError
     from attnprobe.store import capture_to_store
 
+    dist.init_from_env(device=device)
+    if device.startswith("cuda") and dist.is_distributed():
+        device = f"cuda:{torch_local_rank()}"
     net, report, model_roi = load_model_ref(model, arch=arch)
-    err_console.print(f"loaded {report.summary()}", highlight=False)
-    use_roi = parse_roi(roi) or model_roi
-    if use_roi is None or use_roi == "full":
-        use_roi = use_roi or (96, 96, 96)
-    cases, config = prepare_all(data, roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
-                                a_min=a_min, a_max=a_max, split=split, limit=limit)
-    with progress_bar() as bar:
-        task = bar.add_task("capture", total=len(cases), status="")
+    if dist.is_main():
+        err_console.print(f"loaded {report.summary()}", highlight=False)
+    use_roi = parse_roi(roi) or model_roi or (96, 96, 96)
+    if use_roi == "full":
+        raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
+                          got="--roi full")
+    config = preprocess_config(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
+                               a_min=a_min, a_max=a_max)
+    cases = lazy_cases(data, config, split=split, limit=limit)
+    with progress_bar(disable=not dist.is_main()) as bar:
+        task = bar.add_task("capture", total=len(dist.shard(cases)), status="")
 
         def advance(case_id: str, skipped: bool) -> None:
             bar.update(task, advance=1, status=f"{case_id}{' (done before)' if skipped else ''}")
 
         path = capture_to_store(net, cases, out, taps=taps or ["*"], dtype=dtype, device=device,
-                                overwrite=overwrite, on_sample=advance,
+                                overwrite=overwrite, on_sample=advance, roi=use_roi,
                                 attrs={"preprocessing": config_dict(config), "padding": {"mode": pad_mode}})
-    console.print(f"wrote {path}")
+    if dist.is_main():
+        console.print(f"wrote {path}")
+
+
+def torch_local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def config_dict(config) -> dict:

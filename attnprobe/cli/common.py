@@ -64,10 +64,11 @@ def parse_int_list(text: str, *, option: str) -> list[int]:
                           got=repr(text)) from None
 
 
-def progress_bar() -> Progress:
+def progress_bar(*, disable: bool = False) -> Progress:
+    """A rich progress bar on stderr; tasks need a ``status`` field."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False)
+                    console=err_console, transient=False, disable=disable)
 
 
 def load_model_ref(name_or_path: str, *, arch: str | None = None, allow_partial: bool = False):

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 import attnprobe
+from attnprobe import dist
 from attnprobe.capture.probe import Probe
 from attnprobe.capture.sinks import SampleCollector
-from attnprobe.errors import ShapeError
+from attnprobe.errors import AttnprobeError, ShapeError, StoreError
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.schema import StoreDType
 from attnprobe.store.writer import StoreWriter
@@ -54,6 +55,7 @@ def capture_to_store(
     overwrite: bool = False,
     attrs: Mapping[str, Any] | None = None,
     on_sample: Callable[[str, bool], None] | None = None,
+    roi: Sequence[int] | None = None,
 ) -> Path:
     """Run every case through the model and stream the requested taps to a store.
 
@@ -72,6 +74,9 @@ def capture_to_store(
         Extra root attributes (preprocessing, padding spec ...).
     on_sample
         Called after each sample with ``(case id, skipped)`` (progress bars).
+    roi
+        The input size every case has. When given, cases are only touched when processed
+        (lazy cases under torchrun prepare just their rank's share); else read from the cases.
 
     Returns
     -------
@@ -80,14 +85,7 @@ def capture_to_store(
     """
     if not cases:
         raise ShapeError("nothing to capture", expected="at least one case", got="0 cases")
-    shapes = {tuple(c.image.shape[-3:]) for c in cases}
-    if len(shapes) != 1:
-        raise ShapeError(
-            "cases have different sizes, a store needs one ROI",
-            expected="every prepared image of the same (x, y, z)", got=str(sorted(shapes)),
-            fix="prepare with a fixed --roi instead of 'full'",
-        )
-    spatial = shapes.pop()
+    spatial = tuple(roi) if roi is not None else _common_shape(cases)
     model = model.to(device).eval()
     with Probe(model, taps, keep=False) as probe:
         geometry = {g.name: g for g in probe.adapter.geometry(model, spatial)}
@@ -98,17 +96,23 @@ def capture_to_store(
             **environment_attrs(), **model_attrs(model), "roi": list(spatial),
             "taps": [t.name for t in probe.taps], **(attrs or {}),
         }
-        writer = StoreWriter(out, cases=[c.case_id for c in cases], blocks=blocks, attrs=root_attrs,
-                             dtype=dtype, overwrite=overwrite)
+        writer = _open_writer(out, cases, blocks, root_attrs, dtype=dtype, overwrite=overwrite)
         try:
             done = writer.done
             probe.sinks.append(SampleCollector(writer, dtype=dtype))
             with torch.no_grad():
-                for index, case in enumerate(cases):
+                # under torchrun each rank takes its share of samples; chunks are per sample,
+                # so ranks write disjoint chunks of the same store without locks
+                for index in dist.shard(cases):
+                    case = cases[index]
                     if done[index]:
                         if on_sample:
                             on_sample(case.case_id, True)
                         continue
+                    if tuple(case.image.shape[-3:]) != spatial:
+                        raise ShapeError(f"case {case.case_id} does not have the store's size",
+                                         expected=str(spatial), got=str(tuple(case.image.shape[-3:])),
+                                         fix="prepare every case with the same fixed --roi")
                     image = case.image[None].to(device=device, dtype=torch.float32)
                     mask = case.mask[None].to(device)
                     probe.run(image, mask=mask, tag=[index])
@@ -116,4 +120,35 @@ def capture_to_store(
                         on_sample(case.case_id, False)
         finally:
             writer.close()
+    dist.barrier()
     return Path(out)
+
+
+def _common_shape(cases: Sequence[CaseLike]) -> tuple[int, ...]:
+    shapes = {tuple(c.image.shape[-3:]) for c in cases}
+    if len(shapes) != 1:
+        raise ShapeError(
+            "cases have different sizes, a store needs one ROI",
+            expected="every prepared image of the same (x, y, z)", got=str(sorted(shapes)),
+            fix="prepare with a fixed --roi instead of 'full'",
+        )
+    return shapes.pop()
+
+
+def _open_writer(out, cases, blocks, attrs, *, dtype, overwrite) -> StoreWriter:
+    """Rank 0 lays out (or validates) the store first; the other ranks then open it."""
+    ids = [c.case_id for c in cases]
+    writer, failure = None, None
+    if dist.is_main():
+        try:
+            writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=overwrite)
+        except AttnprobeError as exc:
+            failure = exc
+    failed = dist.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if failed is not None:
+        raise StoreError(f"rank 0 could not open the store: {failed}")
+    if writer is None:
+        writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=False)
+    return writer
