@@ -13,9 +13,17 @@ from __future__ import annotations
 from attnprobe.errors import AttnprobeError
 
 __version__ = "0.1.0"
-from attnprobe.store.schema import SCHEMA_VERSION  # noqa: E402
 
 __all__ = ["AttnprobeError", "open_store", "__version__", "SCHEMA_VERSION"]
+
+
+def __getattr__(name: str):
+    # lazy: importing the store pulls in zarr and xarray, which CLI start-up does not need
+    if name == "SCHEMA_VERSION":
+        from attnprobe.store.schema import SCHEMA_VERSION
+
+        return SCHEMA_VERSION
+    raise AttributeError(f"module 'attnprobe' has no attribute {name!r}")
 
 
 def open_store(path, **kwargs):
