@@ -13,6 +13,8 @@ function, so the kinds can never drift from what the attention really sees.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +66,19 @@ def block_token_kinds(adapter: Adapter, geom: BlockGeometry, stage_kinds: torch.
         x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
     windows = adapter.window_partition(x, geom.window)
     return windows.reshape(b, geom.n_windows, geom.n_tokens).to(torch.uint8)
+
+
+def token_positions(adapter: Adapter, geom: BlockGeometry) -> torch.Tensor:
+    """Flat grid index (row-major over x, y, z) of every token in window order, ``(window, token)``.
+
+    Window-padding slots get -1. Pushed through the same pad / roll / partition as the kinds,
+    so attention can be mapped back onto the token grid (and from there onto voxels).
+    """
+    index = torch.arange(math.prod(geom.grid), dtype=torch.float64).reshape(1, *geom.grid, 1)
+    x = adapter.pad_to_window(index, geom.window, value=-1.0)
+    if geom.shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
+    return adapter.window_partition(x, geom.window).reshape(geom.n_windows, geom.n_tokens).long()
 
 
 def token_kinds(

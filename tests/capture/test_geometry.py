@@ -112,3 +112,34 @@ def test_bad_sizes_name_the_axis():
     with pytest.raises(ShapeError, match="axis z") as info:
         check_input_shape(adapter, (64, 64, 40))
     assert "32 or 64" in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ["swin_unetr", "smit"])
+def test_token_positions_invert_the_window_layout(arch):
+    from attnprobe.capture.geometry import token_positions
+
+    model = build_model(arch, preset="tiny")
+    adapter = get_adapter(arch)
+    for geom in adapter.geometry(model, (64, 96, 32)):
+        pos = token_positions(adapter, geom)
+        real = pos[pos >= 0]
+        # every grid token appears exactly once; -1 exactly where the kinds say window padding
+        assert torch.equal(real.sort().values, torch.arange(math.prod(geom.grid)))
+        mask = np.ones((64, 96, 32), dtype=bool)
+        expected_pad = brute_force_kinds(mask, geom, adapter.patch_size) == WINDOW_PAD
+        np.testing.assert_array_equal((pos < 0).numpy(), expected_pad)
+
+
+def test_uniform_attention_maps_to_one_over_n_on_every_token():
+    from attnprobe.metrics.attention_map import received_attention, to_voxels
+
+    model = build_model("swin_unetr", preset="tiny")
+    adapter = get_adapter("swin_unetr")
+    mask = torch.ones(1, 1, 64, 64, 32, dtype=torch.bool)
+    geometry, kinds = token_kinds(model, mask)
+    geom = geometry["stage1.block1"]
+    probs = torch.full((geom.n_windows, geom.heads, geom.n_tokens, geom.n_tokens), 1.0 / geom.n_tokens)
+    grid = received_attention(probs, kinds["stage1.block1"][0], geom, adapter)
+    assert grid.shape == geom.grid
+    assert torch.allclose(grid, torch.full(geom.grid, 1.0 / geom.n_tokens))
+    assert to_voxels(grid, (64, 64, 32)).shape == (64, 64, 32)
