@@ -67,7 +67,8 @@ def _case_refs(data: str, split: str | None, limit: int | None):
 
 
 def _write_outputs(frame, out: Path, attrs: dict):
-    """adi.csv / adi.parquet (tidy blocks), adi.nc (xarray) and summary.csv (stage level over cases)."""
+    """Write adi.csv / adi.parquet (tidy blocks), adi.nc (xarray) and summary.csv (stage level
+    over cases); return the :class:`~attnprobe.metrics.sweep.SweepTables`."""
     from attnprobe.metrics.aggregate import to_xarray
     from attnprobe.metrics.sweep import sweep_tables
 
@@ -81,12 +82,24 @@ def _write_outputs(frame, out: Path, attrs: dict):
     for name in ("case", "kind"):
         if name in ds.coords:
             ds = ds.assign_coords({name: ds[name].astype(str)})
-    ds.to_netcdf(out / "adi.nc", engine="h5netcdf")
+    ds.to_netcdf(out / "adi.nc", engine=_netcdf_engine())
     return tables
+
+
+def _netcdf_engine() -> str:
+    """h5netcdf (netCDF4) when its h5py writer is installed, else scipy's netCDF3 writer."""
+    import importlib.util
+
+    if importlib.util.find_spec("h5py") is not None:
+        return "h5netcdf"
+    # h5netcdf >= 1.8 reads without h5py but cannot write; netCDF3 holds these tables too.
+    err_console.print("note: h5py is not installed, adi.nc is written as netCDF3 (scipy)", highlight=False)
+    return "scipy"
 
 
 def _print_table(stages) -> None:
     """Stage ADI (kind all), mean ± std over cases, one row per padding level."""
+    from rich import box
     from rich.table import Table
 
     sel = stages[(stages["metric"] == "adi") & (stages["kind"] == "all")]
@@ -94,20 +107,22 @@ def _print_table(stages) -> None:
         sel = sel.groupby(["case", "padding", "pad_fraction", "stage"], sort=False, dropna=False)["value"].mean()
         sel = sel.reset_index()
     n_stages = sorted(sel["stage"].unique())
-    table = Table(title="ADI by stage (padding kind: all; mean ± std over cases)")
-    table.add_column("padding", justify="right")
-    table.add_column("pad fraction", justify="right")
+    n_cases = sel["case"].nunique()
+    # A light box keeps four stages of "mean±std" inside an 80-column terminal.
+    table = Table(title=f"ADI by stage, padding kind 'all' (mean±std over {n_cases} case(s))",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("padding", justify="right", no_wrap=True)
+    table.add_column("pad frac", justify="right", no_wrap=True)
     for s in n_stages:
-        table.add_column(f"stage{s}", justify="right")
-    table.add_column("n", justify="right")
+        table.add_column(f"stage{s}", justify="right", no_wrap=True)
     for p, rows in sel.groupby("padding", sort=True):
         frac = rows["pad_fraction"].mean()
         cells = []
         for s in n_stages:
             vals = rows.loc[rows["stage"] == s, "value"]
             std = vals.std(ddof=1)
-            cells.append(f"{vals.mean():.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}"))
-        table.add_row(f"{p:g}", "n/a" if math.isnan(frac) else f"{frac:.3f}", *cells, str(rows["case"].nunique()))
+            cells.append(f"{vals.mean():.3f}" + ("" if math.isnan(std) else f"±{std:.3f}"))
+        table.add_row(f"{p:g}", "n/a" if math.isnan(frac) else f"{frac:.3f}", *cells)
     console.print(table)
 
 
@@ -152,6 +167,8 @@ def adi(
             raise ConfigError("--padding-sweep needs a model, a store holds one capture",
                               expected="--store without --padding-sweep", got=f"--padding-sweep {padding_sweep}",
                               fix="drop --padding-sweep, or pass --model and --data to run the sweep")
+        if data is not None:
+            err_console.print("note: --data is not used with a store (its cases were captured)", highlight=False)
         frame, attrs = _offline(store_path, heads=heads, device=dev, limit=limit)
     else:
         if model is None or data is None:
@@ -167,6 +184,7 @@ def adi(
 
 
 def _offline(store_path: Path, *, heads: str, device, limit: int | None):
+    """ADI of a capture store, chunk by chunk."""
     from attnprobe.errors import ConfigError
     from attnprobe.metrics.offline import OfflineStats
     from attnprobe.store import open_store
@@ -207,6 +225,7 @@ def _limited_store_flow(tree, *, heads, device, stats, on_sample, limit):
 def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
             heads: str, device, limit: int | None, arch: str | None, roi: str | None, split: str | None,
             spacing: float | None, intensity: str, a_min: float | None, a_max: float | None):
+    """Prepare the cases and run them (swept or as prepared) with online reduction."""
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.metrics.sweep import SweepSpec, prepared_flow
     from attnprobe.metrics.sweep import padding_sweep as run_sweep
@@ -215,16 +234,22 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
     if padding_sweep is not None:
         spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
                          pad_mode=pad_mode, mode=sweep_mode)  # type: ignore[arg-type]
-    # Options are checked before the model and the data are loaded: bad input fails fast.
-    config_roi = parse_roi(roi)
+
+    def preprocess_config(use_roi) -> PreprocessConfig:
+        config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
+                                  intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+        if spec is not None and config.roi != "full":
+            spec.check_shape(config.roi)
+        return config
+
+    # With --roi every option is checked before the model is loaded: bad input fails fast.
+    given_roi = parse_roi(roi)
+    config = preprocess_config(given_roi) if given_roi is not None else None
     refs = _case_refs(data, split, limit)
     net, report, model_roi = load_model_ref(model, arch=arch)
     err_console.print(f"loaded {report.summary()}", highlight=False)
-    use_roi = config_roi or model_roi or (96, 96, 96)
-    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
-                              a_min=a_min, a_max=a_max)
-    if spec is not None and config.roi != "full":
-        spec.check_shape(config.roi)
+    if config is None:
+        config = preprocess_config(model_roi or (96, 96, 96))
     levels = spec.paddings if spec is not None else (0,)
 
     with progress_bar() as bar:
