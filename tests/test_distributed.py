@@ -50,3 +50,15 @@ def test_capture_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
     for name in block_names(one):
         for var in one[name].dataset.data_vars:
             np.testing.assert_array_equal(one[name][var].values, two[name][var].values, err_msg=f"{name}/{var}")
+
+
+@pytest.mark.slow
+def test_adi_sweep_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
+    import pandas as pd
+
+    args = ["--model", swin_ckpt, "--data", datalist, "--padding-sweep", "0,16", "--roi", "64,64,64"]
+    single("adi", *args, "--out", tmp_path / "one")
+    torchrun("adi", *args, "--out", tmp_path / "two")
+    one = pd.read_csv(tmp_path / "one" / "adi.csv")
+    two = pd.read_csv(tmp_path / "two" / "adi.csv")
+    pd.testing.assert_frame_equal(one, two)

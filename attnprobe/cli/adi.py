@@ -152,8 +152,12 @@ def adi(
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
 ) -> None:
     """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding."""
+    from attnprobe import dist
     from attnprobe.errors import ConfigError
 
+    dist.init_from_env(device=device)
+    if device.startswith("cuda") and dist.is_distributed():
+        device = f"cuda:{dist.local_rank()}"
     dev = _check_device(device)
     store_path = store
     if store_path is None and model is not None:
@@ -177,6 +181,8 @@ def adi(
         frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
                                sweep_mode=sweep_mode, heads=heads, device=dev, limit=limit, arch=arch, roi=roi,
                                split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max)
+    if not dist.is_main():
+        return
     ensure_dir(out)
     tables = _write_outputs(frame, out, attrs)
     _print_table(tables.stages)
@@ -222,6 +228,21 @@ def _limited_store_flow(tree, *, heads, device, stats, on_sample, limit):
     return flows_to_frame(records)
 
 
+def _gather_in_case_order(frame, case_ids: list[str]):
+    """Every rank's rows on rank 0, in the order one process would have produced them."""
+    import pandas as pd
+
+    from attnprobe import dist
+
+    frames = dist.gather_objects(frame)
+    if len(frames) == 1:
+        return frame
+    order = {case: i for i, case in enumerate(case_ids)}
+    merged = pd.concat(frames, ignore_index=True)
+    rank_of_row = merged["case"].map(order)
+    return merged.iloc[rank_of_row.argsort(kind="stable").to_numpy()].reset_index(drop=True)
+
+
 def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
             heads: str, device, limit: int | None, arch: str | None, roi: str | None, split: str | None,
             spacing: float | None, intensity: str, a_min: float | None, a_max: float | None):
@@ -245,14 +266,18 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
     # With --roi every option is checked before the model is loaded: bad input fails fast.
     given_roi = parse_roi(roi)
     config = preprocess_config(given_roi) if given_roi is not None else None
-    refs = _case_refs(data, split, limit)
+    from attnprobe import dist
+
+    all_refs = _case_refs(data, split, limit)
+    refs = [all_refs[i] for i in dist.shard(all_refs)]  # under torchrun: this rank's share
     net, report, model_roi = load_model_ref(model, arch=arch)
-    err_console.print(f"loaded {report.summary()}", highlight=False)
+    if dist.is_main():
+        err_console.print(f"loaded {report.summary()}", highlight=False)
     if config is None:
         config = preprocess_config(model_roi or (96, 96, 96))
     levels = spec.paddings if spec is not None else (0,)
 
-    with progress_bar() as bar:
+    with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("adi", total=len(refs) * len(levels), status="")
 
         def prepared():
@@ -267,6 +292,7 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
             frame = prepared_flow(net, prepared(), heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
         else:
             frame = run_sweep(net, prepared(), spec, heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
+    frame = _gather_in_case_order(frame, [r.case_id for r in all_refs])
     attrs = {"source": "model", "model": model, "checkpoint": report.path, "arch": report.arch,
              "roi": str(config.roi), "heads": heads, "padding_sweep": ",".join(map(str, levels)),
              "axis": axis, "pad_mode": pad_mode, "sweep_mode": sweep_mode if spec is not None else "none"}

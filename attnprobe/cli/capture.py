@@ -72,7 +72,7 @@ def capture(
 
     dist.init_from_env(device=device)
     if device.startswith("cuda") and dist.is_distributed():
-        device = f"cuda:{torch_local_rank()}"
+        device = f"cuda:{dist.local_rank()}"
     net, report, model_roi = load_model_ref(model, arch=arch)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
@@ -96,13 +96,9 @@ def capture(
         console.print(f"wrote {path}")
 
 
-def torch_local_rank() -> int:
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
 
 def config_dict(config) -> dict:
+    """A preprocessing config as JSON-friendly store attributes."""
     from dataclasses import asdict
 
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
