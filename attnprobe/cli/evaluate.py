@@ -1,0 +1,256 @@
+"""``attnprobe evaluate``: detection, Dice, HD95 and surface Dice of a model or of existing segmentations.
+
+Two modes:
+
+- ``--model M --data D``: predict every case by sliding-window inference (optional flip TTA)
+  with the preprocessing stored in the checkpoint's training metadata, map the prediction back
+  to the input's native grid and score it there against the label file.
+- ``--pred PRED_DIR --labels LABEL_DIR``: score existing segmentations, matched by file name
+  (case id = name without ``.nii``/``.nii.gz``; a label named ``<id>_label`` or ``<id>_seg``
+  matches ``<id>``). Every label needs a prediction; predictions without a label are skipped.
+
+Both write ``cases.csv`` (case, detected, iou, dice, hd95, surface_dice) and ``summary.json``
+(:func:`attnprobe.train.evaluate.summarize`, NaN written as null).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import typer
+
+from attnprobe.cli.common import console, ensure_dir, err_console, one_line_errors, parse_roi, progress_bar
+
+Intensity = Literal["percentile", "fixed"]
+PadMode = Literal["end", "symmetric"]
+Scope = Literal["volume", "matched"]
+CASE_COLUMNS = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to the app (called by :mod:`attnprobe.cli.app`)."""
+    app.command("evaluate")(evaluate)
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def _nifti_ids(folder: Path, *, strip_label_suffix: bool) -> dict[str, Path]:
+    from attnprobe.data.io import LABEL_SUFFIXES, case_id_from_path, is_nifti
+    from attnprobe.errors import DataError
+
+    if not folder.is_dir():
+        raise DataError("not a folder", expected="a folder of NIfTI files", got=str(folder))
+    ids: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p)):
+        case = case_id_from_path(path)
+        if strip_label_suffix:
+            for suffix in LABEL_SUFFIXES:
+                if case.endswith(suffix) and len(case) > len(suffix):
+                    case = case[: -len(suffix)]
+        if case in ids:
+            raise DataError(f"two files for case {case!r} in {folder}", expected="one file per case",
+                            got=f"{ids[case].name} and {path.name}")
+        ids[case] = path
+    if not ids:
+        raise DataError(f"no NIfTI files in {folder}", expected="*.nii or *.nii.gz files", got="none")
+    return ids
+
+
+def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, Any]) -> list:
+    from attnprobe.data.io import load_volume
+    from attnprobe.errors import DataError
+    from attnprobe.train.evaluate import evaluate_case
+
+    preds = _nifti_ids(pred_dir, strip_label_suffix=False)
+    labels = _nifti_ids(label_dir, strip_label_suffix=True)
+    missing = sorted(set(labels) - set(preds))
+    if missing:
+        raise DataError(f"{len(missing)} label(s) have no prediction in {pred_dir}",
+                        expected="a prediction file named like each label (same case id)",
+                        got=", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+                        fix="predict those cases, or remove their labels from the folder")
+    extra = sorted(set(preds) - set(labels))
+    if extra:
+        err_console.print(f"skipping {len(extra)} prediction(s) without a label: {', '.join(extra[:5])}",
+                          highlight=False)
+    results = []
+    with progress_bar() as bar:
+        task = bar.add_task("evaluate", total=len(labels), status="")
+        for case, label_path in labels.items():
+            ref = load_volume(label_path, role="label")
+            pred = load_volume(preds[case], role="label")
+            if tuple(pred.shape) != tuple(ref.shape) or not np.allclose(
+                    np.asarray(pred.affine), np.asarray(ref.affine), atol=1e-3, rtol=1e-4):
+                raise DataError(f"prediction of case {case!r} is not on its label's grid",
+                                expected=f"shape {tuple(ref.shape)} and the label's affine",
+                                got=f"shape {tuple(pred.shape)}", fix="resample the prediction to the label grid")
+            results.append(evaluate_case(pred.numpy(), ref.numpy(), spacing=_spacing(ref.affine), case=case,
+                                         **metric_options))
+            bar.update(task, advance=1, status=case)
+    return results
+
+
+def _check_preprocessing(stored: dict[str, Any] | None, requested: dict[str, Any], *, allow: bool) -> dict[str, Any]:
+    """Preprocessing to use: the stored one, with requested values refused when they differ."""
+    from attnprobe.errors import ConfigError
+
+    if not stored:
+        return requested
+    used = {k: stored.get(k) for k in requested}
+    diffs = [f"{k}={requested[k]!r} (trained with {used[k]!r})" for k in requested
+             if requested[k] is not None and requested[k] != used[k]]
+    if diffs and not allow:
+        raise ConfigError("preprocessing differs from the model's training",
+                          expected=", ".join(f"{k}={v!r}" for k, v in used.items() if v is not None),
+                          got="; ".join(diffs),
+                          fix="drop the option to use the trained values, or pass --allow-roi-mismatch")
+    if diffs:
+        err_console.print(f"warning: evaluating with {'; '.join(diffs)}", highlight=False)
+    return {k: (requested[k] if requested[k] is not None else used[k]) for k in requested}
+
+
+def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | None, roi: str | None,
+                       intensity: str | None, a_min: float | None, a_max: float | None, spacing: float | None,
+                       pad_mode: str | None, allow: bool, tta: bool, device: str, limit: int | None,
+                       write: bool, out: Path, metric_options: dict[str, Any]) -> tuple[list, dict[str, Any]]:
+    import torch
+
+    from attnprobe.data.io import list_cases, load_volume
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.errors import ConfigError
+    from attnprobe.models import load_checkpoint
+    from attnprobe.train.evaluate import evaluate_case
+    from attnprobe.train.inference import InferenceConfig, predict_case, write_prediction
+    from attnprobe.workspace import resolve_data, resolve_model
+
+    ref = resolve_model(model)
+    net, report = load_checkpoint(ref.checkpoint, arch or ref.arch)
+    err_console.print(f"loaded {report.summary()}", highlight=False)
+    stored = report.metadata.get("train") if isinstance(report.metadata.get("train"), dict) else None
+    crop = parse_roi(roi)
+    if crop == "full":
+        raise ConfigError("--roi must be a window size", expected="three sizes like 96,96,64", got="'full'")
+    requested = {"roi": list(crop) if crop else (list(ref.roi) if ref.roi else None), "intensity": intensity,
+                 "a_min": a_min, "a_max": a_max, "spacing": spacing, "pad_mode": pad_mode}
+    pre = _check_preprocessing(stored, requested, allow=allow)
+    window = pre["roi"] or net.attnprobe_config.get("roi")
+    if window is None:
+        raise ConfigError("no ROI for the sliding window", expected="--roi or a checkpoint with a ROI", got="none")
+    config = PreprocessConfig(roi="full", spacing=pre["spacing"] if pre["spacing"] is not None else 1.0,
+                              intensity=pre["intensity"] or "percentile", a_min=pre["a_min"], a_max=pre["a_max"],
+                              pad_mode=pre["pad_mode"] or "end")
+    infer = InferenceConfig(roi=tuple(window), tta=tta)
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
+                          got=repr(device), fix="use --device cpu")
+    net.to(dev)
+    source = resolve_data(data)
+    if split is None:
+        split = "test" if Path(source).suffix.lower() == ".json" and source.split == "all" else source.split
+    refs = list_cases(source, split=split)  # type: ignore[arg-type]
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+        refs = refs[:limit]
+    results, unlabeled = [], []
+    with progress_bar() as bar:
+        task = bar.add_task("evaluate", total=len(refs), status="")
+        for case_ref in refs:
+            case = prepare_case(case_ref, config)
+            prediction = predict_case(net, case, config=infer, device=dev)
+            if write:
+                write_prediction(prediction, out, probabilities=True)
+            if case_ref.label is None:
+                unlabeled.append(case_ref.case_id)
+            else:
+                label = load_volume(case_ref.label, role="label")
+                results.append(evaluate_case(prediction.native_label(), label.numpy(), spacing=_spacing(label.affine),
+                                             case=case_ref.case_id, **metric_options))
+            bar.update(task, advance=1, status=case_ref.case_id)
+    if unlabeled:
+        err_console.print(f"{len(unlabeled)} case(s) without a label were predicted but not scored", highlight=False)
+    info = {"model": str(ref.checkpoint), "data": str(source.path), "split": split, "roi": list(window),
+            "tta": tta, "preprocessing": {k: v for k, v in pre.items() if k != "roi"}}
+    return results, info
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (np.integer, np.floating)):
+        return _plain(value.item())
+    return value
+
+
+@one_line_errors
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Output folder for cases.csv and summary.json.")],
+    model: Annotated[str | None, typer.Option(help="Model name from attnprobe.toml or a checkpoint path.")] = None,
+    data: Annotated[str | None, typer.Option(help="Datalist JSON, folder of NIfTI files, or dataset name.")] = None,
+    pred: Annotated[Path | None, typer.Option(help="Folder of predicted segmentations (with --labels).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Folder of reference labels (with --pred).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint when omitted).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Datalist split (default: test for a datalist, all for a folder).")] = None,
+    roi: Annotated[str | None, typer.Option(help="Sliding-window ROI x,y,z (default: the trained one).")] = None,
+    allow_roi_mismatch: Annotated[bool, typer.Option(
+        help="Allow a ROI, intensity mode or spacing different from the model's training.")] = False,
+    intensity: Annotated[Intensity | None, typer.Option(help="Intensity scaling (default: the trained one).")] = None,
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Isotropic spacing in mm (default: the trained one).")] = None,
+    pad_mode: Annotated[PadMode | None, typer.Option(help="Where padding goes (default: the trained one).")] = None,
+    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation (identity + one flip per axis).")] = False,
+    write_predictions: Annotated[bool, typer.Option(
+        help="Write predictions/ and probabilities/ as NIfTI in the input's native space.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most N cases.")] = None,
+    scope: Annotated[Scope, typer.Option(help="Dice/HD95 over the whole volume or matched lesions only.")] = "volume",
+    min_component_voxels: Annotated[int, typer.Option(help="Drop predicted components this small or smaller.")] = 10,
+    iou_threshold: Annotated[float, typer.Option(help="IoU above which a lesion counts as detected.")] = 0.1,
+    tolerance_mm: Annotated[float, typer.Option(help="Surface Dice tolerance in mm.")] = 2.0,
+) -> None:
+    """Score a model on data (--model/--data) or existing segmentations (--pred/--labels)."""
+    import pandas as pd
+
+    from attnprobe.errors import ConfigError
+    from attnprobe.train.evaluate import summarize
+
+    model_mode = model is not None or data is not None
+    folder_mode = pred is not None or labels is not None
+    if model_mode == folder_mode or (model_mode and (model is None or data is None)) or (
+            folder_mode and (pred is None or labels is None)):
+        raise ConfigError("choose one evaluation mode", expected="--model and --data, or --pred and --labels",
+                          got=", ".join(f"--{k}" for k, v in (("model", model), ("data", data), ("pred", pred),
+                                                               ("labels", labels)) if v is not None) or "none")
+    metric_options = {"scope": scope, "min_component_voxels": min_component_voxels, "iou_threshold": iou_threshold,
+                      "tolerance_mm": tolerance_mm}
+    ensure_dir(out)
+    if folder_mode:
+        results = _score_folders(pred, labels, metric_options)  # type: ignore[arg-type]
+        info: dict[str, Any] = {"pred": str(pred), "labels": str(labels)}
+    else:
+        results, info = _predict_and_score(
+            model, data, arch=arch, split=split, roi=roi, intensity=intensity, a_min=a_min,  # type: ignore[arg-type]
+            a_max=a_max, spacing=spacing, pad_mode=pad_mode, allow=allow_roi_mismatch, tta=tta, device=device,
+            limit=limit, write=write_predictions, out=out, metric_options=metric_options)
+    frame = pd.DataFrame([{c: getattr(r, c) for c in CASE_COLUMNS} for r in results], columns=list(CASE_COLUMNS))
+    frame.to_csv(out / "cases.csv", index=False)
+    summary = {k: _plain(v) for k, v in summarize(results).items()}
+    (out / "summary.json").write_text(json.dumps({**summary, **info, **metric_options}, indent=1))
+    if results:
+        dice = summary["dice_mean"]
+        console.print(f"{summary['n_detected']}/{summary['n_with_reference']} detected"
+                      f" ({(summary['detection_rate'] or 0):.1%}), Dice {dice if dice is None else round(dice, 4)}, "
+                      f"HD95 {summary['hd95_mean'] if summary['hd95_mean'] is None else round(summary['hd95_mean'], 2)} mm"
+                      f"; wrote {out / 'cases.csv'}", highlight=False)
+    else:
+        console.print(f"no labelled case to score; wrote {out / 'cases.csv'}", highlight=False)

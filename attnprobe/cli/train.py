@@ -1,0 +1,134 @@
+"""``attnprobe train``: fine-tune (or train from scratch) with a preset of SPEC §5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from attnprobe.cli.common import console, err_console, one_line_errors, parse_roi, progress_bar
+
+Preset = Literal["base", "ta", "act", "scratch"]
+PadMode = Literal["end", "symmetric"]
+Intensity = Literal["percentile", "fixed"]
+
+HELP = """Train a segmentation model with a preset.
+
+Presets: base (pretrained ROI, standard augmentation), ta (+ tumor-aware intensity augmentation),
+act (anisotropic crop + tumor-aware; swin_unetr 96x96x64, smit 128x128x64, tiny presets 64x64x32),
+scratch (random weights, pretrained ROI, twice --epochs).
+
+--init names a model in attnprobe.toml or a checkpoint path (its load report is printed);
+--init none trains from random weights with any preset. --model-preset picks the
+architecture preset (e.g. tiny: feature size 12, cube 64^3). --resume continues an interrupted
+run: repeat the original command and add --resume.
+"""
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to the app (called by :mod:`attnprobe.cli.app`)."""
+    app.command("train", help=HELP)(train)
+
+
+@one_line_errors
+def train(
+    data: Annotated[str, typer.Option(help="Datalist JSON, folder of NIfTI files, or dataset name.")],
+    out: Annotated[Path, typer.Option(help="Run folder (metrics.csv, last.pt, best.pt, config.json).")],
+    preset: Annotated[Preset, typer.Option(help="Trainer preset.")] = "base",
+    arch: Annotated[str | None, typer.Option(
+        help="Architecture (default: the --init model's, else swin_unetr).")] = None,
+    model_preset: Annotated[str | None, typer.Option(help="Architecture preset, e.g. tiny.")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Initial weights: model name from attnprobe.toml, checkpoint path, or 'none'.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (scratch trains twice as many).")] = 100,
+    roi: Annotated[str | None, typer.Option(help="Crop x,y,z overriding the preset's (e.g. 96,96,64).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (AMP on cuda).")] = "cpu",
+    val_every: Annotated[int, typer.Option(help="Validate every K epochs.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Volumes per step (each gives --num-samples crops).")] = 1,
+    num_samples: Annotated[int, typer.Option(help="Pos/neg-balanced crops per volume.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
+    split: Annotated[str, typer.Option(help="Training split of the datalist.")] = "training",
+    val_split: Annotated[str, typer.Option(help="Validation split ('none' to skip validation).")] = "validation",
+    val_data: Annotated[str | None, typer.Option(help="Validation data (default: --data).")] = None,
+    spacing: Annotated[float, typer.Option(help="Isotropic spacing in mm.")] = 1.0,
+    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    pad_mode: Annotated[PadMode, typer.Option(help="Where padding goes.")] = "end",
+    checkpoint_every: Annotated[int | None, typer.Option(
+        help="Also write last.pt every N steps (default: end of each epoch).")] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Stop after N steps in total (resumable with --resume).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run files in an existing --out.")] = False,
+) -> None:
+    """Train a segmentation model with a preset (see the command help)."""
+    from attnprobe.errors import ConfigError
+    from attnprobe.train.presets import resolve_train_config
+    from attnprobe.train.trainer import train as run_training
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
+                          got="both")
+    random_init = init is not None and init.lower() == "none"
+    init_ref = None if random_init else init
+    declared_roi = None
+    if init_ref is not None and preset != "scratch":
+        from attnprobe.workspace import resolve_model
+
+        ref = resolve_model(init_ref)
+        arch = arch or ref.arch or _checkpoint_arch(ref.checkpoint)
+        declared_roi = ref.roi
+    if preset == "scratch" and init_ref is not None:
+        err_console.print(f"preset scratch starts from random weights: --init {init_ref} is ignored", highlight=False)
+    crop = parse_roi(roi)
+    if crop == "full":
+        raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")
+    config = resolve_train_config(
+        preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
+        init=init_ref, declared_roi=declared_roi, val_every=val_every, seed=seed, batch_size=batch_size,
+        num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing, intensity=intensity,
+        a_min=a_min, a_max=a_max, pad_mode=pad_mode)
+    err_console.print(f"preset {config.preset}: {config.arch}{f' ({model_preset})' if model_preset else ''}, "
+                      f"crop {'x'.join(map(str, config.roi))}, {config.epochs} epochs, "
+                      f"{'tumor-aware' if config.tumor_aware else 'standard'} augmentation, "
+                      f"init {config.init or 'random'}", highlight=False)
+
+    with progress_bar() as bar:
+        task = bar.add_task("train", total=None, status="")
+        last_dice: list[float | None] = [None]
+
+        def on_step(info) -> None:
+            dice = f" dice {last_dice[0]:.3f}" if last_dice[0] is not None else ""
+            bar.update(task, total=info.total_steps, completed=info.step,
+                       status=f"epoch {info.epoch} loss {info.loss:.4f}{dice}")
+
+        def on_epoch(info) -> None:
+            if info.val_dice is not None:
+                last_dice[0] = info.val_dice
+            bar.update(task, status=f"epoch {info.epoch} loss {info.mean_loss:.4f}"
+                                    + (f" dice {last_dice[0]:.3f}" if last_dice[0] is not None else ""))
+
+        result = run_training(
+            config, data, out, split=split, val_data=val_data,
+            val_split=None if val_split.lower() == "none" else val_split, device=device, overwrite=overwrite,
+            resume=resume, allow_random_init=random_init, checkpoint_every=checkpoint_every,
+            stop_after_steps=max_steps, on_step=on_step, on_epoch=on_epoch,
+            log=lambda msg: err_console.print(msg, highlight=False))
+    state = "finished" if result.finished else f"stopped after step {result.steps_done} (resume with --resume)"
+    best = f", best val Dice {result.best_dice:.4f} (epoch {result.best_epoch})" if result.best_dice is not None else ""
+    console.print(f"{state}: {result.epochs_done} epochs, {result.steps_done} steps{best}; run in {result.out_dir}",
+                  highlight=False)
+
+
+def _checkpoint_arch(path: Path) -> str | None:
+    """Architecture stored in an attnprobe checkpoint (None: let the loader guess)."""
+    from attnprobe.models.checkpoints import META_KEY, read_checkpoint
+
+    if path.is_dir():
+        return None
+    meta = read_checkpoint(path).get(META_KEY)
+    return meta.get("arch") if isinstance(meta, dict) else None

@@ -1,0 +1,197 @@
+"""`attnprobe train` and `attnprobe evaluate` end to end, with hand-checked evaluation answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnprobe.cli.app import app
+from attnprobe.data.phantoms import write_phantom_dataset
+from attnprobe.models import build_model
+from attnprobe.models.checkpoints import save_checkpoint
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert any(line.startswith("error:") for line in result.output.splitlines()), result.output
+    assert pattern in result.output, result.output
+
+
+def rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("ph"), n=3, seed=2, shape=(48, 48, 24),
+                                 modalities=("mri",))["mri"]
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("train", "evaluate", "data"):
+        assert command in result.output
+    result = run("train", "--help")
+    assert result.exit_code == 0 and "scratch" in result.output and "--model-preset" in result.output
+
+
+def test_train_one_step_with_overwrite(phantoms, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("stale")
+    (out / "notes.txt").write_text("keep me")
+    args = ["train", "--preset", "act", "--model-preset", "tiny", "--init", "none", "--data", phantoms, "--out", out,
+            "--epochs", 1, "--spacing", 2, "--num-samples", 1, "--max-steps", 1, "--val-split", "none", "--seed", 5]
+    assert_one_line_error(run(*args), "already exists")
+    result = run(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "crop 64x64x32" in result.output and "stopped after step 1" in result.output
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert [r["step"] for r in rows(out / "metrics.csv")] == ["1"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "act" and config["roi"] == [64, 64, 32] and config["tumor_aware"] is True
+
+
+def test_train_refusals_are_one_line(phantoms, tmp_path):
+    base = ["train", "--data", phantoms, "--out", tmp_path / "r", "--model-preset", "tiny"]
+    assert_one_line_error(run(*base, "--preset", "base"), "pretrained weights")
+    assert_one_line_error(run(*base, "--preset", "act", "--init", "none", "--roi", "64,64,40"), "divisible by 32")
+    assert_one_line_error(run(*base, "--init", "none", "--resume"), "nothing to resume")
+    assert_one_line_error(run(*base, "--init", "nowhere.pt"), "Unknown model")
+
+
+# --- evaluate: existing segmentations ---------------------------------------------------------
+
+
+def _save(path, array):
+    nib.save(nib.Nifti1Image(array.astype(np.uint8), np.eye(4)), str(path))
+
+
+@pytest.fixture
+def seg_dirs(tmp_path):
+    pred, labels = tmp_path / "pred", tmp_path / "labels"
+    pred.mkdir()
+    labels.mkdir()
+    cube = np.zeros((20, 20, 20), np.uint8)
+    cube[5:10, 5:10, 5:10] = 1
+    long_ref = np.zeros_like(cube)
+    long_ref[5:15, 5:10, 5:10] = 1  # 250 voxels
+    long_pred = np.zeros_like(cube)
+    long_pred[10:20, 5:10, 5:10] = 1  # 250 voxels, 125 shared
+    _save(labels / "a_label.nii.gz", cube)
+    _save(pred / "a.nii.gz", cube)  # perfect
+    _save(labels / "b.nii.gz", cube)
+    _save(pred / "b.nii.gz", np.zeros_like(cube))  # missed
+    _save(labels / "c_seg.nii.gz", long_ref)
+    _save(pred / "c.nii.gz", long_pred)  # half overlap
+    _save(pred / "d.nii.gz", cube)  # no label: skipped
+    return pred, labels
+
+
+def test_evaluate_pred_labels_known_answers(seg_dirs, tmp_path):
+    pred, labels = seg_dirs
+    out = tmp_path / "eval"
+    result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "skipping 1 prediction" in result.output
+    cases = {r["case"]: r for r in rows(out / "cases.csv")}
+    assert list(next(iter(cases.values()))) == ["case", "detected", "iou", "dice", "hd95", "surface_dice"]
+    a, b, c = cases["a"], cases["b"], cases["c"]
+    assert (a["detected"], float(a["iou"]), float(a["dice"]), float(a["hd95"]), float(a["surface_dice"])) == \
+        ("True", 1.0, 1.0, 0.0, 1.0)
+    assert (b["detected"], float(b["iou"]), float(b["dice"]), b["hd95"], float(b["surface_dice"])) == \
+        ("False", 0.0, 0.0, "", 0.0)
+    # Dice 2*125/(250+250) = 0.5, IoU 125/375 = 1/3 > 0.1 -> detected
+    assert c["detected"] == "True" and float(c["dice"]) == 0.5 and float(c["iou"]) == pytest.approx(1 / 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 3 and summary["n_detected"] == 2
+    assert summary["detection_rate"] == pytest.approx(2 / 3) and summary["dice_mean"] == pytest.approx(0.5)
+    assert summary["hd95_mean"] == pytest.approx(float(c["hd95"]) / 2)  # b has no HD95
+
+
+def test_evaluate_pred_labels_errors(seg_dirs, tmp_path):
+    pred, labels = seg_dirs
+    (pred / "a.nii.gz").unlink()
+    assert_one_line_error(run("evaluate", "--pred", pred, "--labels", labels, "--out", tmp_path / "e"),
+                          "have no prediction")
+    assert_one_line_error(run("evaluate", "--pred", pred, "--out", tmp_path / "e"), "choose one evaluation mode")
+    assert_one_line_error(run("evaluate", "--pred", pred, "--labels", labels, "--model", "x", "--data", "y",
+                              "--out", tmp_path / "e"), "choose one evaluation mode")
+
+
+# --- evaluate: a model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory):
+    """A tiny model saved the way the trainer saves it (train metadata with ROI and preprocessing)."""
+    torch.manual_seed(0)
+    model = build_model("swin_unetr", preset="tiny")
+    train_meta = {"arch": "swin_unetr", "preset": "act", "roi": [64, 64, 32], "intensity": "percentile",
+                  "a_min": None, "a_max": None, "spacing": 1.0, "pad_mode": "end", "epoch": 1}
+    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "trained.pt", extra={"train": train_meta})
+
+
+def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_path):
+    out = tmp_path / "eval"
+    result = run("evaluate", "--model", trained_ckpt, "--data", datalist, "--split", "all", "--out", out,
+                 "--write-predictions")
+    assert result.exit_code == 0, result.output
+    cases = rows(out / "cases.csv")
+    assert [r["case"] for r in cases] == ["case0", "case1", "case2"]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in cases)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 3 and summary["roi"] == [64, 64, 32] and summary["tta"] is False
+    for i in range(3):
+        image = nib.load(str(datalist.parent / f"case{i}.nii.gz"))
+        pred = nib.load(str(out / "predictions" / f"case{i}.nii.gz"))
+        prob = nib.load(str(out / "probabilities" / f"case{i}.nii.gz"))
+        assert pred.shape == image.shape == prob.shape
+        assert np.allclose(pred.affine, image.affine) and np.allclose(prob.affine, image.affine)
+        p = np.asarray(prob.dataobj)
+        assert p.min() >= 0.0 and p.max() <= 1.0 + 1e-6
+        # the label is the argmax of the (two-class) probability wherever the prediction is defined
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+    # written predictions score the same through --pred/--labels (labels sit next to the images)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for i in range(3):
+        (labels / f"case{i}_label.nii.gz").write_bytes((datalist.parent / f"case{i}_label.nii.gz").read_bytes())
+    again = run("evaluate", "--pred", out / "predictions", "--labels", labels, "--out", tmp_path / "again")
+    assert again.exit_code == 0, again.output
+    first, second = rows(out / "cases.csv"), rows(tmp_path / "again" / "cases.csv")
+    for r1, r2 in zip(first, second):
+        assert r1["dice"] == r2["dice"] and r1["detected"] == r2["detected"]
+
+
+def test_evaluate_refuses_roi_or_intensity_mismatch(trained_ckpt, datalist, tmp_path):
+    base = ["evaluate", "--model", trained_ckpt, "--data", datalist, "--out", tmp_path / "e"]
+    assert_one_line_error(run(*base, "--roi", "64,64,64"), "differs from the model's training")
+    assert_one_line_error(run(*base, "--intensity", "fixed", "--a-min", "0", "--a-max", "200"), "intensity")
+    # allowed on request (with flip TTA: four passes of one small case)
+    result = run(*base, "--intensity", "fixed", "--a-min", "0", "--a-max", "200", "--allow-roi-mismatch",
+                 "--limit", 1, "--tta")
+    assert result.exit_code == 0, result.output
+    assert "warning: evaluating with intensity='fixed'" in result.output
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and summary["tta"] is True and summary["split"] == "test"
+    assert summary["preprocessing"]["intensity"] == "fixed" and math.isfinite(summary["dice_mean"])
