@@ -107,12 +107,25 @@ def synthetic_store(path: Path, megabytes: int) -> int:
 
 
 PEAK = """
-import resource, sys
+import os, sys, threading, time
 from attnprobe.metrics.offline import store_flow
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def rss_mib():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+peak, stop = [0.0], threading.Event()
+def sample():
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss_mib())
+        time.sleep(0.005)
+
+base = rss_mib()
+thread = threading.Thread(target=sample, daemon=True)
+thread.start()
 frame = store_flow(sys.argv[1])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base / 1024, peak / 1024, len(frame))
+stop.set(); thread.join()
+print(base, max(peak[0], rss_mib()), len(frame))
 """
 
 
