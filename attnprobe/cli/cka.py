@@ -1,0 +1,257 @@
+"""``attnprobe cka``: CKA between every block pair of two models, stores or input sets (SPEC §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from attnprobe.cli.common import (
+    console,
+    err_console,
+    load_model_ref,
+    one_line_errors,
+    parse_roi,
+    progress_bar,
+)
+
+KernelOpt = Literal["linear", "rbf"]
+EstimatorOpt = Literal["biased", "unbiased", "minibatch"]
+UnitOpt = Literal["pooled", "tokens"]
+PadMode = Literal["end", "symmetric"]
+Intensity = Literal["percentile", "fixed"]
+Split = Literal["all", "training", "validation", "test"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``cka`` command to the app (called by :mod:`attnprobe.cli.app`)."""
+    app.command("cka")(cka_command)
+
+
+def _is_store_path(path: Path) -> bool:
+    """A capture store: a path ending in .zarr, or a folder holding zarr.json."""
+    return path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists())
+
+
+def _source(text: str) -> tuple[str, Path | None]:
+    """``("store", path)`` for a capture store, else ``("model", None)`` (resolved on load)."""
+    from attnprobe.workspace import resolve_model
+
+    path = Path(text).expanduser()
+    if path.suffix == ".zarr":
+        return "store", path  # open_store reports a missing store clearly
+    if path.exists():
+        return ("store", path) if _is_store_path(path) else ("model", None)
+    ref = resolve_model(text)  # workspace name (or an unknown name: a clear error)
+    return ("store", ref.checkpoint) if _is_store_path(ref.checkpoint) else ("model", None)
+
+
+def _parse_crop_size(text: str | None) -> tuple[int, int, int] | None:
+    """``"32,64,32"`` (or ``"32x64x32"``, or one size for all axes) -> (32, 64, 32)."""
+    from attnprobe.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or min(parts) <= 0:
+        raise ConfigError("cannot read --crop-size", expected="three positive sizes like 64,64,32 (or one)",
+                          got=repr(text))
+    return parts  # type: ignore[return-value]
+
+
+def _device(device: str) -> str:
+    import os
+
+    import torch
+
+    from attnprobe import dist
+    from attnprobe.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError("cannot read --device", expected="cpu, cuda or cuda:N", got=repr(device)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
+                          got=repr(device), fix="use --device cpu")
+    if dev.type == "cuda" and dist.is_distributed():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return str(dev)
+
+
+def _print_diagonal(da) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from attnprobe.metrics.reuse import summarize
+
+    s = summarize(da)
+    a = da.attrs
+    n = f"n={a.get('n')}" if a.get("unit") != "tokens" else \
+        f"{a.get('n_inputs')} inputs, {a.get('n_tokens_min')}-{a.get('n_tokens_max')} tokens per block pair"
+    console.print(f"CKA {a.get('ref')} (rows) vs {a.get('tgt')} (columns): {a.get('unit')}, {a.get('kernel')} "
+                  f"kernel, {a.get('estimator')} estimator, {n}", highlight=False)
+    table = Table(title="diagonal (same block)", box=box.SIMPLE_HEAD)
+    table.add_column("block", no_wrap=True)
+    table.add_column("CKA", justify="right", no_wrap=True)
+    for block, value in s["diagonal"].items():
+        table.add_row(block, f"{value:.3f}")
+    console.print(table)
+    console.print(f"diagonal mean {s['diagonal_mean']:.3f}, band mean {s['band_mean']:.3f}, "
+                  f"mean row max {s['mean_row_max']:.3f}, mean best-match shift {s['mean_best_match_shift']:.2f}",
+                  highlight=False)
+
+
+@one_line_errors
+def cka_command(
+    ref: Annotated[str, typer.Option(help="Reference model: name from attnprobe.toml, checkpoint, or capture "
+                                     "store (.zarr).")],
+    out: Annotated[Path, typer.Option(help="Output folder for cka.nc, cka.csv and summary.json.")],
+    tgt: Annotated[str | None, typer.Option(help="Target model/checkpoint/store (default: --ref, with "
+                                            "--tgt-data).")] = None,
+    data: Annotated[str | None, typer.Option(help="Datalist JSON, folder of NIfTI files, or dataset name "
+                                             "(models only).")] = None,
+    tgt_data: Annotated[str | None, typer.Option(help="Inputs of the target, paired with --data by case id "
+                                                 "(e.g. CT vs MRI of the same cases).")] = None,
+    kernel: Annotated[KernelOpt, typer.Option(help="CKA kernel (tokens: linear only).")] = "linear",
+    estimator: Annotated[EstimatorOpt, typer.Option(help="HSIC estimator.")] = "unbiased",
+    unit: Annotated[UnitOpt, typer.Option(help="Examples: a pooled vector per input, or every token.")] = "pooled",
+    pool: Annotated[int, typer.Option(help="Adaptive average pooling grid per spatial axis (pooled).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Examples per minibatch (--estimator minibatch).")] = 32,
+    crops: Annotated[int, typer.Option(help="Seeded random crops per case, the same for both sides "
+                                       "(1 = the whole ROI).")] = 1,
+    crop_size: Annotated[str | None, typer.Option(help="Crop size x,y,z (default: the ROI less 32 per "
+                                                  "axis).")] = None,
+    seed: Annotated[int, typer.Option(help="Crop seed.")] = 0,
+    threshold: Annotated[float, typer.Option(help="RBF bandwidth factor (x median distance).")] = 1.0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
+    roi: Annotated[str | None, typer.Option(help="Input ROI x,y,z for both sides (default: the reference "
+                                            "model's).")] = None,
+    split: Annotated[Split, typer.Option(help="Datalist split.")] = "all",
+    pad_mode: Annotated[PadMode, typer.Option(help="Where input padding goes.")] = "end",
+    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
+    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+) -> None:
+    """CKA of every block pair of REF and TGT (feature reuse = the diagonal), written to OUT."""
+    from attnprobe import dist
+    from attnprobe.errors import ConfigError
+    from attnprobe.metrics.reuse import OUTPUT_FILES, CKAConfig, write_results
+
+    # options first: bad input fails before anything is loaded
+    config = CKAConfig(unit=unit, kernel=kernel, estimator=estimator, pool=pool, batch_size=batch_size,
+                       threshold=threshold)
+    if crops < 1:
+        raise ConfigError("bad --crops", expected="an integer >= 1", got=str(crops))
+    if limit is not None and limit < 1:
+        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+    box = _parse_crop_size(crop_size)
+    dist.init_from_env(device=device)
+    dev = _device(device)
+
+    tgt_text = tgt if tgt is not None else ref
+    ref_kind, ref_store = _source(ref)
+    tgt_kind, tgt_store = _source(tgt_text)
+    if ref_kind != tgt_kind:
+        raise ConfigError("--ref and --tgt must both be models or both be capture stores",
+                          expected="two checkpoints/model names, or two .zarr stores",
+                          got=f"--ref is a {ref_kind}, --tgt is a {tgt_kind}",
+                          fix="capture the model too (attnprobe capture --taps '*.out') or pass its checkpoint")
+    names = (ref, tgt_text)
+    main = dist.is_main()
+    if ref_kind == "store":
+        for flag, value in (("--data", data), ("--tgt-data", tgt_data), ("--roi", roi), ("--crop-size", crop_size)):
+            if value is not None:
+                raise ConfigError(f"{flag} does not apply to capture stores",
+                                  expected="stores hold the outputs of their captured inputs",
+                                  got=f"{flag} {value}", fix=f"drop {flag}, or pass checkpoints instead")
+        if crops != 1:
+            raise ConfigError("--crops does not apply to capture stores", expected="--crops 1",
+                              got=f"--crops {crops}", fix="pass checkpoints to compare on crops")
+        if tgt is None:
+            raise ConfigError("--tgt is needed with a store", expected="--tgt OTHER.zarr", got="no --tgt")
+        da = _stores(ref_store, tgt_store, config=config, limit=limit, device=dev, names=names, main=main)
+    else:
+        if data is None:
+            raise ConfigError("models need inputs", expected="--data (datalist, folder or dataset name)",
+                              got="no --data", fix="pass --data, or compare two capture stores")
+        if tgt is None and tgt_data is None:
+            raise ConfigError("nothing to compare", expected="--tgt MODEL, or --tgt-data for a second input set",
+                              got="only --ref", fix="pass --tgt (e.g. the fine-tuned model) or --tgt-data")
+        da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
+                     seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
+                     spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main)
+    if da is not None:  # rank 0 only
+        paths = write_results(da, out)
+        _print_diagonal(da)
+        console.print(f"wrote {', '.join(str(paths[f]) for f in OUTPUT_FILES)}", highlight=False)
+    # every rank leaves together once the outputs exist (a rank exiting early can take gloo's
+    # threads down mid-collective); if rank 0 failed instead, torchrun stops the others
+    dist.barrier()
+
+
+def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
+    from attnprobe import dist
+    from attnprobe.metrics.features import store_case_ids
+    from attnprobe.metrics.reuse import compare_stores, pair_by_case_id
+    from attnprobe.store import open_store
+
+    ref_tree, tgt_tree = open_store(ref_store), open_store(tgt_store)
+    ids = store_case_ids(ref_tree)
+    pair_by_case_id(ids, store_case_ids(tgt_tree), what="stores")  # before the progress bar
+    total = len(dist.shard(ids[:limit] if limit else ids))
+    with progress_bar(disable=not main) as bar:
+        task = bar.add_task("cka (stores)", total=total, status="")
+        return compare_stores(ref_tree, tgt_tree, config=config, limit=limit, device=device, names=names,
+                              attrs={"ref_path": str(ref_store), "tgt_path": str(tgt_store)},
+                              on_case=lambda c: bar.update(task, advance=1, status=c))
+
+
+def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, roi, split, pad_mode,
+            spacing, intensity, a_min, a_max, names, main):
+    from attnprobe import dist
+    from attnprobe.cli.capture import lazy_cases, preprocess_config
+    from attnprobe.metrics.reuse import compare_models, pair_by_case_id
+
+    config_roi = parse_roi(roi)
+    ref_net, ref_report, ref_roi = load_model_ref(ref)
+    if tgt is None:
+        tgt_net, tgt_report, tgt_roi = ref_net, ref_report, ref_roi
+    else:
+        tgt_net, tgt_report, tgt_roi = load_model_ref(tgt)
+    if main:
+        err_console.print(f"ref: {ref_report.summary()}", highlight=False)
+        if tgt is not None:
+            err_console.print(f"tgt: {tgt_report.summary()}", highlight=False)
+    use_roi = config_roi or ref_roi or tgt_roi or (96, 96, 96)
+    if main and config_roi is None and ref_roi and tgt_roi and tuple(ref_roi) != tuple(tgt_roi):
+        err_console.print(f"note: the models' ROIs differ ({tuple(ref_roi)} vs {tuple(tgt_roi)}); both see "
+                          f"{tuple(use_roi)} (set --roi to choose)", highlight=False)
+    prep = preprocess_config(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
+                             a_min=a_min, a_max=a_max)
+    ref_cases = lazy_cases(data, prep, split=split, limit=None)
+    tgt_cases = None
+    if tgt_data is not None:
+        tgt_cases = lazy_cases(tgt_data, prep, split=split, limit=None)
+        order = pair_by_case_id([c.case_id for c in ref_cases], [c.case_id for c in tgt_cases],
+                                what="input sets")
+        tgt_cases = [tgt_cases[i] for i in order]
+    if limit is not None:
+        ref_cases = ref_cases[:limit]
+        tgt_cases = None if tgt_cases is None else tgt_cases[:limit]
+    attrs = {"ref_path": str(ref_report.path), "tgt_path": str(tgt_report.path), "ref_arch": ref_report.arch,
+             "tgt_arch": tgt_report.arch, "data": data, "tgt_data": tgt_data or data,
+             "roi": use_roi if isinstance(use_roi, str) else ",".join(map(str, use_roi))}
+    with progress_bar(disable=not main) as bar:
+        task = bar.add_task("cka", total=len(dist.shard(ref_cases)), status="")
+        return compare_models(ref_net, None if tgt is None else tgt_net, ref_cases, tgt_cases, config=config,
+                              crops=crops, crop_size=crop_size, seed=seed, device=device, names=names,
+                              attrs=attrs, on_case=lambda c: bar.update(task, advance=1, status=c))
