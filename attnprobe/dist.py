@@ -86,3 +86,17 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def data_parallel(model: torch.nn.Module, *, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, ``model`` itself otherwise.
+
+    DDP averages gradients over ranks during ``backward`` and starts every rank from rank 0's
+    parameters and buffers. ``model`` must already be on ``device`` (``cuda:LOCAL_RANK`` with NCCL).
+    """
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DistributedDataParallel(model, device_ids=ids)

@@ -23,6 +23,10 @@ scratch (random weights, pretrained ROI, twice --epochs).
 --init none trains from random weights with any preset. --model-preset picks the
 architecture preset (e.g. tiny: feature size 12, cube 64^3). --resume continues an interrupted
 run: repeat the original command and add --resume.
+
+Under torchrun (torchrun --nproc_per_node K -m attnprobe train ...) the ranks train one model
+with DistributedDataParallel: --batch-size stays the volumes per step over all ranks, each rank
+taking its share, so the run follows the single-process one; rank 0 writes the run folder.
 """
 
 
@@ -46,7 +50,8 @@ def train(
     device: Annotated[str, typer.Option(help="cpu or cuda (AMP on cuda).")] = "cpu",
     val_every: Annotated[int, typer.Option(help="Validate every K epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Volumes per step (each gives --num-samples crops).")] = 1,
+    batch_size: Annotated[int, typer.Option(
+        help="Volumes per step, over all ranks under torchrun (each gives --num-samples crops).")] = 1,
     num_samples: Annotated[int, typer.Option(help="Pos/neg-balanced crops per volume.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
@@ -66,6 +71,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace the run files in an existing --out.")] = False,
 ) -> None:
     """Train a segmentation model with a preset (see the command help)."""
+    from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.train.presets import resolve_train_config
     from attnprobe.train.trainer import train as run_training
@@ -73,6 +79,10 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
                           got="both")
+    dist.init_from_env(device=device)
+    if device.startswith("cuda") and dist.is_distributed():
+        device = f"cuda:{dist.local_rank()}"
+    main = dist.is_main()
     random_init = init is not None and init.lower() == "none"
     init_ref = None if random_init else init
     declared_roi = None
@@ -82,7 +92,7 @@ def train(
         ref = resolve_model(init_ref)
         arch = arch or ref.arch or _checkpoint_arch(ref.checkpoint)
         declared_roi = ref.roi
-    if preset == "scratch" and init_ref is not None:
+    if preset == "scratch" and init_ref is not None and main:
         err_console.print(f"preset scratch starts from random weights: --init {init_ref} is ignored", highlight=False)
     crop = parse_roi(roi)
     if crop == "full":
@@ -92,12 +102,14 @@ def train(
         init=init_ref, declared_roi=declared_roi, val_every=val_every, seed=seed, batch_size=batch_size,
         num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing, intensity=intensity,
         a_min=a_min, a_max=a_max, pad_mode=pad_mode)
-    err_console.print(f"preset {config.preset}: {config.arch}{f' ({model_preset})' if model_preset else ''}, "
-                      f"crop {'x'.join(map(str, config.roi))}, {config.epochs} epochs, "
-                      f"{'tumor-aware' if config.tumor_aware else 'standard'} augmentation, "
-                      f"init {config.init or 'random'}", highlight=False)
+    if main:
+        ranks = f", {dist.world_size()} ranks" if dist.is_distributed() else ""
+        err_console.print(f"preset {config.preset}: {config.arch}{f' ({model_preset})' if model_preset else ''}, "
+                          f"crop {'x'.join(map(str, config.roi))}, {config.epochs} epochs, "
+                          f"{'tumor-aware' if config.tumor_aware else 'standard'} augmentation, "
+                          f"init {config.init or 'random'}{ranks}", highlight=False)
 
-    with progress_bar() as bar:
+    with progress_bar(disable=not main) as bar:
         task = bar.add_task("train", total=None, status="")
         last_dice: list[float | None] = [None]
 
@@ -118,6 +130,8 @@ def train(
             resume=resume, allow_random_init=random_init, checkpoint_every=checkpoint_every,
             stop_after_steps=max_steps, on_step=on_step, on_epoch=on_epoch,
             log=lambda msg: err_console.print(msg, highlight=False))
+    if not main:
+        return
     state = "finished" if result.finished else f"stopped after step {result.steps_done} (resume with --resume)"
     best = f", best val Dice {result.best_dice:.4f} (epoch {result.best_epoch})" if result.best_dice is not None else ""
     console.print(f"{state}: {result.epochs_done} epochs, {result.steps_done} steps{best}; run in {result.out_dir}",

@@ -36,6 +36,21 @@ Swin's relative-position-bias lookup accumulates over threads in a varying order
 identical steps differ in the last bits. On the CPU a resumed run then ends with weights
 bitwise equal to an uninterrupted one (the tests check this); on CUDA some kernels have no
 deterministic version (PyTorch only warns), so equality there is only approximate.
+
+Under torchrun
+--------------
+``torchrun --nproc_per_node K -m attnprobe train ...`` (or :func:`train` inside a started
+process group) trains with DistributedDataParallel. ``batch_size`` stays the global batch:
+every step takes the same ``batch_size`` volumes of the same epoch order as one process, and
+rank ``r`` handles positions ``r, r + K, ...`` of that batch (:func:`rank_batches`), with the
+same per-volume seeds. The loss is a mean over equally sized crops, so each rank scales its
+loss by its share of the batch and DDP's gradient average is the single-process gradient; a
+rank left without a volume (a short last batch) runs a zero-weighted copy so the all-reduce
+still happens. Logged losses are the global batch's. Validation cases are split over ranks
+and their Dice gathered in case order. Rank 0 alone writes ``config.json``, ``metrics.csv`` and
+the checkpoints; the other ranks keep the same bookkeeping, so any rank can resume from
+``last.pt``, also with another number of ranks. The run therefore follows the single-process
+one up to floating-point summation order (gradients summed per rank, then across ranks).
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnprobe import dist
 from attnprobe.data.io import CaseRef, list_cases
 from attnprobe.data.preprocess import PreparedCase, prepare_case
 from attnprobe.errors import CheckpointError, ConfigError, DataError
@@ -73,6 +89,7 @@ __all__ = [
     "lr_factor",
     "dice_score",
     "read_train_metadata",
+    "rank_batches",
 ]
 
 #: files a run writes (the ones ``overwrite=True`` removes)
@@ -169,6 +186,24 @@ def _derived_seeds(*parts: int, n: int = 1) -> list[int]:
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     gen = torch.Generator().manual_seed(_derived_seeds(seed, epoch, 1_000_003)[0])
     return torch.randperm(n, generator=gen).tolist()
+
+
+def rank_batches(order: Sequence[int], batch_size: int, *, rank: int = 0,
+                 world_size: int = 1) -> list[tuple[list[int], int, int]]:
+    """One rank's part of every step of an epoch: ``(volumes, n_mine, n_batch)`` per step.
+
+    Step ``t`` covers ``order[t * batch_size:(t + 1) * batch_size]`` (the last step may be
+    shorter), as in one process; rank ``r`` takes its positions ``r, r + world_size, ...``,
+    so the ranks' shares are disjoint and together the whole batch. ``n_mine`` counts the
+    volumes this rank contributes; a rank with none gets the batch's first volume to run
+    with weight 0 (``n_mine == 0``), because DDP needs every rank in every backward.
+    """
+    steps = []
+    for start in range(0, len(order), batch_size):
+        batch = list(order[start:start + batch_size])
+        mine = batch[rank::world_size]
+        steps.append((mine or batch[:1], len(mine), len(batch)))
+    return steps
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -427,7 +462,7 @@ def train(
         Validation source (default ``data``) and split; ``val_split=None`` or an absent default
         ``"validation"`` split disables validation.
     device
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (under torchrun ``"cuda"`` means ``cuda:LOCAL_RANK``).
     overwrite
         Replace the run files of an existing run folder.
     resume
@@ -441,7 +476,8 @@ def train(
     num_workers
         DataLoader workers (default 0 on CPU, 2 on CUDA); results do not depend on it.
     on_step, on_epoch, log
-        Progress callbacks and a message sink.
+        Progress callbacks and a message sink. Under torchrun the callbacks run on every rank
+        (with the global loss and Dice) and ``log`` on rank 0 only.
     deterministic
         Use PyTorch's deterministic algorithms during the run (restored afterwards). Needed
         for bitwise reproducibility on the CPU: the default backward of Swin's relative
@@ -493,13 +529,22 @@ def _train(
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """The body of :func:`train`."""
-    log = log or (lambda _msg: None)
+    main = dist.is_main()
+    log = log if log is not None and main else (lambda _msg: None)
     out = Path(out_dir)
     dev = _device(device)
+    if dev.type == "cuda" and dev.index is None and dist.is_distributed():
+        dev = torch.device("cuda", dist.local_rank())
     for name, value in (("checkpoint_every", checkpoint_every), ("stop_after_steps", stop_after_steps)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"bad {name}", expected="a positive integer or None", got=repr(value))
     _check_run_dir(out, overwrite=overwrite, resume=resume)
+    world = dist.world_size()
+    if config.batch_size < world:
+        raise ConfigError("the batch is smaller than the number of ranks",
+                          expected=f"batch_size >= {world} (batch_size is the global batch, split over ranks)",
+                          got=f"batch_size={config.batch_size}", fix=f"pass --batch-size {world} or more, "
+                                                                     "or start fewer processes")
     data_info = {"data": str(_abs(data)), "split": split,
                  "val_data": str(_abs(val_data if val_data is not None else data)), "val_split": val_split}
 
@@ -527,14 +572,18 @@ def _train(
         log(f"resuming {out} at epoch {stored_state['epoch'] + 1}, step {stored_state['global_step']}")
     else:
         model, report = initial_model(config, allow_random_init=allow_random_init, log=log)
+    # Every rank has checked the folder and read last.pt before rank 0 changes anything in it.
+    dist.barrier()
+    if not resume and main:
         # Only now, with data and weights known to be usable, may an earlier run's files go.
         _start_run_dir(out)
     model.to(dev)
 
     pre = config.preprocess_config("full")
+    # Any rank may draw any training volume in a later epoch; validation cases are split.
     volumes = [_pad_to_roi(prepare_case(ref, pre), config) for ref in train_refs]
-    val_cases = [prepare_case(ref, pre) for ref in val_refs]
-    for case in val_cases:
+    val_cases = {i: prepare_case(val_refs[i], pre) for i in dist.shard(val_refs)}
+    for case in val_cases.values():
         if case.label is None:
             raise DataError(f"validation case {case.case_id!r} has no label", expected="labels for validation",
                             got="label missing")
@@ -542,6 +591,7 @@ def _train(
     from monai.losses import DiceCELoss
 
     dataset = _CropDataset(volumes, config)
+    net = dist.data_parallel(model, device=dev)
     n_batches = math.ceil(len(volumes) / config.batch_size)
     total_steps = n_batches * config.epochs
     warmup = max(1, round(config.warmup_fraction * total_steps)) if config.warmup_fraction > 0 else 0
@@ -565,8 +615,9 @@ def _train(
             scaler.load_state_dict(dict(stored_state["scaler"]))
         _set_rng_state(stored_state["rng"])
         state.update({k: stored_state[k] for k in state})
-        _truncate_metrics(metrics, int(state["metrics_rows"]))
-    else:
+        if main:
+            _truncate_metrics(metrics, int(state["metrics_rows"]))
+    elif main:
         (out / "config.json").write_text(json.dumps({**config.as_dict(), **data_info}, indent=1))
         _truncate_metrics(metrics, 0)
 
@@ -574,17 +625,24 @@ def _train(
         info: dict[str, Any] = {**config.as_dict(), **data_info, "epoch": state["epoch"],
                                 "step": state["global_step"], "val_dice": val_dice,
                                 "best_dice": state["best_dice"], "best_epoch": state["best_epoch"],
-                                "n_train": len(volumes), "n_val": len(val_cases), "versions": _versions()}
+                                "n_train": len(volumes), "n_val": len(val_refs), "world_size": world,
+                                "versions": _versions()}
         if with_state:
             info["state"] = {**state, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler),
                              "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state()}
         return {"train": info}
 
     def save_last() -> None:
-        save_checkpoint(model, out / "last.pt", extra=meta(with_state=True))
+        if main:
+            save_checkpoint(model, out / "last.pt", extra=meta(with_state=True))
+
+    def finish(*, finished: bool) -> TrainResult:
+        dist.barrier()  # on every rank, returning means rank 0's files are written
+        return _result(out, config, state, report, finished=finished)
 
     t0 = time.perf_counter() - float(state["elapsed"])
-    with metrics.open("a", newline="") as fh:
+    # Only rank 0 writes rows; the others count them so that their state matches its state.
+    with metrics.open("a", newline="") if main else open(os.devnull, "w") as fh:
         writer = csv.writer(fh)
 
         def row(epoch: int, loss: float, val_dice: float | None, lr: float) -> None:
@@ -597,26 +655,30 @@ def _train(
         while state["epoch"] < config.epochs:
             epoch = int(state["epoch"])
             dataset.set_epoch(epoch)
-            order = _epoch_order(config.seed, epoch, len(volumes))[int(state["batch"]) * config.batch_size:]
-            loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=order,
+            order = _epoch_order(config.seed, epoch, len(volumes))
+            steps = rank_batches(order, config.batch_size, rank=dist.rank(), world_size=world)[int(state["batch"]):]
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=[mine for mine, _, _ in steps],
                                                  collate_fn=_collate, num_workers=workers)
-            for batch in loader:
-                model.train()
+            for batch, (_, n_mine, n_batch) in zip(loader, steps):
+                net.train()
                 x = batch["image"].to(dev)
                 y = batch["label"].to(dev)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=dev.type, enabled=use_amp):
-                    loss = loss_fn(model(x), y)
+                    loss = loss_fn(net(x), y)
+                # DDP averages gradients over ranks: weigh this rank's mean by its share of the batch.
+                weight = n_mine * world / n_batch
+                scaled = loss if weight == 1.0 else loss * weight
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(scaled).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    scaled.backward()
                     optimizer.step()
                 scheduler.step()
-                value = float(loss.detach())
+                value = _batch_loss(loss, n_mine, n_batch)
                 state["global_step"] += 1
                 state["batch"] += 1
                 state["epoch_loss_sum"] += value
@@ -629,27 +691,38 @@ def _train(
                     on_step(StepInfo(epoch + 1, state["global_step"], total_steps, int(state["batch"]), n_batches,
                                      value, lr, state["elapsed"]))
                 if stop:
-                    return _result(out, config, state, report, finished=False)
+                    return finish(finished=False)
 
             mean_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
             val_dice = None
-            if val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                dices = []
-                for case in val_cases:
+            if val_refs and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                mine = []
+                for i, case in val_cases.items():
                     probs = sliding_window_probs(model, case.image, config=infer, device=dev)[0]
                     pred = probs.argmax(0) * case.mask[0]
-                    dices.append(dice_score(pred, case.label[0]))
+                    mine.append((i, dice_score(pred, case.label[0])))
+                # Averaged in case order, as in one process.
+                dices = [d for _, d in sorted(p for part in dist.gather_objects(mine) for p in part)]
                 val_dice = float(np.mean(dices))
                 row(epoch + 1, mean_loss, val_dice, optimizer.param_groups[0]["lr"])
             state.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
             if val_dice is not None and (state["best_dice"] is None or val_dice > state["best_dice"]):
                 state.update(best_dice=val_dice, best_epoch=epoch + 1)
-                save_checkpoint(model, out / "best.pt", extra=meta(with_state=False, val_dice=val_dice))
+                if main:
+                    save_checkpoint(model, out / "best.pt", extra=meta(with_state=False, val_dice=val_dice))
             save_last()
             if on_epoch is not None:
                 on_epoch(EpochInfo(epoch + 1, state["global_step"], mean_loss, val_dice, state["best_dice"],
                                    state["elapsed"]))
-    return _result(out, config, state, report, finished=True)
+    return finish(finished=True)
+
+
+def _batch_loss(loss: torch.Tensor, n_mine: int, n_batch: int) -> float:
+    """The whole batch's mean loss: this rank's mean in one process, else the volume-weighted mean."""
+    if not dist.is_distributed():
+        return float(loss.detach())
+    total = torch.tensor([float(loss.detach()) * n_mine], dtype=torch.float64, device=loss.device)
+    return float(dist.all_reduce_sum_(total)) / n_batch
 
 
 def _result(out: Path, config: TrainConfig, state: Mapping[str, Any], report: LoadReport | None, *,
