@@ -93,7 +93,8 @@ def test_singleton_fourth_dim_pads_all_three_axes(tmp_path: Path) -> None:
     # so symmetric padding moved the affine along x and y only.
     arr = np.random.default_rng(9).random((20, 25, 40, 1)).astype(np.float32) + 0.5
     pc = prepare_case(write_nifti(tmp_path / "v.nii.gz", arr),
-                      PreprocessConfig(roi=(32, 32, 64), spacing=None, crop_foreground=False))
+                      PreprocessConfig(roi=(32, 32, 64), spacing=None, crop_foreground=False,
+                                           pad_mode="symmetric"))
     check_invariants(pc)
     assert pc.box.pad_before == (6, 3, 12)
     np.testing.assert_allclose(pc.affine[:3, 3], [-6.0, -3.0, -12.0])
@@ -165,7 +166,7 @@ def test_roi_crop_label_at_the_edge() -> None:
 def test_foreground_crop_then_pad() -> None:
     arr = np.zeros((60, 60, 60), dtype=np.float32)
     arr[10:40, 20:30, 5:55] = np.random.default_rng(3).random((30, 10, 50)) + 1.0
-    pc = prepare_array(arr, config=PreprocessConfig(roi=(32, 32, 32), spacing=None))
+    pc = prepare_array(arr, config=PreprocessConfig(roi=(32, 32, 32), spacing=None, pad_mode="symmetric"))
     check_invariants(pc)
     # Foreground box (30, 10, 50); z is then cropped to 32 around its centre.
     assert pc.box.crop_start == (10, 20, 14) and pc.box.crop_stop == (40, 30, 46)
