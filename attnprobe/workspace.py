@@ -220,12 +220,8 @@ def resolve_model(
     path = Path(key).expanduser()
     if path.exists():
         return ModelRef(name=_name_of(path), arch=None, checkpoint=path.resolve(), roi=None)
-    raise ConfigError(
-        f"Unknown model {key!r}",
-        expected=_known("model", ws, None if ws is None else ws.models),
-        got=repr(key),
-        fix="use one of the known names, or give the path of a checkpoint file or capture store",
-    )
+    raise _unknown("model", key, ws, None if ws is None else ws.models,
+                   fix="use one of the known names, or give the path of a checkpoint file or capture store")
 
 
 def resolve_data(
@@ -264,12 +260,9 @@ def resolve_data(
     path = Path(key).expanduser()
     if path.exists():
         return DatasetRef(name=_name_of(path), path=path.resolve())
-    raise ConfigError(
-        f"Unknown dataset {key!r}",
-        expected=_known("dataset", ws, None if ws is None else ws.datasets),
-        got=repr(key),
-        fix="use one of the known names, or give the path of a datalist JSON, a NIfTI/DICOM folder or a file",
-    )
+    raise _unknown("dataset", key, ws, None if ws is None else ws.datasets,
+                   fix="use one of the known names, or give the path of a datalist JSON, a NIfTI/DICOM folder "
+                       "or a file")
 
 
 # --- internals -----------------------------------------------------------------------------
@@ -304,11 +297,15 @@ def _workspace(workspace: Workspace | str | os.PathLike[str] | None) -> Workspac
     return load_workspace(found) if found is not None else None
 
 
-def _known(kind: str, ws: Workspace | None, names: Mapping[str, object] | None) -> str:
+def _unknown(kind: str, key: str, ws: Workspace | None, names: Mapping[str, object] | None, *,
+             fix: str) -> ConfigError:
+    """The error for a name that is neither declared in the workspace nor an existing path."""
     if ws is None:
-        return f"a {kind} name from an {WORKSPACE_FILENAME} (none found from {Path.cwd()} upward) or an existing path"
-    listed = ", ".join(sorted(names or {})) or "none declared"
-    return f"a {kind} name from {ws.path} (known: {listed}) or an existing path"
+        expected = f"a {kind} name from an {WORKSPACE_FILENAME} (none found from {Path.cwd()} upward) or an existing path"
+    else:
+        listed = ", ".join(sorted(names or {})) or "none declared"
+        expected = f"a {kind} name from {ws.path} (known: {listed}) or an existing path"
+    return ConfigError(f"Unknown {kind} {key!r}", expected=expected, got=repr(key), fix=fix)
 
 
 def _name_of(path: Path) -> str:

@@ -22,6 +22,25 @@ from attnprobe.models.checkpoints import save_checkpoint  # noqa: E402
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Two shared cores: small GEMMs under a busy OpenMP pool are 100x slower than on one thread.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def smit():
+    """A tiny SMIT in eval mode (seed 0), one per test module."""
+    torch.manual_seed(0)
+    return build_model("smit", preset="tiny").eval()
+
+
+@pytest.fixture
 def tiny_swin():
     torch.manual_seed(0)
     return build_model("swin_unetr", preset="tiny").eval()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,37 +11,15 @@ import pytest
 
 from attnprobe import open_store
 from attnprobe.store import block_names
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args, nproc=2, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "attnprobe", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def single(*args, timeout=300):
-    cmd = [sys.executable, "-m", "attnprobe", *map(str, args)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from tests.helpers import free_port, launch
 
 
 @pytest.mark.slow
 def test_capture_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
     args = ["--model", swin_ckpt, "--data", datalist, "--taps", "stage1.*", "--taps", "stage3.block0.out",
             "--dtype", "float32"]
-    single("capture", *args, "--out", tmp_path / "one.zarr")
-    torchrun("capture", *args, "--out", tmp_path / "two.zarr")
+    launch("capture", *args, "--out", tmp_path / "one.zarr")
+    launch("capture", *args, "--out", tmp_path / "two.zarr", nproc=2)
     one, two = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "two.zarr")
     assert two["done"].values.all()
     assert list(one["case"].values) == list(two["case"].values)
@@ -57,8 +34,32 @@ def test_adi_sweep_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
     import pandas as pd
 
     args = ["--model", swin_ckpt, "--data", datalist, "--padding-sweep", "0,16", "--roi", "64,64,64"]
-    single("adi", *args, "--out", tmp_path / "one")
-    torchrun("adi", *args, "--out", tmp_path / "two")
+    launch("adi", *args, "--out", tmp_path / "one")
+    launch("adi", *args, "--out", tmp_path / "two", nproc=2)
     one = pd.read_csv(tmp_path / "one" / "adi.csv")
     two = pd.read_csv(tmp_path / "two" / "adi.csv")
     pd.testing.assert_frame_equal(one, two)
+
+
+
+@pytest.mark.slow
+def test_an_error_is_one_line_per_rank_and_every_rank_exits_2(tmp_path):
+    # Two ranks with the environment torchrun gives them, but without its agent, which stops the
+    # other ranks once one fails: so each rank's own output and exit code can be read.
+    cmd = [sys.executable, "-m", "attnprobe", "cka", "--ref", "nonexistent-model", "--tgt", "nonexistent-model",
+           "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    shared = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**shared, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    try:
+        outputs = [out + err for out, err in (p.communicate(timeout=300) for p in procs)]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], outputs
+    errors = [[line for line in text.splitlines() if line.startswith("error:")] for text in outputs]
+    assert len(errors[0]) == 1 and "Unknown model 'nonexistent-model'" in errors[0][0], outputs[0]
+    assert errors[1] == [], outputs[1]
+    ranked = [line for line in outputs[1].splitlines() if line.startswith("[rank 1] error:")]
+    assert len(ranked) == 1 and "Unknown model 'nonexistent-model'" in ranked[0], outputs[1]

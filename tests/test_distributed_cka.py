@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import xarray as xr
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(*args, nproc: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m attnprobe ARGS``, or under torchrun with ``nproc`` processes."""
-    prefix = [sys.executable]
-    if nproc is not None:
-        prefix += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-                   f"--master_port={free_port()}"]
-    cmd = [*prefix, "-m", "attnprobe", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from tests.helpers import launch
 
 
 @pytest.mark.slow

@@ -16,10 +16,6 @@ steps on 2 ranks); here the resumed DDP run is the one compared with the single 
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -28,25 +24,7 @@ from attnprobe.data.phantoms import write_phantom_dataset
 from attnprobe.models import load_checkpoint
 from attnprobe.train.presets import resolve_train_config
 from attnprobe.train.trainer import initial_model, rank_batches, read_train_metadata
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(*args, nproc: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m attnprobe ARGS``, or under torchrun with ``nproc`` processes."""
-    prefix = [sys.executable]
-    if nproc is not None:
-        prefix += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-                   f"--master_port={free_port()}"]
-    cmd = [*prefix, "-m", "attnprobe", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from tests.helpers import launch
 
 
 def rows(path):

@@ -17,6 +17,7 @@ from attnprobe.workspace import (
     resolve_data,
     resolve_model,
 )
+from tests.helpers import assert_message
 
 TOML = """
 [models.ct]
@@ -34,13 +35,6 @@ split = "test"
 [datasets.folder]
 path = "data/nifti"
 """
-
-
-def assert_message(err: pytest.ExceptionInfo, *needles: str) -> None:
-    text = str(err.value)
-    assert "expected" in text and "got" in text, text
-    for needle in needles:
-        assert needle in text, (needle, text)
 
 
 @pytest.fixture

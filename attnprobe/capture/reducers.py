@@ -26,7 +26,7 @@ import torch
 from attnprobe.capture.probe import ForwardContext
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import TIDY_COLUMNS, tidy_flow
-from attnprobe.metrics.flow import HEAD_MODES, FlowAccumulator, FlowResult, HeadMode
+from attnprobe.metrics.flow import FlowAccumulator, FlowResult, HeadMode, check_reduction_options
 from attnprobe.models.adapter import TapSpec
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
 
@@ -159,12 +159,7 @@ class FlowReducer:
 
     def __init__(self, *, heads: HeadMode = "mean", padding_kinds: Sequence[PaddingKind] = PADDING_KINDS,
                  max_chunk_bytes: int | None = DEFAULT_CHUNK_BYTES) -> None:
-        if heads not in HEAD_MODES:
-            raise ConfigError("unknown heads option", expected=" | ".join(map(repr, HEAD_MODES)), got=repr(heads))
-        bad = [k for k in padding_kinds if k not in PADDING_KINDS]
-        if bad or not padding_kinds:
-            raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
-                              got=repr(list(padding_kinds)))
+        check_reduction_options(heads, padding_kinds)
         if max_chunk_bytes is not None and max_chunk_bytes <= 0:
             raise ConfigError("max_chunk_bytes must be positive", expected="bytes > 0 or None",
                               got=repr(max_chunk_bytes))

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    check_device,
     console,
     ensure_dir,
     err_console,
@@ -37,21 +38,6 @@ def register(app: typer.Typer) -> None:
 def _is_store(path: Path) -> bool:
     # A zarr v3 group is a folder with zarr.json; a checkpoint is a file.
     return path.is_dir() and (path / "zarr.json").exists()
-
-
-def _check_device(device: str):
-    import torch
-
-    from attnprobe.errors import ConfigError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError("cannot read --device", expected="cpu, cuda or cuda:N", got=repr(device)) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
-                          got=repr(device), fix="use --device cpu")
-    return dev
 
 
 def _case_refs(data: str, split: str | None, limit: int | None):
@@ -158,7 +144,7 @@ def adi(
     dist.init_from_env(device=device)
     if device.startswith("cuda") and dist.is_distributed():
         device = f"cuda:{dist.local_rank()}"
-    dev = _check_device(device)
+    dev = check_device(device)
     store_path = store
     if store_path is None and model is not None:
         from attnprobe.workspace import resolve_model

@@ -8,11 +8,13 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    check_device,
     console,
     err_console,
     load_model_ref,
     one_line_errors,
     parse_roi,
+    parse_size3,
     progress_bar,
 )
 
@@ -49,39 +51,17 @@ def _source(text: str) -> tuple[str, Path | None]:
 
 def _parse_crop_size(text: str | None) -> tuple[int, int, int] | None:
     """``"32,64,32"`` (or ``"32x64x32"``, or one size for all axes) -> (32, 64, 32)."""
-    from attnprobe.errors import ConfigError
-
     if text is None:
         return None
-    try:
-        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3 or min(parts) <= 0:
-        raise ConfigError("cannot read --crop-size", expected="three positive sizes like 64,64,32 (or one)",
-                          got=repr(text))
-    return parts  # type: ignore[return-value]
+    return parse_size3(text, option="--crop-size", expected="three positive sizes like 64,64,32 (or one)")
 
 
 def _device(device: str) -> str:
-    import os
-
-    import torch
-
     from attnprobe import dist
-    from attnprobe.errors import ConfigError
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError("cannot read --device", expected="cpu, cuda or cuda:N", got=repr(device)) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
-                          got=repr(device), fix="use --device cpu")
+    dev = check_device(device)
     if dev.type == "cuda" and dist.is_distributed():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return f"cuda:{dist.local_rank()}"
     return str(dev)
 
 

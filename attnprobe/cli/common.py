@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from rich.progress import (
 
 from attnprobe.errors import AttnprobeError, ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 err_console = Console(stderr=True)
 console = Console()
 
@@ -27,23 +31,40 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def one_line_errors(fn: F) -> F:
-    """Turn an AttnprobeError into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn an AttnprobeError into one red line on stderr and exit code 2 (no traceback).
+
+    Under torchrun every rank prints its line, rank 0 plainly and the others prefixed with
+    ``[rank N]``: torchrun stops the other ranks as soon as one fails, so a line printed by
+    rank 0 alone could be lost when another rank fails first.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except AttnprobeError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False, markup=True)
+            rank = _rank()
+            prefix = f"\\[rank {rank}] " if rank else ""  # escaped: [..] is rich markup
+            err_console.print(f"{prefix}[bold red]error:[/] {exc}", soft_wrap=True, highlight=False, markup=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def parse_roi(text: str | None) -> tuple[int, int, int] | str | None:
-    """``"96,96,64"`` -> (96, 96, 64); ``"full"`` stays; None stays."""
-    if text is None or text == "full":
-        return text
+def _rank() -> int:
+    """Rank in the process group; before the group is up, torchrun's ``RANK`` (0 in one process)."""
+    from attnprobe import dist
+
+    if dist.is_distributed():
+        return dist.rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def parse_size3(text: str, *, option: str, expected: str) -> tuple[int, int, int]:
+    """``"96,96,64"`` (or ``"96x96x64"``, or one size for all axes) -> (96, 96, 64).
+
+    ``option`` and ``expected`` word the error for anything else.
+    """
     try:
         parts = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:
@@ -51,9 +72,29 @@ def parse_roi(text: str | None) -> tuple[int, int, int] | str | None:
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) != 3 or min(parts) <= 0:
-        raise ConfigError("cannot read --roi", expected="three positive sizes like 96,96,64 (or one, or 'full')",
-                          got=repr(text))
+        raise ConfigError(f"cannot read {option}", expected=expected, got=repr(text))
     return parts  # type: ignore[return-value]
+
+
+def parse_roi(text: str | None) -> tuple[int, int, int] | str | None:
+    """``"96,96,64"`` -> (96, 96, 64); ``"full"`` stays; None stays."""
+    if text is None or text == "full":
+        return text
+    return parse_size3(text, option="--roi", expected="three positive sizes like 96,96,64 (or one, or 'full')")
+
+
+def check_device(device: str) -> torch.device:
+    """The ``--device`` option as a torch device that exists on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError("cannot read --device", expected="cpu, cuda or cuda:N", got=repr(device)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
+                          got=repr(device), fix="use --device cpu")
+    return dev
 
 
 def parse_int_list(text: str, *, option: str) -> list[int]:

@@ -23,7 +23,15 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import typer
 
-from attnprobe.cli.common import console, ensure_dir, err_console, one_line_errors, parse_roi, progress_bar
+from attnprobe.cli.common import (
+    check_device,
+    console,
+    ensure_dir,
+    err_console,
+    one_line_errors,
+    parse_roi,
+    progress_bar,
+)
 
 Intensity = Literal["percentile", "fixed"]
 PadMode = Literal["end", "symmetric"]
@@ -119,8 +127,6 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                        intensity: str | None, a_min: float | None, a_max: float | None, spacing: float | None,
                        pad_mode: str | None, allow: bool, tta: bool, device: str, limit: int | None,
                        write: bool, out: Path, metric_options: dict[str, Any]) -> tuple[list, dict[str, Any]]:
-    import torch
-
     from attnprobe.data.io import list_cases, load_volume
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.errors import ConfigError
@@ -147,10 +153,7 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                               pad_mode=pre["pad_mode"] or "end")
     infer = InferenceConfig(roi=tuple(window), tta=tta)
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
-                          got=repr(device), fix="use --device cpu")
+    dev = check_device(device)
     net.to(dev)
     source = resolve_data(data)
     if split is None:

@@ -120,7 +120,32 @@ def apply_tumor_intensity(img: Any, label: Any, *, scale: float, shift: float, t
     return np.where(mask, src * src.dtype.type(scale) + src.dtype.type(shift), src)
 
 
-class RandTumorIntensity(RandomizableTransform):
+class _TumorIntensityDraw(RandomizableTransform):
+    """The random part both tumor-intensity transforms share: whether to apply, ``scale``, ``shift``."""
+
+    def __init__(self, prob: float, *, scale_range: Sequence[float], shift_range: Sequence[float],
+                 tumor_label: int) -> None:
+        RandomizableTransform.__init__(self, _check_prob(prob))
+        self.scale_range = _check_range("scale_range", scale_range)
+        self.shift_range = _check_range("shift_range", shift_range)
+        self.tumor_label = int(tumor_label)
+        self.scale, self.shift = 1.0, 0.0
+
+    @property
+    def applied(self) -> bool:
+        """Whether the last call changed the image (or the last randomize() chose to)."""
+        return bool(self._do_transform)
+
+    def randomize(self, data: Any = None) -> None:
+        """Decide whether to transform and, if so, draw ``scale`` and ``shift``."""
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        self.scale = float(self.R.uniform(*self.scale_range))
+        self.shift = float(self.R.uniform(*self.shift_range))
+
+
+class RandTumorIntensity(_TumorIntensityDraw):
     """Randomly rescale and shift tumor intensities (array transform).
 
     Parameters
@@ -144,24 +169,7 @@ class RandTumorIntensity(RandomizableTransform):
 
     def __init__(self, prob: float = 0.3, *, scale_range: Sequence[float] = (0.5, 1.5),
                  shift_range: Sequence[float] = (-0.2, 0.2), tumor_label: int = 1) -> None:
-        RandomizableTransform.__init__(self, _check_prob(prob))
-        self.scale_range = _check_range("scale_range", scale_range)
-        self.shift_range = _check_range("shift_range", shift_range)
-        self.tumor_label = int(tumor_label)
-        self.scale, self.shift = 1.0, 0.0
-
-    @property
-    def applied(self) -> bool:
-        """Whether the last randomize() chose to transform."""
-        return bool(self._do_transform)
-
-    def randomize(self, data: Any = None) -> None:
-        """Decide whether to transform and, if so, draw ``scale`` and ``shift``."""
-        super().randomize(None)
-        if not self._do_transform:
-            return
-        self.scale = float(self.R.uniform(*self.scale_range))
-        self.shift = float(self.R.uniform(*self.shift_range))
+        super().__init__(prob, scale_range=scale_range, shift_range=shift_range, tumor_label=tumor_label)
 
     def __call__(self, img: Any, label: Any, randomize: bool = True) -> Any:
         """Apply to one channel-first image given its label map (see class docstring)."""
@@ -173,7 +181,7 @@ class RandTumorIntensity(RandomizableTransform):
         return apply_tumor_intensity(img, label, scale=self.scale, shift=self.shift, tumor_label=self.tumor_label)
 
 
-class RandTumorIntensityd(RandomizableTransform, MapTransform):
+class RandTumorIntensityd(_TumorIntensityDraw, MapTransform):
     """Dictionary version of :class:`RandTumorIntensity` (one draw per call, shared by all keys).
 
     Parameters
@@ -202,11 +210,9 @@ class RandTumorIntensityd(RandomizableTransform, MapTransform):
                  tumor_label: int = 1, keep_first: bool = False, crop_index_key: str = "crop_index",
                  num_samples: int | None = None, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, _check_prob(prob))
+        _TumorIntensityDraw.__init__(self, prob, scale_range=scale_range, shift_range=shift_range,
+                                     tumor_label=tumor_label)
         self.label_key = label_key
-        self.scale_range = _check_range("scale_range", scale_range)
-        self.shift_range = _check_range("shift_range", shift_range)
-        self.tumor_label = int(tumor_label)
         self.keep_first = bool(keep_first)
         self.crop_index_key = crop_index_key
         if num_samples is not None and int(num_samples) < 1:
@@ -214,25 +220,11 @@ class RandTumorIntensityd(RandomizableTransform, MapTransform):
                               fix="pass the number of crops per volume, e.g. num_samples=4")
         self.num_samples = None if num_samples is None else int(num_samples)
         self._counter = 0
-        self.scale, self.shift = 1.0, 0.0
         self.last_crop_index: int | None = None
-
-    @property
-    def applied(self) -> bool:
-        """Whether the last call changed the images."""
-        return bool(self._do_transform)
 
     def reset_counter(self) -> None:
         """Restart the ``num_samples`` call counter (e.g. at the start of an epoch)."""
         self._counter = 0
-
-    def randomize(self, data: Any = None) -> None:
-        """Decide whether to transform and, if so, draw ``scale`` and ``shift``."""
-        super().randomize(None)
-        if not self._do_transform:
-            return
-        self.scale = float(self.R.uniform(*self.scale_range))
-        self.shift = float(self.R.uniform(*self.shift_range))
 
     def crop_index(self, d: Mapping[Hashable, Any]) -> int | None:
         """Index of this crop within its volume, or None when it cannot be told (no counting)."""

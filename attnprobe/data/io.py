@@ -232,32 +232,27 @@ def _parse_entry(entry: object, base: Path, *, where: str, missing: list[str]) -
             expected='{"image": "path", "label": "path" (optional), "case": "id" (optional)}',
             got=repr(entry)[:200],
         )
-    image_raw = entry["image"]
-    if not isinstance(image_raw, str):
-        # Multi-channel entries (a list of paths) are out of scope: the models take one channel.
-        raise DataError(
-            f"Datalist entry {where} has an unsupported image",
-            expected="one image path (single-channel)",
-            got=repr(image_raw)[:200],
-        )
-    image = _resolve(image_raw, base)
-    if not image.exists():
-        missing.append(str(image))
-    label_raw = entry.get("label")
-    label: Path | None = None
-    if label_raw is not None:
-        if not isinstance(label_raw, str):
-            raise DataError(
-                f"Datalist entry {where} has an unsupported label",
-                expected="one label path or no label",
-                got=repr(label_raw)[:200],
-            )
-        label = _resolve(label_raw, base)
-        if not label.exists():
-            missing.append(str(label))
+    # Multi-channel entries (a list of paths) are out of scope: the models take one channel.
+    image = _entry_path(entry["image"], base, where=where, what="image",
+                        expected="one image path (single-channel)", missing=missing)
+    label = None
+    if entry.get("label") is not None:
+        label = _entry_path(entry["label"], base, where=where, what="label",
+                            expected="one label path or no label", missing=missing)
     case = entry.get("case")
     case_id = str(case) if case is not None else case_id_from_path(image)
     return CaseRef(case_id, image, label)
+
+
+def _entry_path(raw: object, base: Path, *, where: str, what: str, expected: str, missing: list[str]) -> Path:
+    """One path of a datalist entry, resolved against ``base``; a path not on disk goes to ``missing``."""
+    if not isinstance(raw, str):
+        raise DataError(f"Datalist entry {where} has an unsupported {what}", expected=expected,
+                        got=repr(raw)[:200])
+    path = _resolve(raw, base)
+    if not path.exists():
+        missing.append(str(path))
+    return path
 
 
 def _resolve(raw: str, base: Path) -> Path:

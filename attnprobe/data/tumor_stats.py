@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from attnprobe.data.arrays import check_spacing, volume_3d
 from attnprobe.errors import ConfigError, DataError, ShapeError
 
 ContrastKind = Literal["weber", "michelson", "difference"]
@@ -134,23 +135,7 @@ class TumorAnalysis:
 
 
 def _as_numpy(a: Any, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch tensor / MetaTensor
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
-    if arr.ndim == 4 and arr.shape[0] == 1:  # tolerate a singleton channel axis
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ShapeError(f"{name} must be a 3D volume.", expected="(x, y, z) or (1, x, y, z)",
-                         got=str(tuple(arr.shape)), fix=f"pass a single-channel 3D {name}")
-    return arr
-
-
-def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
-    sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ConfigError("Bad voxel spacing.", expected="three positive numbers (x, y, z) in mm",
-                          got=repr(spacing), fix="pass the image's voxel size, e.g. spacing=(1.5, 1.5, 2.5)")
-    return sp
+    return volume_3d(a, name, fix=f"pass a single-channel 3D {name}")
 
 
 def tumor_statistics(image: Any, label: Any, *, spacing: Sequence[float], case: str = "case",
@@ -190,7 +175,7 @@ def tumor_statistics(image: Any, label: Any, *, spacing: Sequence[float], case: 
     """
     img = _as_numpy(image, "image").astype(np.float64)
     lab = _as_numpy(label, "label")
-    sp = _check_spacing(spacing)
+    sp = check_spacing(spacing)
     if img.shape != lab.shape:
         raise ShapeError("Image and label shapes differ.", expected=f"label shape {img.shape}",
                          got=str(lab.shape), fix="pass the label resampled to the image grid")

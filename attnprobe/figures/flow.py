@@ -12,7 +12,14 @@ from matplotlib.figure import Figure
 
 from attnprobe.errors import DataError
 from attnprobe.figures.adi import _KINDS, PaddingKind, _models, _select, _stage_frame
-from attnprobe.figures.style import SEQUENTIAL_CMAP, choice, require_unique, styled, unique_in_order
+from attnprobe.figures.style import (
+    SEQUENTIAL_CMAP,
+    choice,
+    figure_and_axes,
+    require_unique,
+    styled,
+    unique_in_order,
+)
 
 __all__ = ["flow_matrices"]
 
@@ -90,11 +97,7 @@ def flow_matrices(
     stages = sorted(unique_in_order(frame["stage"]))
     n_cases = frame["case"].nunique()
 
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(stages), figsize=(0.9 + 2.5 * len(stages), 3.3), layout="constrained",
-                             squeeze=False)
-    axes = list(axes.ravel())
+    fig, axes = figure_and_axes(None, len(stages), what=what, figsize=(0.9 + 2.5 * len(stages), 3.3))
     image = None
     for axis, stage in zip(axes, stages):
         matrix = np.array([[means.get((stage, m), np.nan) for m in row] for row in cells], dtype=float)

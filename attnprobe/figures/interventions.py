@@ -184,11 +184,10 @@ def dice_hd95_boxes(
     colours = palette(len(backbones))
     rng = np.random.default_rng(0)  # fixed jitter: the same figure on every run
 
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.0 + 1.3 * len(presets) * len(backbones)), 3.8),
-                             layout="constrained")
+    fig, axes = figure_and_axes(None, 2, what=what,
+                                figsize=(max(7.0, 2.0 + 1.3 * len(presets) * len(backbones)), 3.8))
     for axis, column, label in zip(axes, ("dice", "hd95"), ("Dice (0–1)", "HD95 (mm)")):
         for j, backbone in enumerate(backbones):
             for i, preset in enumerate(presets):

@@ -20,7 +20,7 @@ stage -> model (mean over stages, or token-weighted), and sweeps over cases (mea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -179,11 +179,7 @@ def stage_means(frame: pd.DataFrame) -> pd.DataFrame:
     keys = _ids(frame, drop=("block",))
     grouped = _group(frame, keys)
     out = grouped["value"].mean().to_frame("value")
-    out["n_blocks"] = grouped["value"].size()
-    for c in COUNTS:
-        if c in frame.columns:
-            out[c] = grouped[c].sum()
-    return out.reset_index()
+    return _with_counts(out, grouped, frame, n_column="n_blocks")
 
 
 def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] = "stages") -> pd.DataFrame:
@@ -225,7 +221,12 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
     else:
         grouped = _group(frame, keys)
         out = grouped["value"].mean().to_frame("value")
-    out["n_stages"] = grouped["value"].size()
+    return _with_counts(out, grouped, frame, n_column="n_stages")
+
+
+def _with_counts(out: pd.DataFrame, grouped: Any, frame: pd.DataFrame, *, n_column: str) -> pd.DataFrame:
+    """Add the number of rows behind each value and the count columns summed per group."""
+    out[n_column] = grouped["value"].size()
     for c in COUNTS:
         if c in frame.columns:
             out[c] = grouped[c].sum()

@@ -42,6 +42,7 @@ Conventions where the SPEC is silent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -120,6 +121,16 @@ class FlowResult:
     def as_dict(self) -> dict[str, torch.Tensor]:
         """Metric and count tensors by name (keys of :data:`METRICS` then the counts)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("padding", "heads")}
+
+
+def check_reduction_options(heads: object, padding_kinds: Sequence[object]) -> None:
+    """Check the ``heads`` and ``padding_kinds`` options shared by the flow reducers (online and offline)."""
+    if heads not in HEAD_MODES:
+        raise ConfigError("unknown heads option", expected=" | ".join(map(repr, HEAD_MODES)), got=repr(heads))
+    bad = [k for k in padding_kinds if k not in PADDING_KINDS]
+    if bad or not padding_kinds:
+        raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
+                          got=repr(list(padding_kinds)))
 
 
 def _check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ import xarray as xr
 
 from attnprobe.capture.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.errors import ConfigError, StoreError
-from attnprobe.metrics.flow import HEAD_MODES, FlowAccumulator, HeadMode
+from attnprobe.metrics.flow import FlowAccumulator, HeadMode, check_reduction_options
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
 
 __all__ = ["OfflineStats", "store_flow", "store_flow_records"]
@@ -152,12 +152,7 @@ def store_flow_records(
         Tag ``FlowTag(cases=(case,), padding, pad_fraction)`` and the flow of every block
         holding attention maps, metrics on the CPU.
     """
-    if heads not in HEAD_MODES:
-        raise ConfigError("unknown heads option", expected=" | ".join(map(repr, HEAD_MODES)), got=repr(heads))
-    bad = [k for k in padding_kinds if k not in PADDING_KINDS]
-    if bad or not padding_kinds:
-        raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
-                          got=repr(list(padding_kinds)))
+    check_reduction_options(heads, padding_kinds)
     from attnprobe.store import block_names
 
     tree = _open(store)

@@ -94,6 +94,29 @@ class BlockGeometry:
         return any(s > 0 for s in self.shift)
 
 
+STATE_DICT_WRAPPERS: tuple[str, ...] = ("state_dict", "model", "model_state_dict")
+
+
+def unwrap_state_dict(raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a checkpoint object with its common wrappers taken off.
+
+    Looks inside the first of :data:`STATE_DICT_WRAPPERS` that holds a mapping, keeps tensor
+    values only and strips a DataParallel ``module.`` prefix. The format name says what was
+    found: ``plain``, a wrapper name, either with ``+module``.
+    """
+    sd: Mapping[str, Any] = raw
+    fmt = "plain"
+    for wrapper in STATE_DICT_WRAPPERS:
+        if isinstance(raw.get(wrapper), Mapping):
+            sd, fmt = raw[wrapper], wrapper
+            break
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+        fmt += "+module"
+    return tensors, fmt
+
+
 class Adapter(ABC):
     """Everything architecture-specific that capture and geometry need.
 
@@ -128,7 +151,11 @@ class Adapter(ABC):
     # ---- checkpoints ----------------------------------------------------------------
     @abstractmethod
     def normalize_state_dict(self, raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-        """Unwrap a loaded checkpoint object into model keys; return (state_dict, format name)."""
+        """Unwrap a loaded checkpoint object into model keys; return (state_dict, format name).
+
+        Adapters map their model-specific layouts and use :func:`unwrap_state_dict` for the
+        common wrappers.
+        """
 
     @abstractmethod
     def infer_config(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -143,9 +170,13 @@ class Adapter(ABC):
     def blocks(self, model: nn.Module) -> list[BlockRef]:
         """All attention blocks in forward order."""
 
-    @abstractmethod
     def block_hparams(self, model: nn.Module, ref: BlockRef) -> tuple[Triple, int, int]:
-        """(nominal window, heads, channels) of one block."""
+        """(nominal window, heads, channels) of one block.
+
+        Default: the block module's ``window_size``, ``num_heads`` and ``dim`` attributes.
+        """
+        block = model.get_submodule(ref.block_path)
+        return tuple(block.window_size), int(block.num_heads), int(block.dim)  # type: ignore[return-value]
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """Modules holding a ``use_flash_attention`` flag that capture must switch off."""
@@ -153,8 +184,17 @@ class Adapter(ABC):
 
     # ---- geometry (the model's own window functions) --------------------------------
     @abstractmethod
+    def shrink_window(self, grid: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
+        """The model's own window shrinking: nominal (window, shift) -> what a grid allows."""
+
     def effective_window(self, grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple]:
-        """(window, shift) the block really uses on a token grid, as the model computes it."""
+        """(window, shift) the block really uses on a token grid, as the model computes it.
+
+        Shifted blocks have the nominal shift ``window // 2``; :meth:`shrink_window` applies
+        the model's rule for grids smaller than a window.
+        """
+        nominal_shift = tuple(w // 2 for w in window) if shifted else (0, 0, 0)
+        return self.shrink_window(grid, window, nominal_shift)  # type: ignore[arg-type]
 
     @abstractmethod
     def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:

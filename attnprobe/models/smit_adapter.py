@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from attnprobe.models import smit
-from attnprobe.models.adapter import Adapter, BlockRef, Triple
+from attnprobe.models.adapter import Adapter, BlockRef, Triple, unwrap_state_dict
 from attnprobe.models.registry import register_adapter
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(smit.SMITConfig)}
@@ -65,17 +65,7 @@ class SMITAdapter(Adapter):
                 if isinstance(value, torch.Tensor):
                     sd["transformer." + key[len(SSL_PREFIX):] if key.startswith(SSL_PREFIX) else key] = value
             return sd, "smit_ssl"
-        sd_raw: Mapping[str, Any] = raw
-        fmt = "plain"
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            if isinstance(raw.get(wrapper), Mapping):
-                sd_raw, fmt = raw[wrapper], wrapper
-                break
-        sd = {k: v for k, v in sd_raw.items() if isinstance(v, torch.Tensor)}
-        if any(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-            fmt += "+module"
-        return sd, fmt
+        return unwrap_state_dict(raw)
 
     def infer_config(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         encoder = {k: v for k, v in state_dict.items() if k.startswith("transformer.")}
@@ -98,13 +88,8 @@ class SMITAdapter(Adapter):
                 refs.append(BlockRef(s, b, path, f"{path}.attn.softmax", f"{path}.attn"))
         return refs
 
-    def block_hparams(self, model: nn.Module, ref: BlockRef) -> tuple[Triple, int, int]:
-        block = model.get_submodule(ref.block_path)
-        return tuple(block.window_size), int(block.num_heads), int(block.dim)  # type: ignore[return-value]
-
-    def effective_window(self, grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple]:
-        nominal_shift = tuple(w // 2 for w in window) if shifted else (0, 0, 0)
-        return smit.effective_window(grid, window, nominal_shift)
+    def shrink_window(self, grid: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
+        return smit.effective_window(grid, window, shift)
 
     def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:
         return smit.window_partition(x, window)

@@ -18,7 +18,7 @@ from monai.networks.nets import swin_unetr as monai_swin
 from torch import nn
 
 from attnprobe.errors import CheckpointError
-from attnprobe.models.adapter import Adapter, BlockRef, Triple
+from attnprobe.models.adapter import Adapter, BlockRef, Triple, unwrap_state_dict
 from attnprobe.models.registry import register_adapter
 
 _MODEL_KEYS = (
@@ -46,10 +46,6 @@ _BLOCK_KEY = re.compile(r"^swinViT\.layers(\d)\.0\.blocks\.(\d+)\.")
 _TABLE_KEY = re.compile(r"^swinViT\.layers(\d)\.0\.blocks\.0\.attn\.relative_position_bias_table$")
 
 
-def _strip(prefix: str, sd: Mapping[str, Any]) -> dict[str, Any]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
-
-
 @register_adapter
 class SwinUNETRAdapter(Adapter):
     name = "swin_unetr"
@@ -74,16 +70,7 @@ class SwinUNETRAdapter(Adapter):
 
     # ---- checkpoints ----------------------------------------------------------------
     def normalize_state_dict(self, raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-        sd: Mapping[str, Any] = raw
-        fmt = "plain"
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            if wrapper in raw and isinstance(raw[wrapper], Mapping):
-                sd, fmt = raw[wrapper], wrapper
-                break
-        sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-        if any(k.startswith("module.") for k in sd):
-            sd = _strip("module.", sd)
-            fmt += "+module"
+        sd, fmt = unwrap_state_dict(raw)
         if not any(k.startswith("swinViT.") for k in sd) and any(
             k.startswith(("patch_embed.", "layers1.")) for k in sd
         ):
@@ -95,7 +82,7 @@ class SwinUNETRAdapter(Adapter):
                     k = "swinViT." + k.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
                 mapped[k] = v
             return mapped, "monai_ssl"
-        return dict(sd), fmt
+        return sd, fmt
 
     def infer_config(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         cfg: dict[str, Any] = {}
@@ -144,13 +131,8 @@ class SwinUNETRAdapter(Adapter):
                 refs.append(BlockRef(s, b, path, f"{path}.attn.softmax", f"{path}.attn"))
         return refs
 
-    def block_hparams(self, model: nn.Module, ref: BlockRef) -> tuple[Triple, int, int]:
-        block = model.get_submodule(ref.block_path)
-        return tuple(block.window_size), int(block.num_heads), int(block.dim)  # type: ignore[return-value]
-
-    def effective_window(self, grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple]:
-        nominal_shift = tuple(w // 2 for w in window) if shifted else (0, 0, 0)
-        return monai_swin.get_window_size(grid, window, nominal_shift)
+    def shrink_window(self, grid: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
+        return monai_swin.get_window_size(grid, window, shift)
 
     def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:
         return monai_swin.window_partition(x, window)

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
+from attnprobe.data.arrays import check_spacing, volume_3d
 from attnprobe.errors import ConfigError, ShapeError
 
 Connectivity = Literal[6, 18, 26]
@@ -100,23 +101,7 @@ def _structure(connectivity: int) -> np.ndarray:
 
 
 def _as_mask(a: Any, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
-    if arr.ndim == 4 and arr.shape[0] == 1:  # tolerate a singleton channel axis
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ShapeError(f"{name} must be a 3D mask.", expected="(x, y, z) or (1, x, y, z)",
-                         got=str(tuple(arr.shape)), fix=f"pass one case's {name} (argmax / thresholded)")
-    return arr != 0
-
-
-def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
-    sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ConfigError("Bad voxel spacing.", expected="three positive numbers (x, y, z) in mm",
-                          got=repr(spacing), fix="pass the image's voxel size, e.g. spacing=(1.0, 1.0, 3.0)")
-    return sp
+    return volume_3d(a, name, kind="mask", fix=f"pass one case's {name} (argmax / thresholded)") != 0
 
 
 def remove_small_components(mask: Any, *, min_component_voxels: int = 10,
@@ -224,7 +209,7 @@ def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = 
     if p.shape != r.shape:
         raise ShapeError("Prediction and reference shapes differ.", expected=f"prediction shape {r.shape}",
                          got=str(p.shape), fix="resample the prediction to the reference grid")
-    sp = _check_spacing(spacing)
+    sp = check_spacing(spacing, example="(1.0, 1.0, 3.0)")
     if scope not in ("volume", "matched"):
         raise ConfigError("Unknown scope.", expected="volume or matched", got=repr(scope), fix='pass scope="volume"')
     if case_detection not in ("largest", "any", "all"):

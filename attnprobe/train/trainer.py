@@ -61,7 +61,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,18 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+@contextmanager
+def _deterministic_algorithms(enabled: bool, *, warn_only: bool) -> Iterator[None]:
+    """Switch PyTorch's deterministic algorithms on (when ``enabled``); restore the setting after."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -497,224 +510,201 @@ def train(
         Unusable data or initial checkpoint.
     """
     dev = _device(device)
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=dev.type == "cuda")
-    try:
-        return _train(config, data, out_dir, split=split, val_data=val_data, val_split=val_split, device=dev,
-                      overwrite=overwrite, resume=resume, allow_random_init=allow_random_init,
-                      checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps, num_workers=num_workers,
-                      on_step=on_step, on_epoch=on_epoch, log=log)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    with _deterministic_algorithms(deterministic, warn_only=dev.type == "cuda"):
+        main = dist.is_main()
+        log = log if log is not None and main else (lambda _msg: None)
+        out = Path(out_dir)
+        if dev.type == "cuda" and dev.index is None and dist.is_distributed():
+            dev = torch.device("cuda", dist.local_rank())
+        for name, value in (("checkpoint_every", checkpoint_every), ("stop_after_steps", stop_after_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"bad {name}", expected="a positive integer or None", got=repr(value))
+        _check_run_dir(out, overwrite=overwrite, resume=resume)
+        world = dist.world_size()
+        if config.batch_size < world:
+            raise ConfigError(
+                "the batch is smaller than the number of ranks",
+                expected=f"batch_size >= {world} (batch_size is the global batch, split over ranks)",
+                got=f"batch_size={config.batch_size}",
+                fix=f"pass --batch-size {world} or more, or start fewer processes")
+        data_info = {"data": str(_abs(data)), "split": split,
+                     "val_data": str(_abs(val_data if val_data is not None else data)),
+                     "val_split": val_split}
 
+        train_refs = _list(data, split)
+        val_refs: list[CaseRef] = []
+        if val_split is not None:
+            try:
+                val_refs = _list(val_data if val_data is not None else data, val_split)
+            except DataError:
+                if val_data is not None or val_split != "validation":
+                    raise
+                log("no 'validation' split: training without validation (no best.pt)")
 
-def _train(
-    config: TrainConfig,
-    data: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    split: str = "training",
-    val_data: str | os.PathLike[str] | None = None,
-    val_split: str | None = "validation",
-    device: str | torch.device = "cpu",
-    overwrite: bool = False,
-    resume: bool = False,
-    allow_random_init: bool = False,
-    checkpoint_every: int | None = None,
-    stop_after_steps: int | None = None,
-    num_workers: int | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
-    on_epoch: Callable[[EpochInfo], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """The body of :func:`train`."""
-    main = dist.is_main()
-    log = log if log is not None and main else (lambda _msg: None)
-    out = Path(out_dir)
-    dev = _device(device)
-    if dev.type == "cuda" and dev.index is None and dist.is_distributed():
-        dev = torch.device("cuda", dist.local_rank())
-    for name, value in (("checkpoint_every", checkpoint_every), ("stop_after_steps", stop_after_steps)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"bad {name}", expected="a positive integer or None", got=repr(value))
-    _check_run_dir(out, overwrite=overwrite, resume=resume)
-    world = dist.world_size()
-    if config.batch_size < world:
-        raise ConfigError("the batch is smaller than the number of ranks",
-                          expected=f"batch_size >= {world} (batch_size is the global batch, split over ranks)",
-                          got=f"batch_size={config.batch_size}", fix=f"pass --batch-size {world} or more, "
-                                                                     "or start fewer processes")
-    data_info = {"data": str(_abs(data)), "split": split,
-                 "val_data": str(_abs(val_data if val_data is not None else data)), "val_split": val_split}
+        stored_state = None
+        report = None
+        if resume:
+            stored = read_train_metadata(out / "last.pt")
+            if not stored or "state" not in stored:
+                raise CheckpointError(f"{out / 'last.pt'} holds no resumable state",
+                                      expected="a last.pt written by train", got="no train state",
+                                      fix="start a new run with --overwrite")
+            _check_same_run(stored, config, data_info)
+            stored_state = stored["state"]
+            model, _ = load_checkpoint(out / "last.pt", config.arch, preset=config.model_preset)
+            model.train()
+            log(f"resuming {out} at epoch {stored_state['epoch'] + 1}, step {stored_state['global_step']}")
+        else:
+            model, report = initial_model(config, allow_random_init=allow_random_init, log=log)
+        # Every rank has checked the folder and read last.pt before rank 0 changes anything in it.
+        dist.barrier()
+        if not resume and main:
+            # Only now, with data and weights known to be usable, may an earlier run's files go.
+            _start_run_dir(out)
+        model.to(dev)
 
-    train_refs = _list(data, split)
-    val_refs: list[CaseRef] = []
-    if val_split is not None:
-        try:
-            val_refs = _list(val_data if val_data is not None else data, val_split)
-        except DataError:
-            if val_data is not None or val_split != "validation":
-                raise
-            log("no 'validation' split: training without validation (no best.pt)")
+        pre = config.preprocess_config("full")
+        # Any rank may draw any training volume in a later epoch; validation cases are split.
+        volumes = [_pad_to_roi(prepare_case(ref, pre), config) for ref in train_refs]
+        val_cases = {i: prepare_case(val_refs[i], pre) for i in dist.shard(val_refs)}
+        for case in val_cases.values():
+            if case.label is None:
+                raise DataError(f"validation case {case.case_id!r} has no label",
+                                expected="labels for validation", got="label missing")
 
-    stored_state = None
-    report = None
-    if resume:
-        stored = read_train_metadata(out / "last.pt")
-        if not stored or "state" not in stored:
-            raise CheckpointError(f"{out / 'last.pt'} holds no resumable state", expected="a last.pt written by train",
-                                  got="no train state", fix="start a new run with --overwrite")
-        _check_same_run(stored, config, data_info)
-        stored_state = stored["state"]
-        model, _ = load_checkpoint(out / "last.pt", config.arch, preset=config.model_preset)
-        model.train()
-        log(f"resuming {out} at epoch {stored_state['epoch'] + 1}, step {stored_state['global_step']}")
-    else:
-        model, report = initial_model(config, allow_random_init=allow_random_init, log=log)
-    # Every rank has checked the folder and read last.pt before rank 0 changes anything in it.
-    dist.barrier()
-    if not resume and main:
-        # Only now, with data and weights known to be usable, may an earlier run's files go.
-        _start_run_dir(out)
-    model.to(dev)
+        from monai.losses import DiceCELoss
 
-    pre = config.preprocess_config("full")
-    # Any rank may draw any training volume in a later epoch; validation cases are split.
-    volumes = [_pad_to_roi(prepare_case(ref, pre), config) for ref in train_refs]
-    val_cases = {i: prepare_case(val_refs[i], pre) for i in dist.shard(val_refs)}
-    for case in val_cases.values():
-        if case.label is None:
-            raise DataError(f"validation case {case.case_id!r} has no label", expected="labels for validation",
-                            got="label missing")
+        dataset = _CropDataset(volumes, config)
+        net = dist.data_parallel(model, device=dev)
+        n_batches = math.ceil(len(volumes) / config.batch_size)
+        total_steps = n_batches * config.epochs
+        warmup = max(1, round(config.warmup_fraction * total_steps)) if config.warmup_fraction > 0 else 0
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps=total_steps, warmup_steps=warmup))
+        use_amp = config.amp and dev.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        infer = InferenceConfig(roi=config.roi, overlap=config.overlap, sw_batch_size=config.sw_batch_size,
+                                amp=config.amp)
+        workers = num_workers if num_workers is not None else (2 if dev.type == "cuda" else 0)
 
-    from monai.losses import DiceCELoss
+        state: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "best_dice": None,
+                                 "best_epoch": None, "elapsed": 0.0, "metrics_rows": 0,
+                                 "epoch_loss_sum": 0.0, "epoch_loss_n": 0}
+        metrics = out / "metrics.csv"
+        if stored_state is not None:
+            optimizer.load_state_dict(_optimizer_state(stored_state["optimizer"]))
+            scheduler.load_state_dict(dict(stored_state["scheduler"]))
+            if scaler is not None and stored_state.get("scaler"):
+                scaler.load_state_dict(dict(stored_state["scaler"]))
+            _set_rng_state(stored_state["rng"])
+            state.update({k: stored_state[k] for k in state})
+            if main:
+                _truncate_metrics(metrics, int(state["metrics_rows"]))
+        elif main:
+            (out / "config.json").write_text(json.dumps({**config.as_dict(), **data_info}, indent=1))
+            _truncate_metrics(metrics, 0)
 
-    dataset = _CropDataset(volumes, config)
-    net = dist.data_parallel(model, device=dev)
-    n_batches = math.ceil(len(volumes) / config.batch_size)
-    total_steps = n_batches * config.epochs
-    warmup = max(1, round(config.warmup_fraction * total_steps)) if config.warmup_fraction > 0 else 0
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps=total_steps, warmup_steps=warmup))
-    use_amp = config.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    infer = InferenceConfig(roi=config.roi, overlap=config.overlap, sw_batch_size=config.sw_batch_size,
-                            amp=config.amp)
-    workers = num_workers if num_workers is not None else (2 if dev.type == "cuda" else 0)
+        def meta(*, with_state: bool, val_dice: float | None = None) -> dict[str, Any]:
+            info: dict[str, Any] = {**config.as_dict(), **data_info, "epoch": state["epoch"],
+                                    "step": state["global_step"], "val_dice": val_dice,
+                                    "best_dice": state["best_dice"], "best_epoch": state["best_epoch"],
+                                    "n_train": len(volumes), "n_val": len(val_refs), "world_size": world,
+                                    "versions": _versions()}
+            if with_state:
+                info["state"] = {**state, "optimizer": optimizer.state_dict(),
+                                 "scheduler": _scheduler_state(scheduler),
+                                 "scaler": scaler.state_dict() if scaler is not None else None,
+                                 "rng": _rng_state()}
+            return {"train": info}
 
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "best_dice": None, "best_epoch": None,
-                             "elapsed": 0.0, "metrics_rows": 0, "epoch_loss_sum": 0.0, "epoch_loss_n": 0}
-    metrics = out / "metrics.csv"
-    if stored_state is not None:
-        optimizer.load_state_dict(_optimizer_state(stored_state["optimizer"]))
-        scheduler.load_state_dict(dict(stored_state["scheduler"]))
-        if scaler is not None and stored_state.get("scaler"):
-            scaler.load_state_dict(dict(stored_state["scaler"]))
-        _set_rng_state(stored_state["rng"])
-        state.update({k: stored_state[k] for k in state})
-        if main:
-            _truncate_metrics(metrics, int(state["metrics_rows"]))
-    elif main:
-        (out / "config.json").write_text(json.dumps({**config.as_dict(), **data_info}, indent=1))
-        _truncate_metrics(metrics, 0)
+        def save_last() -> None:
+            if main:
+                save_checkpoint(model, out / "last.pt", extra=meta(with_state=True))
 
-    def meta(*, with_state: bool, val_dice: float | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = {**config.as_dict(), **data_info, "epoch": state["epoch"],
-                                "step": state["global_step"], "val_dice": val_dice,
-                                "best_dice": state["best_dice"], "best_epoch": state["best_epoch"],
-                                "n_train": len(volumes), "n_val": len(val_refs), "world_size": world,
-                                "versions": _versions()}
-        if with_state:
-            info["state"] = {**state, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler),
-                             "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state()}
-        return {"train": info}
+        def finish(*, finished: bool) -> TrainResult:
+            dist.barrier()  # on every rank, returning means rank 0's files are written
+            return _result(out, config, state, report, finished=finished)
 
-    def save_last() -> None:
-        if main:
-            save_checkpoint(model, out / "last.pt", extra=meta(with_state=True))
+        t0 = time.perf_counter() - float(state["elapsed"])
+        # Only rank 0 writes rows; the others count them so that their state matches its state.
+        with metrics.open("a", newline="") if main else open(os.devnull, "w") as fh:
+            writer = csv.writer(fh)
 
-    def finish(*, finished: bool) -> TrainResult:
-        dist.barrier()  # on every rank, returning means rank 0's files are written
-        return _result(out, config, state, report, finished=finished)
+            def row(epoch: int, loss: float, val_dice: float | None, lr: float) -> None:
+                state["elapsed"] = time.perf_counter() - t0
+                writer.writerow([epoch, state["global_step"], _fmt(loss), _fmt(val_dice), _fmt(lr),
+                                 f"{state['elapsed']:.3f}"])
+                fh.flush()
+                state["metrics_rows"] += 1
 
-    t0 = time.perf_counter() - float(state["elapsed"])
-    # Only rank 0 writes rows; the others count them so that their state matches its state.
-    with metrics.open("a", newline="") if main else open(os.devnull, "w") as fh:
-        writer = csv.writer(fh)
+            while state["epoch"] < config.epochs:
+                epoch = int(state["epoch"])
+                dataset.set_epoch(epoch)
+                order = _epoch_order(config.seed, epoch, len(volumes))
+                steps = rank_batches(order, config.batch_size, rank=dist.rank(),
+                                     world_size=world)[int(state["batch"]):]
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=[mine for mine, _, _ in steps],
+                                                     collate_fn=_collate, num_workers=workers)
+                for batch, (_, n_mine, n_batch) in zip(loader, steps):
+                    net.train()
+                    x = batch["image"].to(dev)
+                    y = batch["label"].to(dev)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(device_type=dev.type, enabled=use_amp):
+                        loss = loss_fn(net(x), y)
+                    # DDP averages gradients over ranks: weigh this rank's mean by its share of the batch.
+                    weight = n_mine * world / n_batch
+                    scaled = loss if weight == 1.0 else loss * weight
+                    if scaler is not None:
+                        scaler.scale(scaled).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        scaled.backward()
+                        optimizer.step()
+                    scheduler.step()
+                    value = _batch_loss(loss, n_mine, n_batch)
+                    state["global_step"] += 1
+                    state["batch"] += 1
+                    state["epoch_loss_sum"] += value
+                    state["epoch_loss_n"] += 1
+                    row(epoch + 1, value, None, lr)
+                    stop = stop_after_steps is not None and state["global_step"] >= stop_after_steps
+                    due = checkpoint_every is not None and state["global_step"] % checkpoint_every == 0
+                    if stop or due:
+                        save_last()
+                    if on_step is not None:
+                        on_step(StepInfo(epoch + 1, state["global_step"], total_steps, int(state["batch"]),
+                                         n_batches, value, lr, state["elapsed"]))
+                    if stop:
+                        return finish(finished=False)
 
-        def row(epoch: int, loss: float, val_dice: float | None, lr: float) -> None:
-            state["elapsed"] = time.perf_counter() - t0
-            writer.writerow([epoch, state["global_step"], _fmt(loss), _fmt(val_dice), _fmt(lr),
-                             f"{state['elapsed']:.3f}"])
-            fh.flush()
-            state["metrics_rows"] += 1
-
-        while state["epoch"] < config.epochs:
-            epoch = int(state["epoch"])
-            dataset.set_epoch(epoch)
-            order = _epoch_order(config.seed, epoch, len(volumes))
-            steps = rank_batches(order, config.batch_size, rank=dist.rank(), world_size=world)[int(state["batch"]):]
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=[mine for mine, _, _ in steps],
-                                                 collate_fn=_collate, num_workers=workers)
-            for batch, (_, n_mine, n_batch) in zip(loader, steps):
-                net.train()
-                x = batch["image"].to(dev)
-                y = batch["label"].to(dev)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=dev.type, enabled=use_amp):
-                    loss = loss_fn(net(x), y)
-                # DDP averages gradients over ranks: weigh this rank's mean by its share of the batch.
-                weight = n_mine * world / n_batch
-                scaled = loss if weight == 1.0 else loss * weight
-                if scaler is not None:
-                    scaler.scale(scaled).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    scaled.backward()
-                    optimizer.step()
-                scheduler.step()
-                value = _batch_loss(loss, n_mine, n_batch)
-                state["global_step"] += 1
-                state["batch"] += 1
-                state["epoch_loss_sum"] += value
-                state["epoch_loss_n"] += 1
-                row(epoch + 1, value, None, lr)
-                stop = stop_after_steps is not None and state["global_step"] >= stop_after_steps
-                if stop or (checkpoint_every is not None and state["global_step"] % checkpoint_every == 0):
-                    save_last()
-                if on_step is not None:
-                    on_step(StepInfo(epoch + 1, state["global_step"], total_steps, int(state["batch"]), n_batches,
-                                     value, lr, state["elapsed"]))
-                if stop:
-                    return finish(finished=False)
-
-            mean_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
-            val_dice = None
-            if val_refs and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                mine = []
-                for i, case in val_cases.items():
-                    probs = sliding_window_probs(model, case.image, config=infer, device=dev)[0]
-                    pred = probs.argmax(0) * case.mask[0]
-                    mine.append((i, dice_score(pred, case.label[0])))
-                # Averaged in case order, as in one process.
-                dices = [d for _, d in sorted(p for part in dist.gather_objects(mine) for p in part)]
-                val_dice = float(np.mean(dices))
-                row(epoch + 1, mean_loss, val_dice, optimizer.param_groups[0]["lr"])
-            state.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
-            if val_dice is not None and (state["best_dice"] is None or val_dice > state["best_dice"]):
-                state.update(best_dice=val_dice, best_epoch=epoch + 1)
-                if main:
-                    save_checkpoint(model, out / "best.pt", extra=meta(with_state=False, val_dice=val_dice))
-            save_last()
-            if on_epoch is not None:
-                on_epoch(EpochInfo(epoch + 1, state["global_step"], mean_loss, val_dice, state["best_dice"],
-                                   state["elapsed"]))
-    return finish(finished=True)
+                mean_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
+                val_dice = None
+                if val_refs and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                    mine = []
+                    for i, case in val_cases.items():
+                        probs = sliding_window_probs(model, case.image, config=infer, device=dev)[0]
+                        pred = probs.argmax(0) * case.mask[0]
+                        mine.append((i, dice_score(pred, case.label[0])))
+                    # Averaged in case order, as in one process.
+                    dices = [d for _, d in sorted(p for part in dist.gather_objects(mine) for p in part)]
+                    val_dice = float(np.mean(dices))
+                    row(epoch + 1, mean_loss, val_dice, optimizer.param_groups[0]["lr"])
+                state.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+                if val_dice is not None and (state["best_dice"] is None or val_dice > state["best_dice"]):
+                    state.update(best_dice=val_dice, best_epoch=epoch + 1)
+                    if main:
+                        save_checkpoint(model, out / "best.pt",
+                                        extra=meta(with_state=False, val_dice=val_dice))
+                save_last()
+                if on_epoch is not None:
+                    on_epoch(EpochInfo(epoch + 1, state["global_step"], mean_loss, val_dice,
+                                       state["best_dice"], state["elapsed"]))
+        return finish(finished=True)
 
 
 def _batch_loss(loss: torch.Tensor, n_mine: int, n_batch: int) -> float:

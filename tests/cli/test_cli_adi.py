@@ -10,33 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 import xarray as xr
-from typer.testing import CliRunner
 
 from attnprobe.cli import adi as adi_cli
 from attnprobe.metrics.aggregate import TIDY_COLUMNS
 from attnprobe.models import build_model
 from attnprobe.models.checkpoints import save_checkpoint
+from tests.helpers import cli_runner, command_app
 
 ROI = "32,32,64"  # smallest Swin UNETR input the decoder's instance norms accept
-runner = CliRunner()
-
-
-def adi_only_app() -> typer.Typer:
-    """The adi command as the real app registers it, without building the other commands
-    (a broken sibling command must not hide the state of this one)."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def main() -> None:
-        """attnprobe"""
-
-    adi_cli.register(app)
-    return app
-
-
-APP = adi_only_app()
+# The adi command as the real app registers it, without building the other commands.
+APP = command_app(adi_cli.register)
+run = cli_runner(APP)
 
 
 def test_the_app_registers_adi():
@@ -65,7 +50,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
 
 def invoke(*args: object):
-    return runner.invoke(APP, ["adi", *map(str, args)])
+    return run("adi", *args)
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import zarr
-from typer.testing import CliRunner
 
 from attnprobe import open_store
 from attnprobe.cli.app import app
+from tests.helpers import assert_one_line_error, cli_runner
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert any(line.startswith("error:") for line in lines), result.output
-    assert pattern in result.output, result.output
+run = cli_runner(app)
 
 
 def assert_nothing_marked_done(store):

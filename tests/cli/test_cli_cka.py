@@ -9,55 +9,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 import xarray as xr
-from typer.testing import CliRunner
 
 from attnprobe.cli import capture as capture_cli
 from attnprobe.cli import cka as cka_cli
 from attnprobe.models import build_model
 from attnprobe.models.checkpoints import save_checkpoint
+from tests import helpers
+from tests.helpers import cli_runner, command_app
 
-runner = CliRunner()
 BLOCKS = [f"stage{s}.block{b}" for s in range(4) for b in range(2)]
 
 
-def cka_app() -> typer.Typer:
-    """The cka command as the app registers it, plus capture to make stores (a broken sibling
-    command must not hide the state of this one)."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def main() -> None:
-        """attnprobe"""
-
-    app.command("capture")(capture_cli.capture)
-    cka_cli.register(app)
-    return app
-
-
-APP = cka_app()
-
-
-def run(*args):
-    return runner.invoke(APP, [str(a) for a in args])
+# The cka command as the app registers it, plus capture to make stores.
+APP = command_app(lambda app: app.command("capture")(capture_cli.capture), cka_cli.register)
+run = cli_runner(APP)
 
 
 def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert any(line.startswith("error:") for line in lines), result.output
-    assert pattern in " ".join(result.output.split()), result.output
+    """As in the other CLI tests, with the output's line wrapping undone (long paths wrap)."""
+    helpers.assert_one_line_error(result, pattern, fold_whitespace=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: small GEMMs under a busy OpenMP pool are 100x slower than on one thread
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

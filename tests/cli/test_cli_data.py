@@ -6,22 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from attnprobe.cli.app import app
+from tests.helpers import assert_one_line_error, cli_runner
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert any(line.startswith("error:") for line in result.output.splitlines()), result.output
-    assert pattern in result.output, result.output
+run = cli_runner(app)
 
 
 @pytest.fixture(scope="module")

@@ -10,25 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from attnprobe.cli.app import app
 from attnprobe.data.phantoms import write_phantom_dataset
 from attnprobe.models import build_model
 from attnprobe.models.checkpoints import save_checkpoint
+from tests.helpers import assert_one_line_error, cli_runner
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert any(line.startswith("error:") for line in result.output.splitlines()), result.output
-    assert pattern in result.output, result.output
+run = cli_runner(app)
 
 
 def rows(path):

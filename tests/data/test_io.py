@@ -6,31 +6,18 @@ import importlib.util
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from attnprobe.data.io import CaseRef, list_cases, load_volume
 from attnprobe.errors import ConfigError, DataError, ShapeError
+from tests.helpers import assert_message, write_nifti
 
 HAS_DICOM_READER = any(importlib.util.find_spec(m) is not None for m in ("itk", "pydicom"))
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine), path)
-    return path
-
-
 def small(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((6, 7, 5)).astype(np.float32)
-
-
-def assert_message(err: pytest.ExceptionInfo, *needles: str) -> None:
-    text = str(err.value)
-    assert "expected" in text and "got" in text, text
-    for needle in needles:
-        assert needle in text, (needle, text)
 
 
 # --- datalist ------------------------------------------------------------------------------

@@ -21,21 +21,9 @@ from attnprobe.data.preprocess import (
     validate_roi,
 )
 from attnprobe.errors import ConfigError, DataError, ShapeError
+from tests.helpers import assert_message, write_nifti
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-
-
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine), path)
-    return path
-
-
-def assert_message(err: pytest.ExceptionInfo, *needles: str) -> None:
-    text = str(err.value)
-    assert "expected" in text and "got" in text, text
-    for needle in needles:
-        assert needle in text, (needle, text)
 
 
 def check_invariants(pc: PreparedCase) -> None:

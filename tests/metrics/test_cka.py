@@ -8,7 +8,6 @@ form with ``1ᵀK̃1`` terms on zero-diagonal Grams for unbiased HSIC.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import numpy as np
@@ -34,6 +33,7 @@ from attnprobe.metrics.cka import (
     minibatch_cka,
     rbf_gram,
 )
+from tests.helpers import free_port
 
 PROP = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -441,18 +441,12 @@ def _gloo_worker(rank: int, world: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_streaming_reduce_over_two_gloo_processes(tmp_path):
     x, y = related(15, 160, 7, 5, mean=30.0)
     torch.save({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "data.pt")
-    ctx = mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    ctx = mp.spawn(_gloo_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 90  # two fresh interpreters importing torch on a busy box
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnprobe.data.preprocess import PreprocessConfig, prepare_array
 from attnprobe.errors import ConfigError, ShapeError, StoreError
 from attnprobe.metrics.cka import cka
 from attnprobe.metrics.features import (
@@ -27,34 +25,18 @@ from attnprobe.metrics.features import (
     store_outputs,
     token_features,
 )
-from attnprobe.models import build_model
 from attnprobe.store import capture_to_store
+from tests.helpers import random_cases
 
 ROI = (64, 64, 32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: small GEMMs under a busy OpenMP pool are 100x slower than on one thread
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def smit():
-    torch.manual_seed(0)
-    return build_model("smit", preset="tiny").eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def cases():
-    rng = np.random.default_rng(1)
-    config = PreprocessConfig(roi=ROI, spacing=None)
-    shapes = [(50, 60, 30), (64, 40, 20), (40, 64, 32)]
-    return [prepare_array(rng.random(s, dtype=np.float32) + 0.1, case_id=f"case{i}", config=config)
-            for i, s in enumerate(shapes)]
+    return random_cases(seed=1, roi=ROI)
 
 
 # --------------------------------------------------------------------------- crops

@@ -37,34 +37,18 @@ from attnprobe.metrics.reuse import (
     summarize,
     write_results,
 )
-from attnprobe.models import build_model
 from attnprobe.store import capture_to_store
+from tests.helpers import random_cases
 
 ROI = (64, 64, 32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: small GEMMs under a busy OpenMP pool are 100x slower than on one thread
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def smit():
-    torch.manual_seed(0)
-    return build_model("smit", preset="tiny").eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def cases():
-    rng = np.random.default_rng(2)
-    config = PreprocessConfig(roi=ROI, spacing=None)
-    shapes = [(50, 60, 30), (64, 40, 20), (40, 64, 32)]
-    return [prepare_array(rng.random(s, dtype=np.float32) + 0.1, case_id=f"case{i}", config=config)
-            for i, s in enumerate(shapes)]
+    return random_cases(seed=2, roi=ROI)
 
 
 def synthetic(index: int, grids: dict[str, tuple[int, int, int, int]], seed: int) -> BlockOutputs:
