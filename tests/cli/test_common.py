@@ -24,11 +24,11 @@ def test_an_error_is_one_line_and_exit_2(monkeypatch):
     assert result.output.splitlines() == ["error: bad thing; expected a good thing; got a bad one"]
 
 
-def test_under_torchrun_only_rank_0_prints_but_every_rank_exits_2(monkeypatch):
+def test_under_torchrun_every_rank_prints_its_line_and_exits_2(monkeypatch):
     # Before the process group is up, torchrun's RANK says which rank this is.
     monkeypatch.setenv("RANK", "1")
     result = run("fails")
-    assert result.exit_code == 2 and result.output == ""
+    assert result.exit_code == 2 and result.output.startswith("[rank 1] error: bad thing")
     monkeypatch.setenv("RANK", "0")
     result = run("fails")
     assert result.exit_code == 2 and result.output.startswith("error: bad thing")
