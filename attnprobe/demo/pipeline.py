@@ -1,0 +1,1056 @@
+"""The steps of ``attnprobe demo`` as small library functions, and :func:`run_demo` that chains them.
+
+Every step takes plain inputs (paths, models, prepared cases) and returns or writes plain
+outputs, so the steps are usable one by one on real data. :func:`run_demo` runs them on
+generated phantoms (SPEC §6) and lays out a run folder that ``attnprobe figures`` and the
+report read back::
+
+    OUT/
+      data/                     phantoms: NIfTI, datalist_mri.json, datalist_ct.json, phantoms.json
+      pretrained/               the CT checkpoints used (copied from fixtures/pretrained, or trained)
+      ssl/                      their encoders re-exported in the self-supervised key layouts
+      train/<arch>-<preset>/    fine-tuning runs (config.json, metrics.csv, last.pt)
+      capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output)
+      adi/<arch>-base/          padding sweep: adi.csv, adi.parquet, summary.csv, adi.json
+      attention/<arch>-base.npz one block's attention mapped onto one input volume
+      cka/<arch>-<preset>/      CKA pretrained vs fine-tuned: cka.nc, cka.csv, summary.json
+      eval/<arch>-<preset>/     cases.csv, summary.json (as ``attnprobe evaluate`` writes them)
+      extent/<arch>/            extent.csv, efficiency.csv (as ``attnprobe data extent``)
+      tumors/tumors.csv         per-case tumor features, k-means cluster and phantom cluster
+      figures/                  one image and one one-line caption (.txt) per figure
+      attnprobe.toml            a workspace naming every model and data set (for analyses/)
+      demo.json                 settings, checkpoint provenance and load checks, timings
+      report.md, report.html
+
+The CT-"pretrained" checkpoints are *supervised* tiny models (encoder and decoder) trained on
+CT phantoms of other "patients" (another seed) and stored in the fine-tuned key layouts
+(``state_dict`` with ``swinViT.*`` / ``transformer.*`` and decoder keys, float16). A brief
+fine-tune cannot train a decoder from scratch, so encoder-only weights would leave every
+fine-tuned model at zero Dice and the detection figure empty; the demo still exercises the
+self-supervised layouts by re-exporting each encoder as MONAI's ``model_swinvit.pt`` and
+SMIT's ``student``/``module.backbone.`` layouts and loading them back (:func:`check_ssl_layout`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from attnprobe.errors import ConfigError
+
+__all__ = [
+    "Tier",
+    "TIERS",
+    "ARCHS",
+    "DemoSettings",
+    "PretrainSpec",
+    "DemoResult",
+    "settings_for",
+    "pretrained_dir",
+    "find_pretrained",
+    "make_phantoms",
+    "pretrain_ct",
+    "save_supervised_layout",
+    "export_ssl_encoder",
+    "check_ssl_layout",
+    "finetune",
+    "prepare_cases",
+    "adi_sweep",
+    "write_adi",
+    "attention_volume",
+    "longest_cases",
+    "block_cka",
+    "evaluate_model",
+    "write_evaluation",
+    "crop_efficiency",
+    "tumor_table",
+    "capture_store",
+    "offline_agreement",
+    "write_workspace",
+    "run_demo",
+]
+
+Tier = Literal["smoke", "quick", "full"]
+TIERS: tuple[Tier, ...] = get_args(Tier)
+ARCHS: tuple[str, ...] = ("swin_unetr", "smit")
+ARCH_LABELS = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
+
+PRETRAINED_FILES = {"swin_unetr": "swin_unetr_ct_tiny.pt", "smit": "smit_ct_tiny.pt"}
+"""File name of each architecture's CT checkpoint in ``fixtures/pretrained``."""
+
+CT_ONLY = "CT only"
+"""Preset label of the pretrained CT model evaluated on MRI without fine-tuning."""
+
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSettings:
+    """Sizes of one demo run.
+
+    Parameters
+    ----------
+    tier
+        ``"smoke"`` (every step at its smallest, for the test suite), ``"quick"`` (under five
+        minutes on two CPU cores) or ``"full"`` (the default: more cases and training).
+    n_cases
+        MRI phantom cases (the CT rendering of the same anatomy is written too).
+    split
+        ``(train, validation, test)`` fractions of the cases.
+    axial_range_mm
+        Range the axial extent of a case is drawn from (mm): short cases are padded to the
+        64³ cube (whose axial side is 128 mm at 2 mm), long ones fill it.
+    spacing_mm
+        Voxel size of the phantoms and of every preprocessing step (isotropic, mm).
+    backbones
+        Architectures to run.
+    presets
+        Fine-tuning presets (SPEC §5).
+    model_preset
+        Architecture preset of the models (``"tiny"``: feature 12, pretrained cube 64³).
+    epochs, max_steps, num_samples, lr
+        Fine-tuning: epochs, an optional cap on optimisation steps, crops per volume and the
+        AdamW learning rate.
+    validate
+        Validate after the last epoch (and keep ``best.pt``).
+    paddings
+        Padding amounts of the ADI sweep (voxels along ``z``).
+    sweep_cases, cka_cases, eval_cases, capture_cases
+        Test cases used by the sweep (the axially longest ones, whose content fills the cube
+        at zero padding), CKA, evaluation (``None``: all) and the capture store.
+    cka_crops
+        Crops per case for CKA (examples = cases x crops).
+    pretrain_steps
+        Steps of CT pretraining when the shipped checkpoints are missing.
+    seed
+        Seed of the phantoms, training and crops.
+    """
+
+    tier: Tier
+    n_cases: int
+    split: tuple[float, float, float]
+    axial_range_mm: tuple[float, float] = (40.0, 160.0)
+    spacing_mm: float = 2.0
+    backbones: tuple[str, ...] = ARCHS
+    presets: tuple[str, ...] = ("base", "act")
+    model_preset: str = "tiny"
+    epochs: int = 1
+    max_steps: int | None = None
+    num_samples: int = 2
+    lr: float = 1e-3
+    validate: bool = False
+    paddings: tuple[int, ...] = (0, 16, 32, 48)
+    sweep_cases: int = 4
+    cka_cases: int = 4
+    cka_crops: int = 2
+    eval_cases: int | None = None
+    capture_cases: int = 2
+    pretrain_steps: int = 480
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ConfigError("unknown demo tier", expected=" | ".join(TIERS), got=repr(self.tier))
+        unknown = [b for b in self.backbones if b not in ARCHS]
+        if unknown or not self.backbones:
+            raise ConfigError("unknown demo backbone", expected=f"some of {ARCHS}", got=repr(self.backbones))
+        from attnprobe.train.presets import get_preset
+
+        for preset in self.presets:
+            get_preset(preset)
+        for name in ("n_cases", "epochs", "num_samples", "sweep_cases", "cka_cases", "cka_crops",
+                     "capture_cases", "pretrain_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"bad demo setting {name}", expected="a positive integer", got=repr(value))
+        if self.cka_cases * self.cka_crops < 4:
+            raise ConfigError("too few CKA examples", expected="cka_cases * cka_crops >= 4 (unbiased HSIC)",
+                              got=f"{self.cka_cases} x {self.cka_crops}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain builtins (tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+_TIER_SETTINGS: dict[str, dict[str, Any]] = {
+    # Every step at its smallest: 6 cases, one optimisation step per run, two padding levels.
+    "smoke": dict(n_cases=6, split=(1 / 3, 0.0, 2 / 3), axial_range_mm=(90.0, 140.0), epochs=1, max_steps=1,
+                  num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=2, cka_crops=3, eval_cases=2,
+                  capture_cases=1, pretrain_steps=2),
+    # Under five minutes on two cores: 40 one-crop steps per fine-tuning run (5 epochs of 8 volumes) at
+    # a higher learning rate, which is what it takes the CT models to detect MRI tumors at all.
+    "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=5, num_samples=1, lr=2e-3, sweep_cases=3,
+                  cka_cases=4, cka_crops=2, eval_cases=6, capture_cases=2),
+    # The default: more cases, longer fine-tuning with a validation split.
+    "full": dict(n_cases=40, split=(0.6, 0.1, 0.3), epochs=4, num_samples=2, validate=True, sweep_cases=8,
+                 cka_cases=8, cka_crops=2, eval_cases=None, capture_cases=2),
+}
+
+
+def settings_for(tier: Tier = "full", **overrides: Any) -> DemoSettings:
+    """The :class:`DemoSettings` of a tier, with optional overrides (e.g. ``backbones=("smit",)``)."""
+    if tier not in TIERS:
+        raise ConfigError("unknown demo tier", expected=" | ".join(TIERS), got=repr(tier),
+                          fix="use 'quick' or 'full' (the default)")
+    return DemoSettings(tier=tier, **{**_TIER_SETTINGS[tier], **overrides})
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainSpec:
+    """How the CT-"pretrained" fixture checkpoints are made (``fixtures/make_pretrained.py``).
+
+    Supervised tumor segmentation on CT phantoms of other "patients" than the demo's MRI cases
+    (another dataset seed), with a CT soft-tissue window, on crops of the model's own ROI
+    (64x64x32 for ``tiny``): crops that lie in real tissue, as the large random crops of real CT
+    pretraining do (the CT phantoms are axially short, so a 64³ cube would be mostly padding).
+
+    Parameters
+    ----------
+    n_cases
+        CT phantom cases, all used for training.
+    data_seed
+        Dataset seed of the CT phantoms.
+    steps
+        Optimisation steps (the schedule is sized to end there).
+    crop
+        Training crop ``(x, y, z)``; ``None``: the architecture preset's ROI.
+    num_samples, lr
+        Crops per volume and AdamW learning rate.
+    spacing_mm
+        Phantom voxel size and preprocessing spacing (mm).
+    window_hu
+        Fixed intensity window mapped to [0, 1] (HU).
+    seed
+        Training seed (weights, data order, crops).
+    """
+
+    n_cases: int = 24
+    data_seed: int = 1000
+    steps: int = 480
+    crop: tuple[int, int, int] | None = None
+    num_samples: int = 2
+    lr: float = 2e-3
+    spacing_mm: float = 2.0
+    window_hu: tuple[float, float] = (-175.0, 250.0)
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain builtins (tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- pretrained checkpoints
+
+
+def pretrained_dir() -> Path:
+    """``fixtures/pretrained`` of the source tree this package runs from (may not exist)."""
+    return Path(__file__).resolve().parents[2] / "fixtures" / "pretrained"
+
+
+def find_pretrained(arch: str, folder: str | os.PathLike[str] | None = None) -> Path | None:
+    """The CT checkpoint of ``arch`` in ``folder`` (default :func:`pretrained_dir`), or None."""
+    if arch not in PRETRAINED_FILES:
+        raise ConfigError("no demo checkpoint for this architecture", expected=f"one of {list(PRETRAINED_FILES)}",
+                          got=repr(arch))
+    path = Path(folder if folder is not None else pretrained_dir()) / PRETRAINED_FILES[arch]
+    return path if path.is_file() else None
+
+
+def make_phantoms(out_dir: str | os.PathLike[str], *, n: int, seed: int, spacing_mm: float,
+                  split: Sequence[float], axial_range_mm: Sequence[float] = (40.0, 120.0),
+                  modalities: Sequence[str] = ("mri", "ct")) -> dict[str, Path]:
+    """Write phantom cases at an isotropic spacing; return modality -> datalist path.
+
+    See :func:`attnprobe.data.phantoms.write_phantom_dataset` for the layout.
+    """
+    from attnprobe.data.phantoms import write_phantom_dataset
+
+    paths = write_phantom_dataset(out_dir, n=n, seed=seed, modalities=tuple(modalities),  # type: ignore[arg-type]
+                                  split=tuple(split), spacing=(spacing_mm,) * 3,
+                                  axial_range_mm=tuple(axial_range_mm))
+    return {str(k): Path(v) for k, v in paths.items()}
+
+
+def save_supervised_layout(model: nn.Module, path: str | os.PathLike[str], *,
+                           info: Mapping[str, Any] | None = None) -> Path:
+    """Save a model as a fine-tuned checkpoint: ``{"state_dict": ...}``, compactly.
+
+    The key names are the model's own (``swinViT.*`` / ``transformer.*`` and the decoder), as
+    in MONAI's and SMIT's fine-tuning scripts. To keep the file small, floating tensors are
+    stored as float16 and integer buffers whose values fit (the relative position indices,
+    half of a tiny Swin UNETR's bytes as int64) as int16; loading copies them into the
+    model's own dtypes; equal integer buffers (every block's index of one window size) share
+    one storage, which ``torch.save`` writes once. ``info`` (plain builtins) is stored next to
+    the weights.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shared: dict[tuple[Any, ...], torch.Tensor] = {}
+    state = {}
+    for key, value in model.state_dict().items():
+        tensor = _compact(value.detach().cpu())
+        if not tensor.is_floating_point():
+            digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+            tensor = shared.setdefault((tensor.dtype, tuple(tensor.shape), digest), tensor)
+        state[key] = tensor
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": state, "info": dict(info or {})}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return t.to(torch.float16).contiguous()
+    info = torch.iinfo(torch.int16)
+    if t.dtype in (torch.int32, torch.int64) and (t.numel() == 0 or (int(t.min()) >= info.min and int(t.max()) <= info.max)):
+        return t.to(torch.int16).contiguous()
+    return t.contiguous()
+
+
+def pretrain_ct(arch: str, out_path: str | os.PathLike[str], *, spec: PretrainSpec | None = None,
+                work_dir: str | os.PathLike[str], model_preset: str = "tiny", log: Log | None = None,
+                on_step: Callable[[int, int, float], None] | None = None) -> Path:
+    """Train a tiny CT tumor-segmentation model and save it as a CT-"pretrained" checkpoint.
+
+    Parameters
+    ----------
+    arch
+        ``"swin_unetr"`` or ``"smit"``.
+    out_path
+        Checkpoint to write (fine-tuned layout, float16; see :func:`save_supervised_layout`).
+    spec
+        Data and training sizes (default :class:`PretrainSpec`).
+    work_dir
+        Folder for the CT phantoms (reused when already there) and the training run.
+    model_preset
+        Architecture preset.
+    log
+        Message sink.
+    on_step
+        Called with ``(step, total, loss)`` after every optimisation step.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    from attnprobe.models.checkpoints import load_checkpoint
+    from attnprobe.models.registry import resolve_config
+    from attnprobe.train.presets import resolve_train_config
+    from attnprobe.train.trainer import train
+
+    spec = spec or PretrainSpec()
+    crop = tuple(spec.crop) if spec.crop is not None else tuple(resolve_config(arch, model_preset)["roi"])
+    work = Path(work_dir)
+    datalist = work / "ct_data" / "datalist_ct.json"
+    if not datalist.is_file():
+        make_phantoms(work / "ct_data", n=spec.n_cases, seed=spec.data_seed, spacing_mm=spec.spacing_mm,
+                      split=(1.0, 0.0, 0.0), modalities=("ct",))
+    # "scratch" trains from random weights for 2 x epochs: size the schedule to end at `steps`.
+    epochs = max(1, math.ceil(spec.steps / (2 * spec.n_cases)))
+    config = resolve_train_config("scratch", arch=arch, model_preset=model_preset, epochs=epochs,
+                                  roi=crop, num_samples=spec.num_samples,
+                                  lr=spec.lr, spacing=spec.spacing_mm, intensity="fixed",
+                                  a_min=spec.window_hu[0], a_max=spec.window_hu[1], seed=spec.seed)
+    losses: list[float] = []
+
+    def step(info: Any) -> None:
+        losses.append(float(info.loss))
+        if on_step is not None:
+            on_step(int(info.step), min(int(info.total_steps), spec.steps), float(info.loss))
+
+    t0 = time.perf_counter()
+    result = train(config, datalist, work / f"train-{arch}", val_split=None, overwrite=True,
+                   stop_after_steps=spec.steps, on_step=step, log=log)
+    model, _ = load_checkpoint(result.last, arch, preset=model_preset)
+    tail = losses[-max(1, len(losses) // 4):]
+    info = {"made_by": "attnprobe.demo.pipeline.pretrain_ct", "arch": arch, "model_preset": model_preset,
+            "modality": "ct", "task": "supervised tumor segmentation", "spec": spec.as_dict(),
+            "roi": list(config.roi), "steps": result.steps_done, "final_loss": float(np.mean(tail)) if tail else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return save_supervised_layout(model, out_path, info=info)
+
+
+def export_ssl_encoder(checkpoint: str | os.PathLike[str], arch: str, out_path: str | os.PathLike[str], *,
+                       model_preset: str = "tiny") -> Path:
+    """Re-export the encoder of a checkpoint in the self-supervised key layout of its architecture.
+
+    - ``swin_unetr``: MONAI's ``model_swinvit.pt`` -- ``{"state_dict": {"module.<key>": ...}}`` with
+      the ``swinViT.`` prefix removed and the MLP layers named ``fc1``/``fc2``.
+    - ``smit``: ``{"student": {"module.backbone.<key>": ...}}`` with ``transformer.`` removed.
+
+    Only encoder keys are written, as in real self-supervised checkpoints.
+    """
+    from attnprobe.models.checkpoints import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint, arch, preset=model_preset)
+    encoder: dict[str, torch.Tensor] = {}
+    if arch == "swin_unetr":
+        for key, value in model.state_dict().items():
+            if key.startswith("swinViT."):
+                name = key[len("swinViT."):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+                encoder["module." + name] = value
+        payload: dict[str, Any] = {"state_dict": encoder, "epoch": 0}
+    elif arch == "smit":
+        for key, value in model.state_dict().items():
+            if key.startswith("transformer."):
+                encoder["module.backbone." + key[len("transformer."):]] = value
+        payload = {"student": encoder, "epoch": 0}
+    else:
+        raise ConfigError("no self-supervised layout for this architecture", expected=f"one of {ARCHS}",
+                          got=repr(arch))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, out)
+    return out
+
+
+def check_ssl_layout(ssl_path: str | os.PathLike[str], source: str | os.PathLike[str], arch: str, *,
+                     model_preset: str = "tiny") -> dict[str, Any]:
+    """Load a self-supervised-layout file back and check it against the checkpoint it came from.
+
+    Returns
+    -------
+    dict
+        ``format`` (as the loader names it), ``matched``, ``missing_backbone``, ``missing`` (decoder
+        keys: not in a self-supervised file), ``identical`` (every encoder tensor equal to the
+        source's) and ``naive_matched``: how many keys the naive load -- strip the wrapper's
+        ``module.`` prefix and ``load_state_dict(strict=False)`` -- would have loaded.
+    """
+    from attnprobe.models.checkpoints import load_checkpoint, read_checkpoint
+    from attnprobe.models.registry import build_model, get_adapter
+
+    model, report = load_checkpoint(ssl_path, arch, preset=model_preset)
+    reference, _ = load_checkpoint(source, arch, preset=model_preset)
+    adapter = get_adapter(arch)
+    own, ref = model.state_dict(), reference.state_dict()
+    encoder = [k for k in ref if adapter.is_backbone_key(k)]
+    identical = all(torch.equal(own[k], ref[k]) for k in encoder)
+    raw = read_checkpoint(ssl_path)
+    inner = raw.get("state_dict") if isinstance(raw.get("state_dict"), Mapping) else raw.get("student", {})
+    naive = {k[len("module."):] if k.startswith("module.") else k for k in inner}
+    naive_matched = len(naive & set(build_model(arch, preset=model_preset).state_dict()))
+    return {"file": Path(ssl_path).name, "format": report.format, "matched": len(report.matched),
+            "encoder_keys": len(encoder), "missing_backbone": len(report.missing_backbone),
+            "missing": len(report.missing), "unexpected": len(report.unexpected), "identical": bool(identical),
+            "naive_matched": int(naive_matched)}
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str | os.PathLike[str],
+             out_dir: str | os.PathLike[str], settings: DemoSettings, log: Log | None = None,
+             on_step: Callable[[int, int, float], None] | None = None) -> Path:
+    """Fine-tune ``init`` on ``data`` with a trainer preset; return the checkpoint to use.
+
+    Returns ``best.pt`` when the run validated, else ``last.pt``.
+    """
+    from attnprobe.train.presets import resolve_train_config
+    from attnprobe.train.trainer import train
+
+    config = resolve_train_config(preset, arch=arch, model_preset=settings.model_preset, epochs=settings.epochs,
+                                  init=None if preset == "scratch" else os.fspath(init),
+                                  spacing=settings.spacing_mm, num_samples=settings.num_samples,
+                                  lr=settings.lr, seed=settings.seed, val_every=settings.epochs)
+
+    def step(info: Any) -> None:
+        if on_step is not None:
+            total = int(info.total_steps) if settings.max_steps is None else min(int(info.total_steps),
+                                                                                   settings.max_steps)
+            on_step(int(info.step), total, float(info.loss))
+
+    result = train(config, data, out_dir, val_split="validation" if settings.validate else None, overwrite=True,
+                   stop_after_steps=settings.max_steps, on_step=step, log=log)
+    return result.best if result.best is not None else result.last
+
+
+# --------------------------------------------------------------------------- analysis steps
+
+
+def prepare_cases(data: str | os.PathLike[str], *, split: str = "test", roi: Sequence[int] | str,
+                  spacing_mm: float | None, limit: int | None = None) -> list[Any]:
+    """Prepare the cases of a datalist at a ROI (padding at the end of each axis, SPEC §2)."""
+    from attnprobe.data.preprocess import PreprocessConfig, iter_cases
+
+    roi_value = roi if isinstance(roi, str) else tuple(int(v) for v in roi)
+    config = PreprocessConfig(roi=roi_value, spacing=spacing_mm, pad_mode="end")  # type: ignore[arg-type]
+    return list(iter_cases(data, config, split=split, limit=limit))  # type: ignore[arg-type]
+
+
+def adi_sweep(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
+              on_step: Callable[[str, int], None] | None = None) -> pd.DataFrame:
+    """Block-level tidy frame of the fixed-ROI padding sweep along ``z`` (SPEC §3)."""
+    from attnprobe.metrics.sweep import SweepSpec, padding_sweep
+
+    return padding_sweep(model, cases, SweepSpec(paddings=tuple(int(p) for p in paddings)), on_step=on_step)
+
+
+def write_adi(frame: pd.DataFrame, out_dir: str | os.PathLike[str], *, attrs: Mapping[str, Any]) -> Path:
+    """Write a sweep as ``attnprobe adi`` does (``adi.csv``, ``adi.parquet``, ``summary.csv``) plus ``adi.json``."""
+    from attnprobe.metrics.sweep import sweep_tables
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = sweep_tables(frame)
+    frame.to_csv(out / "adi.csv", index=False)
+    frame.to_parquet(out / "adi.parquet", index=False)
+    tables.summary.to_csv(out / "summary.csv", index=False)
+    (out / "adi.json").write_text(json.dumps(dict(attrs), indent=1, default=str))
+    return out
+
+
+def attention_volume(model: nn.Module, case: Any, *, padding: int, block: str = "stage0.block0") -> dict[str, Any]:
+    """One block's attention, mapped onto the voxels of one swept input.
+
+    The input is the case with ``padding`` voxels of its axial extent replaced by padding (the
+    sweep's fixed-ROI input); the map is the attention every key token receives, averaged over
+    the real queries of its window and the heads
+    (:func:`attnprobe.metrics.attention_map.received_attention`), spread over each token's voxels.
+
+    Returns
+    -------
+    dict
+        ``image``, ``attention`` (float32 ``(x, y, z)``), ``padding_mask`` (bool, True on
+        padding), ``spacing`` (mm), ``slices`` (voxel ``(x, y, z)`` through the tumor centre,
+        else the centre of the real voxels), ``case``, ``block``, ``padding``, ``pad_fraction``.
+    """
+    from attnprobe.capture.probe import Probe
+    from attnprobe.metrics.attention_map import received_attention, to_voxels
+    from attnprobe.metrics.sweep import SweepSpec, swept_input
+    from attnprobe.models.registry import adapter_for
+
+    item = swept_input(case, int(padding), SweepSpec(paddings=(int(padding),)))
+    model = model.eval()
+    tap = f"{block}.attn"
+    with torch.no_grad(), Probe(model, [tap]) as probe:
+        probe.run(item.image[None], mask=item.mask[None])
+        probs = probe.cache[tap][0]
+        kinds = probe.context.kinds[block][0]
+        geom = probe.context.geometry[block]
+    tokens = received_attention(probs, kinds, geom, adapter_for(model))
+    spatial = tuple(int(s) for s in item.image.shape[1:])
+    voxels = to_voxels(tokens, spatial)  # type: ignore[arg-type]
+    return {"image": item.image[0].numpy().astype(np.float32), "attention": voxels.cpu().numpy().astype(np.float32),
+            "padding_mask": ~item.mask[0].numpy().astype(bool), "spacing": np.asarray(case.spacing, dtype=float),
+            "slices": _centre_slices(case, padding=int(padding), real=item.mask[0]),
+            "case": str(case.case_id), "block": block, "padding": int(padding),
+            "pad_fraction": float(item.pad_fraction)}
+
+
+@dataclass(frozen=True)
+class _LabelAsImage:
+    """A case whose image is its label: the sweep places it exactly as it places the image."""
+
+    case_id: str
+    image: torch.Tensor
+    mask: torch.Tensor
+    label: torch.Tensor
+
+
+def _centre_slices(case: Any, *, padding: int, real: torch.Tensor) -> np.ndarray:
+    from attnprobe.metrics.sweep import SweepSpec, swept_input
+
+    target = real.bool()
+    label = getattr(case, "label", None)
+    if label is not None and bool((label > 0).any()):
+        placed = swept_input(_LabelAsImage(case.case_id, label.float(), case.mask, label), padding,
+                             SweepSpec(paddings=(padding,))).image[0] > 0
+        if bool(placed.any()):
+            target = placed
+    idx = torch.nonzero(target).float()
+    if idx.numel() == 0:
+        return np.asarray([s // 2 for s in real.shape], dtype=np.int64)
+    return idx.mean(dim=0).round().to(torch.int64).numpy()
+
+
+def longest_cases(cases: Sequence[Any], n: int, *, axis: int = 2) -> list[Any]:
+    """The ``n`` cases with the most real voxels along ``axis`` (``2``: z), longest first (stable)."""
+    others = tuple(d for d in range(3) if d != axis)
+
+    def extent(case: Any) -> int:
+        return int(case.mask[0].bool().any(dim=others).sum())
+
+    return sorted(cases, key=extent, reverse=True)[:n]
+
+
+def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], *, crops: int,
+              crop_size: Sequence[int] | None, seed: int = 0, names: tuple[str, str] = ("ref", "tgt")) -> Any:
+    """CKA between every block output of two models on identical crops (SPEC §4).
+
+    Pooled examples (8³ adaptive average pooling of ``x, y, z``, by name), linear kernel,
+    unbiased HSIC: :func:`attnprobe.metrics.reuse.compare_models` with its default
+    :class:`~attnprobe.metrics.reuse.CKAConfig`. Returns the ``cka`` DataArray with dims
+    ``("ref", "tgt")`` (block names as coordinates).
+    """
+    from attnprobe.metrics.reuse import compare_models
+
+    return compare_models(ref_model, tgt_model, list(cases), crops=crops, crop_size=crop_size, seed=seed,
+                          names=names)
+
+
+def _spacing_of(affine: Any) -> tuple[float, float, float]:
+    a = np.asarray(affine, dtype=float)
+    return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Sequence[int], spacing_mm: float | None,
+                   split: str = "test", limit: int | None = None, window: tuple[float, float] | None = None,
+                   on_case: Callable[[str], None] | None = None) -> list[Any]:
+    """Predict every case by sliding-window inference and score it on the label's grid (SPEC §5).
+
+    Preprocessing: ``spacing_mm``, intensity scaled by percentiles (or by a fixed ``window``
+    ``(a_min, a_max)``, e.g. HU for CT), whole volume; the prediction is mapped back to the
+    native grid and compared with the label file there.
+    """
+    from attnprobe.data.io import list_cases, load_volume
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.train.evaluate import evaluate_case
+    from attnprobe.train.inference import InferenceConfig, predict_case
+
+    if window is None:
+        config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end")
+    else:
+        config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end", intensity="fixed",
+                                  a_min=float(window[0]), a_max=float(window[1]))
+    infer = InferenceConfig(roi=tuple(int(v) for v in roi))
+    refs = list_cases(data, split=split)  # type: ignore[arg-type]
+    results = []
+    for ref in refs[:limit] if limit is not None else refs:
+        if ref.label is None:
+            continue
+        prediction = predict_case(model, prepare_case(ref, config), config=infer)
+        label = load_volume(ref.label, role="label")
+        results.append(evaluate_case(prediction.native_label(), label.numpy(), spacing=_spacing_of(label.affine),
+                                     case=ref.case_id))
+        if on_case is not None:
+            on_case(ref.case_id)
+    return results
+
+
+def write_evaluation(results: Sequence[Any], out_dir: str | os.PathLike[str], *, info: Mapping[str, Any]) -> Path:
+    """Write ``cases.csv`` and ``summary.json`` in the format of ``attnprobe evaluate`` (plus ``info``)."""
+    from attnprobe.train.evaluate import summarize
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
+    pd.DataFrame([{c: getattr(r, c) for c in columns} for r in results], columns=list(columns)).to_csv(
+        out / "cases.csv", index=False)
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summarize(results).items()}
+    (out / "summary.json").write_text(json.dumps({**summary, **dict(info)}, indent=1, default=str))
+    return out
+
+
+def crop_efficiency(data: str | os.PathLike[str], *, arch: str, model_preset: str, spacing_mm: float,
+                    split: str = "all") -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """Axial extents, token efficiency of the pretrained cube and of shallower crops, and the recommendation.
+
+    Returns
+    -------
+    (extents, efficiency, recommendation)
+        Per-case extents, the per-(candidate, stage) summary of
+        :func:`attnprobe.data.extent.summarize_efficiency` with an ``arch`` column, and the
+        :class:`~attnprobe.data.extent.CropRecommendation`.
+    """
+    from attnprobe.data.extent import (
+        default_candidates,
+        extent_and_efficiency,
+        recommend_crop,
+        summarize_efficiency,
+    )
+
+    cases = prepare_cases(data, split=split, roi="full", spacing_mm=spacing_mm)
+    extents, per_case = extent_and_efficiency(cases, default_candidates(arch, model_preset), arch=arch,
+                                              model_preset=model_preset)
+    summary = summarize_efficiency(per_case)
+    summary.insert(0, "arch", arch)
+    recommendation = recommend_crop(extents, per_case, arch=arch, model_preset=model_preset, spacing_z=spacing_mm)
+    return extents, summary, recommendation
+
+
+def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
+                phantoms_json: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, Any]:
+    """Per-case tumor features and their k-means clustering (SPEC §5), from image and label files.
+
+    Returns
+    -------
+    (wide, clustering)
+        One row per case (features, ``cluster``; ``phantom_cluster`` when ``phantoms_json`` names
+        the generating cluster of each case) and the :class:`~attnprobe.data.tumor_stats.ClusterResult`.
+    """
+    from attnprobe.data.io import list_cases, load_volume
+    from attnprobe.data.tumor_stats import analyze_tumors
+
+    def items() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]]:
+        for ref in list_cases(data, split=split):  # type: ignore[arg-type]
+            if ref.label is None:
+                continue
+            image = load_volume(ref.image, role="image")
+            label = load_volume(ref.label, role="label")
+            yield ref.case_id, image.numpy(), label.numpy(), _spacing_of(image.affine)
+
+    analysis = analyze_tumors(items())
+    wide = analysis.wide
+    if phantoms_json is not None:
+        truth = {c["case"]: int(c["cluster"]) for c in json.loads(Path(phantoms_json).read_text())["cases"]}
+        wide = wide.assign(phantom_cluster=[truth.get(c, -1) for c in wide["case"]])
+    return wide, analysis.clustering
+
+
+def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *,
+                  taps: Sequence[str] = ("stage3.*", "*.out")) -> Path:
+    """Capture taps of prepared cases into a float32 Zarr store (replacing an existing one)."""
+    from attnprobe.store import capture_to_store
+
+    roi = tuple(int(s) for s in cases[0].image.shape[1:])
+    return capture_to_store(model, cases, out, taps=list(taps), dtype="float32", overwrite=True, roi=roi)
+
+
+def offline_agreement(store: str | os.PathLike[str], online: pd.DataFrame) -> dict[str, Any]:
+    """Largest difference between ADI/flow from a store (offline) and the online sweep at padding 0.
+
+    Compares every (case, stage, block, kind, metric) row the store yields with the online row
+    of the same cell (SPEC §3: the two must agree to 1e-5).
+    """
+    from attnprobe.metrics.offline import store_flow
+
+    offline = store_flow(store)
+    keys = ["case", "stage", "block", "kind", "metric"]
+    at_zero = online[np.isclose(online["padding"].to_numpy(float), 0.0)]
+    merged = offline[keys + ["value"]].merge(at_zero[keys + ["value"]], on=keys, suffixes=("_offline", "_online"))
+    diff = (merged["value_offline"] - merged["value_online"]).abs()
+    return {"rows": int(len(merged)), "max_abs_diff": float(diff.max()) if len(diff) else math.nan,
+            "blocks": sorted({f"stage{s}.block{b}" for s, b in zip(merged["stage"], merged["block"])})}
+
+
+def write_workspace(path: str | os.PathLike[str], *, models: Mapping[str, Mapping[str, Any]],
+                    datasets: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write an ``attnprobe.toml``: ``models`` name -> {arch, checkpoint, roi}, ``datasets`` name -> {path, split}.
+
+    Paths inside the file's folder are written relative to it.
+    """
+    path = Path(path)
+    root = path.parent.resolve()
+
+    def rel(p: Any) -> str:
+        target = Path(p).resolve()
+        try:
+            return target.relative_to(root).as_posix()
+        except ValueError:
+            return target.as_posix()
+
+    def value(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return repr(v)
+        return json.dumps(str(v))  # a TOML basic string has JSON's escapes
+
+    lines = ["# Written by attnprobe demo: the run's models and data sets by name.", ""]
+    for kind, table in (("models", models), ("datasets", datasets)):
+        for name, entry in table.items():
+            lines.append(f"[{kind}.{json.dumps(name)}]")
+            for key, v in entry.items():
+                if v is None:
+                    continue
+                lines.append(f"{key} = {value(rel(v) if key in ('checkpoint', 'path') else v)}")
+            lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+# --------------------------------------------------------------------------- the whole demo
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Outcome of :func:`run_demo`.
+
+    Attributes
+    ----------
+    out_dir
+        The run folder.
+    report_md, report_html
+        The reports.
+    figures
+        Figure files written (one caption ``.txt`` next to each).
+    seconds
+        Wall time of the whole run.
+    timings
+        Seconds per step.
+    """
+
+    out_dir: Path
+    report_md: Path
+    report_html: Path
+    figures: tuple[Path, ...]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    """Per-step wall times, logged as each step ends."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.log(f"{name} ...")
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.log(f"{name}: {seconds:.1f} s")
+
+
+def _label(arch: str, preset: str) -> str:
+    return f"{arch}-{preset}"
+
+
+def _load(path: Path, arch: str, model_preset: str) -> nn.Module:
+    from attnprobe.models.checkpoints import load_checkpoint
+
+    model, _ = load_checkpoint(path, arch, preset=model_preset)
+    return model.eval()
+
+
+def _pretrained(arch: str, out: Path, settings: DemoSettings, source: Path | None, clock: _Clock,
+                progress: Progress) -> tuple[Path, dict[str, Any]]:
+    """Copy the shipped CT checkpoint into the run, or train one when it is missing."""
+    from attnprobe.models.checkpoints import sha256_of
+
+    target = out / "pretrained" / PRETRAINED_FILES[arch]
+    found = find_pretrained(arch, source)
+    if found is not None:
+        if found.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, target)
+        origin = "shipped"
+    else:
+        spec = replace(PretrainSpec(), steps=settings.pretrain_steps)
+        clock.log(f"no shipped CT checkpoint for {arch} in {source or pretrained_dir()}: training one now "
+                  f"({spec.steps} steps; ship them with `python fixtures/make_pretrained.py`)")
+        pretrain_ct(arch, target, spec=spec, work_dir=out / "pretrained" / "work", model_preset=settings.model_preset,
+                    log=None, on_step=lambda s, n, _loss: progress(f"pretrain {arch}", s, n))
+        origin = "trained by this run"
+    info = torch.load(target, map_location="cpu", weights_only=True).get("info", {})
+    return target, {"origin": origin, "source": str(found) if found else None, "file": str(target),
+                    "sha256": sha256_of(target), "bytes": target.stat().st_size, "info": info}
+
+
+def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None = None,
+             pretrained: str | os.PathLike[str] | None = None, figure_format: str = "png",
+             log: Log | None = None, progress: Progress | None = None) -> DemoResult:
+    """Run every demo step into ``out_dir`` and write the figures and the report.
+
+    Parameters
+    ----------
+    out_dir
+        Run folder (created; files of an earlier run there are replaced).
+    settings
+        Sizes (default ``settings_for("full")``).
+    pretrained
+        Folder holding the CT checkpoints (default ``fixtures/pretrained``); missing ones are
+        trained first (slower).
+    figure_format
+        ``"png"``, ``"pdf"`` or ``"svg"`` (the HTML report embeds PNGs only).
+    log
+        Message sink (one line per step).
+    progress
+        Called with ``(task, done, total)`` as long steps advance.
+
+    Returns
+    -------
+    DemoResult
+    """
+    from attnprobe.demo.report import write_report
+    from attnprobe.figures.discover import draw_figures
+    from attnprobe.metrics.reuse import write_results
+    from attnprobe.train.presets import anisotropic_roi, pretrained_roi
+
+    settings = settings or settings_for("full")
+    log = log or (lambda _msg: None)
+    progress = progress or (lambda _task, _done, _total: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(log)
+    t_start = time.perf_counter()
+    record: dict[str, Any] = {"settings": settings.as_dict(), "versions": _versions(),
+                              "machine": _machine(), "pretrained": {}, "ssl": {}, "checks": {}}
+    test_split = "test"
+
+    with clock.step("phantoms"):
+        datalists = make_phantoms(out / "data", n=settings.n_cases, seed=settings.seed,
+                                  spacing_mm=settings.spacing_mm, split=settings.split,
+                                  axial_range_mm=settings.axial_range_mm)
+    mri = datalists["mri"]
+
+    ct: dict[str, Path] = {}
+    with clock.step("pretrained checkpoints"):
+        for arch in settings.backbones:
+            ct[arch], record["pretrained"][arch] = _pretrained(arch, out, settings,
+                                                               Path(pretrained) if pretrained else None,
+                                                               clock, progress)
+            ssl = export_ssl_encoder(ct[arch], arch, out / "ssl" / (
+                "model_swinvit.pt" if arch == "swin_unetr" else "smit_ssl_student.pt"), model_preset=settings.model_preset)
+            record["ssl"][arch] = check_ssl_layout(ssl, ct[arch], arch, model_preset=settings.model_preset)
+
+    tuned: dict[tuple[str, str], Path] = {}
+    for arch in settings.backbones:
+        for preset in settings.presets:
+            name = _label(arch, preset)
+            with clock.step(f"fine-tune {name}"):
+                tuned[(arch, preset)] = finetune(
+                    arch, preset, init=ct[arch], data=mri, out_dir=out / "train" / name, settings=settings,
+                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))
+
+    cube = {arch: pretrained_roi(arch, settings.model_preset) for arch in settings.backbones}
+    aniso = {arch: anisotropic_roi(arch, settings.model_preset) for arch in settings.backbones}
+    probe_preset = "base" if "base" in settings.presets else settings.presets[0]
+    with clock.step("prepare test cases"):
+        cases = {arch: prepare_cases(mri, split=test_split, roi=cube[arch], spacing_mm=settings.spacing_mm)
+                 for arch in settings.backbones}
+        longest = {arch: longest_cases(cases[arch], settings.sweep_cases) for arch in settings.backbones}
+
+    frames: dict[str, pd.DataFrame] = {}
+    for arch in settings.backbones:
+        name = _label(arch, probe_preset)
+        model = _load(tuned[(arch, probe_preset)], arch, settings.model_preset)
+        with clock.step(f"ADI padding sweep {name}"):
+            sweep = longest[arch]
+            total = len(sweep) * len(settings.paddings)
+            done = [0]
+
+            def advance(_case: str, _p: int, name: str = name, done: list[int] = done, total: int = total) -> None:
+                done[0] += 1
+                progress(f"ADI sweep {name}", done[0], total)
+
+            frames[arch] = adi_sweep(model, sweep, paddings=settings.paddings, on_step=advance)
+            write_adi(frames[arch], out / "adi" / name,
+                      attrs={"model": name, "arch": arch, "label": f"{ARCH_LABELS[arch]} ({probe_preset})",
+                             "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch]),
+                             "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
+                             "sweep_mode": "fixed-roi"})
+        with clock.step(f"capture {name}"):
+            store = capture_store(model, cases[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr")
+            record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
+        with clock.step(f"attention map {name}"):
+            padding = sorted(settings.paddings)[len(settings.paddings) // 2]
+            volume = attention_volume(model, longest[arch][0], padding=padding)
+            (out / "attention").mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(out / "attention" / f"{name}.npz", **volume, arch=arch,
+                                label=f"{ARCH_LABELS[arch]} ({probe_preset})")
+
+    for arch in settings.backbones:
+        with clock.step(f"CKA {arch}"):
+            ref_model = _load(ct[arch], arch, settings.model_preset)
+            crop = (*cube[arch][:2], aniso[arch][2])
+            for preset in settings.presets:
+                tgt_model = _load(tuned[(arch, preset)], arch, settings.model_preset)
+                matrix = block_cka(ref_model, tgt_model, cases[arch][:settings.cka_cases], crops=settings.cka_crops,
+                                   crop_size=crop, seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)))
+                write_results(matrix, out / "cka" / _label(arch, preset))
+
+    eval_models: list[tuple[str, str, Path]] = [(arch, CT_ONLY, ct[arch]) for arch in settings.backbones]
+    eval_models += [(arch, preset, tuned[(arch, preset)]) for arch in settings.backbones for preset in settings.presets]
+    for arch, preset, checkpoint in eval_models:
+        name = _label(arch, "ct" if preset == CT_ONLY else preset)
+        with clock.step(f"evaluate {name}"):
+            roi = aniso[arch] if preset == "act" else cube[arch]
+            results = evaluate_model(_load(checkpoint, arch, settings.model_preset), mri, roi=roi,
+                                     spacing_mm=settings.spacing_mm, split=test_split, limit=settings.eval_cases)
+            write_evaluation(results, out / "eval" / name,
+                             info={"model": str(checkpoint), "preset": preset, "backbone": ARCH_LABELS[arch],
+                                   "arch": arch, "roi": list(roi), "split": test_split})
+
+    with clock.step("token efficiency"):
+        recommendations = {}
+        for arch in settings.backbones:
+            extents, efficiency, rec = crop_efficiency(mri, arch=arch, model_preset=settings.model_preset,
+                                                       spacing_mm=settings.spacing_mm)
+            folder = out / "extent" / arch
+            folder.mkdir(parents=True, exist_ok=True)
+            extents.to_csv(folder / "extent.csv", index=False)
+            efficiency.to_csv(folder / "efficiency.csv", index=False)
+            recommendations[arch] = {"roi": list(rec.roi), "reason": rec.reason,
+                                     "stage0_efficiency": rec.stage0_efficiency,
+                                     "axial_quantile_mm": rec.axial_quantile_mm, "coverage": rec.coverage}
+        record["recommendations"] = recommendations
+
+    with clock.step("tumor clusters"):
+        wide, clustering = tumor_table(mri, phantoms_json=out / "data" / "phantoms.json")
+        (out / "tumors").mkdir(parents=True, exist_ok=True)
+        wide.to_csv(out / "tumors" / "tumors.csv", index=False)
+        record["tumors"] = {"k": int(clustering.k), "silhouette": {str(k): v for k, v in clustering.silhouette.items()},
+                            "features": list(clustering.features)}
+
+    models_toml: dict[str, dict[str, Any]] = {}
+    for arch in settings.backbones:
+        models_toml[f"ct-{arch}"] = {"arch": arch, "checkpoint": ct[arch], "roi": list(cube[arch])}
+        for preset in settings.presets:
+            models_toml[_label(arch, preset)] = {"arch": arch, "checkpoint": tuned[(arch, preset)],
+                                                 "roi": list(aniso[arch] if preset == "act" else cube[arch])}
+    write_workspace(out / "attnprobe.toml", models=models_toml,
+                    datasets={"mri": {"path": mri, "split": test_split},
+                              "mri-all": {"path": mri, "split": "all"},
+                              "ct": {"path": datalists["ct"], "split": test_split}})
+
+    with clock.step("figures"):
+        figures = draw_figures(out, out / "figures", fmt=figure_format)  # type: ignore[arg-type]
+
+    record["timings"] = dict(clock.timings)
+    record["seconds_before_report"] = time.perf_counter() - t_start
+    record["machine"]["load_average_end"] = _load_average()
+    (out / "demo.json").write_text(json.dumps(record, indent=1, default=str))
+    with clock.step("report"):
+        md, html = write_report(out, figures=figures)
+    seconds = time.perf_counter() - t_start
+    record["timings"] = dict(clock.timings)
+    record["seconds"] = seconds
+    (out / "demo.json").write_text(json.dumps(record, indent=1, default=str))
+    return DemoResult(out_dir=out, report_md=md, report_html=html, figures=tuple(f.path for f in figures),
+                      seconds=seconds, timings=dict(clock.timings))
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_start": _load_average()}
+
+
+def _versions() -> dict[str, str]:
+    import monai
+
+    import attnprobe
+
+    return {"attnprobe": attnprobe.__version__, "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version()}
