@@ -1,12 +1,15 @@
 """Paper figure/table: feature reuse, CKA of every block of a pretrained model with fine-tuned ones.
 
 Both models see identical crops of the same cases; examples are block outputs pooled to 8³ by
-named axes, CKA is linear with the unbiased HSIC (SPEC §4). Writes per target ``cka.nc``,
+named axes, CKA is linear with the unbiased HSIC (SPEC §4). The cases are prepared at ``--roi``
+(default: the reference model's ROI) around their tumor; an input that is mostly real tissue
+(e.g. the anisotropic crop) keeps the padding share from dominating every block's features. Writes per target ``cka.nc``,
 ``cka.csv`` and ``summary.json`` under ``<out>/<tgt>/``, a heatmap per target, the
 feature-reuse lines (diagonals) and ``reuse_table.csv`` (diagonal mean per stage).
 
     python analyses/feature_reuse.py --workspace runs/demo/attnprobe.toml --ref ct-swin_unetr \
-        --tgt swin_unetr-base --tgt swin_unetr-act --data mri --out runs/analyses/feature_reuse
+        --tgt swin_unetr-base --tgt swin_unetr-act --data mri --roi 64,64,32 --crops 1 --spacing 2 \
+        --out runs/analyses/feature_reuse
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--crops", type=int, default=2, help="random crops per case (same boxes for both models)")
     p.add_argument("--crop-size", default=None, help="crop x,y,z (default: the whole prepared volume for 1 crop)")
     p.add_argument("--seed", type=int, default=0, help="crop seed")
+    p.add_argument("--roi", default=None, help="input size x,y,z the cases are prepared at (default: the ref's ROI)")
     args = p.parse_args(argv)
     ws = common.workspace(args.workspace)
     data = common.dataset(ws, args.data)
     ref = common.load_model(ws, args.ref)
-    config = common.preprocessing(ref, roi=ref.roi, spacing=args.spacing)
+    roi = tuple(common.int_list(args.roi)) if args.roi else ref.roi
+    config = common.preprocessing(ref, roi=roi, spacing=args.spacing)
     cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
     crop = tuple(common.int_list(args.crop_size)) if args.crop_size else None
     written: dict[str, Path] = {}

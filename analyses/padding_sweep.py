@@ -6,7 +6,7 @@ inside the hooks. Writes, per model, the block-level ``adi_<model>.csv`` and the
 summary (mean, sd, n over cases), plus the ADI and SFR figures with captions.
 
     python analyses/padding_sweep.py --workspace runs/demo/attnprobe.toml \
-        --model swin_unetr-base --model smit-base --data mri --out runs/analyses/padding_sweep
+        --model swin_unetr-base --model smit-base --data mri --longest 3 --out runs/analyses/padding_sweep
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--model", action="append", help="model name from the workspace (repeatable)")
     p.add_argument("--data", required=True, help="dataset name from the workspace (or a datalist path)")
     p.add_argument("--paddings", default="0,16,32,48", help="padding amounts in voxels along z")
+    p.add_argument("--longest", type=int, default=None,
+                   help="keep the N cases with the longest real axial extent (content that fills the ROI at p = 0)")
     args = p.parse_args(argv)
     ws = common.workspace(args.workspace)
     data = common.dataset(ws, args.data)
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         loaded = common.load_model(ws, name)
         spec.check_shape(loaded.roi)
         config = common.preprocessing(loaded, roi=loaded.roi, spacing=args.spacing)
-        cases = iter_cases(data, config, split=data.split, limit=args.limit)
+        cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
+        if args.longest is not None:
+            cases = sorted(cases, key=lambda c: int(c.mask[0].any(dim=0).any(dim=0).sum()), reverse=True)[:args.longest]
         frame = padding_sweep(loaded.model, cases, spec)
         args.out.mkdir(parents=True, exist_ok=True)
         written[f"adi_{name}"] = args.out / f"adi_{name}.csv"

@@ -59,7 +59,7 @@ def run(name: str, workspace: Path, out: Path, *args: str) -> dict[str, Path]:
 
 def test_padding_sweep(workspace, tmp_path):
     written = run("padding_sweep", workspace, tmp_path, "--model", "pre", "--data", "mri", "--paddings", "0,16",
-                  "--limit", "2")
+                  "--limit", "3", "--longest", "2")
     summary = pd.read_csv(written["summary"])
     assert set(summary["padding"]) == {0, 16} and set(summary["n"]) == {2}
 
@@ -72,7 +72,7 @@ def test_attention_flow(workspace, tmp_path):
 
 def test_feature_reuse(workspace, tmp_path):
     written = run("feature_reuse", workspace, tmp_path, "--ref", "pre", "--tgt", "tuned", "--data", "mri",
-                  "--crops", "2", "--limit", "2")
+                  "--crops", "2", "--limit", "2", "--roi", "64,64,32")
     table = pd.read_csv(written["table"])
     assert list(table["tgt"]) == ["tuned"] and {"stage0", "stage3"} <= set(table.columns)
     assert (tmp_path / "tuned" / "cka.nc").is_file()

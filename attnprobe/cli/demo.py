@@ -27,6 +27,29 @@ def register(app: typer.Typer) -> None:
     app.command("demo", help=HELP)(demo)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the heap instead of returning it to the OS.
+
+    Training a 3D network on the CPU allocates and frees activations of tens of MB every
+    step; with glibc's defaults each one is a fresh ``mmap``/``munmap`` and the page faults
+    that follow cost about a third of the demo's CPU time (measured: sys 160 s of 480 s CPU
+    for ``--quick``). Raising the mmap and trim thresholds to 1 GiB removes most of it.
+    A no-op (returning False) where glibc's ``mallopt`` is not available.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 @one_line_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder (data, runs, figures, report).")] = Path("attnprobe-demo"),
@@ -51,6 +74,7 @@ def demo(
 
     if quick and smoke:
         raise ConfigError("--quick and --smoke exclude each other", expected="one of them", got="both")
+    keep_freed_memory()
     if threads is not None:
         if threads < 1:
             raise ConfigError("bad --threads", expected="a positive number", got=str(threads))

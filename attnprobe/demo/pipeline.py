@@ -138,7 +138,8 @@ class DemoSettings:
         Test cases used by the sweep (the axially longest ones, whose content fills the cube
         at zero padding), CKA, evaluation (``None``: all) and the capture store.
     cka_crops
-        Crops per case for CKA (examples = cases x crops).
+        Random crops per case for CKA (examples = cases x crops); the cases are prepared at
+        the anisotropic crop around their tumor, so one crop (the whole input) by default.
     pretrain_steps
         Steps of CT pretraining when the shipped checkpoints are missing.
     seed
@@ -160,8 +161,8 @@ class DemoSettings:
     validate: bool = False
     paddings: tuple[int, ...] = (0, 16, 32, 48)
     sweep_cases: int = 4
-    cka_cases: int = 4
-    cka_crops: int = 2
+    cka_cases: int = 8
+    cka_crops: int = 1
     eval_cases: int | None = None
     capture_cases: int = 2
     pretrain_steps: int = 480
@@ -182,6 +183,9 @@ class DemoSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"bad demo setting {name}", expected="a positive integer", got=repr(value))
+        if self.capture_cases > self.sweep_cases:
+            raise ConfigError("the capture store holds cases of the sweep", expected="capture_cases <= sweep_cases",
+                              got=f"{self.capture_cases} > {self.sweep_cases}")
         if self.cka_cases * self.cka_crops < 4:
             raise ConfigError("too few CKA examples", expected="cka_cases * cka_crops >= 4 (unbiased HSIC)",
                               got=f"{self.cka_cases} x {self.cka_crops}")
@@ -194,15 +198,15 @@ class DemoSettings:
 _TIER_SETTINGS: dict[str, dict[str, Any]] = {
     # Every step at its smallest: 6 cases, one optimisation step per run, two padding levels.
     "smoke": dict(n_cases=6, split=(1 / 3, 0.0, 2 / 3), axial_range_mm=(90.0, 140.0), epochs=1, max_steps=1,
-                  num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=2, cka_crops=3, eval_cases=2,
+                  num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=4, eval_cases=2,
                   capture_cases=1, pretrain_steps=2),
     # Under five minutes on two cores: 40 one-crop steps per fine-tuning run (5 epochs of 8 volumes) at
     # a higher learning rate, which is what it takes the CT models to detect MRI tumors at all.
     "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=5, num_samples=1, lr=2e-3, sweep_cases=3,
-                  cka_cases=4, cka_crops=2, eval_cases=6, capture_cases=2),
+                  cka_cases=8, eval_cases=None, capture_cases=2),
     # The default: more cases, longer fine-tuning with a validation split.
     "full": dict(n_cases=40, split=(0.6, 0.1, 0.3), epochs=4, num_samples=2, validate=True, sweep_cases=8,
-                 cka_cases=8, cka_crops=2, eval_cases=None, capture_cases=2),
+                 cka_cases=12, eval_cases=None, capture_cases=2),
 }
 
 
@@ -933,6 +937,10 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     with clock.step("prepare test cases"):
         cases = {arch: prepare_cases(mri, split=test_split, roi=cube[arch], spacing_mm=settings.spacing_mm)
                  for arch in settings.backbones}
+        # CKA examples: tumor-centred anisotropic crops, mostly real tissue, so that block outputs
+        # differ by anatomy rather than by how much of the input is padding.
+        cka_inputs = {arch: prepare_cases(mri, split=test_split, roi=aniso[arch], spacing_mm=settings.spacing_mm,
+                                          limit=settings.cka_cases) for arch in settings.backbones}
         longest = {arch: longest_cases(cases[arch], settings.sweep_cases) for arch in settings.backbones}
 
     frames: dict[str, pd.DataFrame] = {}
@@ -955,7 +963,9 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
                              "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
                              "sweep_mode": "fixed-roi"})
         with clock.step(f"capture {name}"):
-            store = capture_store(model, cases[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr")
+            # The sweep's own cases: at padding 0 its inputs are these prepared cases, so the
+            # store's offline metrics must equal the online ones.
+            store = capture_store(model, longest[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr")
             record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
         with clock.step(f"attention map {name}"):
             padding = sorted(settings.paddings)[len(settings.paddings) // 2]
@@ -967,11 +977,10 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     for arch in settings.backbones:
         with clock.step(f"CKA {arch}"):
             ref_model = _load(ct[arch], arch, settings.model_preset)
-            crop = (*cube[arch][:2], aniso[arch][2])
             for preset in settings.presets:
                 tgt_model = _load(tuned[(arch, preset)], arch, settings.model_preset)
-                matrix = block_cka(ref_model, tgt_model, cases[arch][:settings.cka_cases], crops=settings.cka_crops,
-                                   crop_size=crop, seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)))
+                matrix = block_cka(ref_model, tgt_model, cka_inputs[arch], crops=settings.cka_crops, crop_size=None,
+                                   seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)))
                 write_results(matrix, out / "cka" / _label(arch, preset))
 
     eval_models: list[tuple[str, str, Path]] = [(arch, CT_ONLY, ct[arch]) for arch in settings.backbones]
