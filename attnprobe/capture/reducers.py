@@ -97,6 +97,7 @@ def reduce_block(
     heads: HeadMode = "mean",
     padding_kinds: Iterable[PaddingKind] = PADDING_KINDS,
     max_chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+    trusted_kinds: bool = False,
 ) -> dict[str, FlowResult]:
     """Attention flow of one block for several padding kinds in one pass over its windows.
 
@@ -113,6 +114,9 @@ def reduce_block(
     max_chunk_bytes
         Bound on the extra float32 memory; windows are fed to the accumulator in chunks that
         fit. ``None``: all windows at once.
+    trusted_kinds
+        The kinds come from the probe's geometry: skip re-checking their codes (a device
+        sync per chunk inside the hook).
 
     Returns
     -------
@@ -123,7 +127,7 @@ def reduce_block(
     step = _windows_per_chunk(probs, heads, max_chunk_bytes)
     n_win = probs.shape[1]
     for w0 in range(0, n_win, step):
-        acc.update(probs[:, w0:w0 + step], kinds[:, w0:w0 + step])
+        acc.update(probs[:, w0:w0 + step], kinds[:, w0:w0 + step], trusted_kinds=trusted_kinds)
     return {kind: acc.result(padding=kind) for kind in padding_kinds}
 
 
@@ -178,7 +182,7 @@ class FlowReducer:
             self._pending, self._ctx = {}, ctx
         name = tap.block.name
         results = reduce_block(value, ctx.kinds[name], heads=self.heads, padding_kinds=self.padding_kinds,
-                               max_chunk_bytes=self.max_chunk_bytes)
+                               max_chunk_bytes=self.max_chunk_bytes, trusted_kinds=True)
         # Results stay on the device until the forward ends: one sync per forward, not per block.
         self._pending[name] = BlockFlow(tap.block.stage, tap.block.block, results)
 

@@ -148,9 +148,9 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor, *, check_codes: bool = True) -> torch.Tensor:
     """Validate shapes/dtypes/values; return ``kinds`` on ``probs``' device, expanded to
-    ``(*batch, window, N)``."""
+    ``(*batch, window, N)``. ``check_codes=False`` skips the value check (a device sync)."""
     if not isinstance(probs, torch.Tensor) or not isinstance(kinds, torch.Tensor):
         raise ShapeError(
             "probs and kinds must be torch tensors",
@@ -190,7 +190,7 @@ def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         )
     kinds = kinds.to(probs.device)
     # One sync per call; cheap next to the forward, and a bad code would otherwise vanish silently.
-    if bool(((kinds < REAL) | (kinds > WINDOW_PAD)).any()):
+    if check_codes and bool(((kinds < REAL) | (kinds > WINDOW_PAD)).any()):
         bad = torch.unique(kinds[(kinds < REAL) | (kinds > WINDOW_PAD)]).tolist()
         raise DataError(
             "unknown token kind codes",
@@ -287,7 +287,7 @@ class FlowAccumulator:
         self._ent: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
 
-    def update(self, probs: torch.Tensor, kinds: torch.Tensor) -> FlowAccumulator:
+    def update(self, probs: torch.Tensor, kinds: torch.Tensor, *, trusted_kinds: bool = False) -> FlowAccumulator:
         """Add a chunk of windows.
 
         Parameters
@@ -297,13 +297,16 @@ class FlowAccumulator:
         kinds : (*batch, window, N) integer tensor
             Token kinds of the same windows in the same order; leading dims may be omitted
             (broadcast). Moved to ``probs``' device.
+        trusted_kinds
+            Skip checking the kind codes (a device sync per call). For kinds made by
+            :mod:`attnprobe.capture.geometry`, as in the capture hook, which runs per block.
 
         Returns
         -------
         FlowAccumulator
             ``self``, so calls chain.
         """
-        kinds = _check_inputs(probs, kinds)
+        kinds = _check_inputs(probs, kinds, check_codes=not trusted_kinds)
         flow, ent, count = _block_sums(probs, kinds, self.heads)
         if self._flow is None:
             self._flow, self._ent, self._count = flow, ent, count
