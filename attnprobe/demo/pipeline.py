@@ -10,7 +10,7 @@ report read back::
       pretrained/               the CT checkpoints used (copied from fixtures/pretrained, or trained)
       ssl/                      their encoders re-exported in the self-supervised key layouts
       train/<arch>-<preset>/    fine-tuning runs (config.json, metrics.csv, last.pt)
-      capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output)
+      capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output) of padded inputs
       adi/<arch>-base/          padding sweep: adi.csv, adi.parquet, summary.csv, adi.json
       attention/<arch>-base.npz one block's attention mapped onto one input volume
       cka/<arch>-<preset>/      CKA pretrained vs fine-tuned: cka.nc, cka.csv, summary.json
@@ -722,29 +722,43 @@ def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
     return wide, analysis.clustering
 
 
-def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *,
+def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *, padding: int = 0,
                   taps: Sequence[str] = ("stage3.*", "*.out")) -> Path:
-    """Capture taps of prepared cases into a float32 Zarr store (replacing an existing one)."""
+    """Capture taps of the sweep's inputs at ``padding`` voxels into a float32 Zarr store.
+
+    Each case becomes the fixed-ROI sweep input of that amount (so the store holds exactly
+    what the online sweep saw); the amount is written to the store's ``padding`` attribute,
+    where offline metrics read it back. An existing store is replaced.
+    """
+    from attnprobe.metrics.sweep import SweepSpec, swept_input
     from attnprobe.store import capture_to_store
 
-    roi = tuple(int(s) for s in cases[0].image.shape[1:])
-    return capture_to_store(model, cases, out, taps=list(taps), dtype="float32", overwrite=True, roi=roi)
+    spec = SweepSpec(paddings=(int(padding),))
+    inputs = [swept_input(case, int(padding), spec) for case in cases]
+    roi = tuple(int(s) for s in inputs[0].image.shape[1:])
+    attrs = {"padding": {"mode": "sweep", "amount": int(padding), "axis": spec.axis, "pad_mode": spec.pad_mode}}
+    return capture_to_store(model, inputs, out, taps=list(taps), dtype="float32", overwrite=True, roi=roi,
+                            attrs=attrs)
 
 
 def offline_agreement(store: str | os.PathLike[str], online: pd.DataFrame) -> dict[str, Any]:
-    """Largest difference between ADI/flow from a store (offline) and the online sweep at padding 0.
+    """Largest difference between ADI/flow from a store (offline) and the online sweep.
 
-    Compares every (case, stage, block, kind, metric) row the store yields with the online row
-    of the same cell (SPEC §3: the two must agree to 1e-5).
+    Compares every (case, padding, stage, block, kind, metric) row the store yields with the
+    online row of the same cell (SPEC §3: the two must agree to 1e-5); the store's rows carry
+    the padding amount it was captured at.
     """
     from attnprobe.metrics.offline import store_flow
 
     offline = store_flow(store)
     keys = ["case", "stage", "block", "kind", "metric"]
-    at_zero = online[np.isclose(online["padding"].to_numpy(float), 0.0)]
-    merged = offline[keys + ["value"]].merge(at_zero[keys + ["value"]], on=keys, suffixes=("_offline", "_online"))
+    offline = offline.assign(padding=offline["padding"].astype(float))
+    online = online.assign(padding=online["padding"].astype(float))
+    merged = offline[keys + ["padding", "value"]].merge(online[keys + ["padding", "value"]], on=keys + ["padding"],
+                                                       suffixes=("_offline", "_online"))
     diff = (merged["value_offline"] - merged["value_online"]).abs()
     return {"rows": int(len(merged)), "max_abs_diff": float(diff.max()) if len(diff) else math.nan,
+            "paddings": sorted({int(p) if float(p).is_integer() else float(p) for p in merged["padding"]}),
             "blocks": sorted({f"stage{s}.block{b}" for s, b in zip(merged["stage"], merged["block"])})}
 
 
@@ -962,13 +976,15 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
                              "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch]),
                              "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
                              "sweep_mode": "fixed-roi"})
+        # The store and the attention map show one middle amount of the sweep, where padding
+        # already matters but the real extent is still large.
+        padding = sorted(settings.paddings)[len(settings.paddings) // 2]
         with clock.step(f"capture {name}"):
-            # The sweep's own cases: at padding 0 its inputs are these prepared cases, so the
-            # store's offline metrics must equal the online ones.
-            store = capture_store(model, longest[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr")
+            # The sweep's own inputs at that amount: offline metrics must equal the online ones.
+            store = capture_store(model, longest[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr",
+                                  padding=padding)
             record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
         with clock.step(f"attention map {name}"):
-            padding = sorted(settings.paddings)[len(settings.paddings) // 2]
             volume = attention_volume(model, longest[arch][0], padding=padding)
             (out / "attention").mkdir(parents=True, exist_ok=True)
             np.savez_compressed(out / "attention" / f"{name}.npz", **volume, arch=arch,

@@ -285,7 +285,7 @@ def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
-def _models_section(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
+def _models_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
     settings = demo.get("settings", {})
     items = []
     for arch, info in demo.get("pretrained", {}).items():
@@ -330,7 +330,7 @@ def _models_section(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
                               "anisotropic crop with tumor-aware intensity augmentation."),
                    Block("table", header=("run", "preset", "crop", "augmentation", "steps", "first loss",
                                           "last loss"), rows=tuple(runs))]
-    return blocks
+    return blocks + _figures_of(figures, "training")
 
 
 def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
@@ -369,12 +369,13 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
     checks = [v for k, v in demo.get("checks", {}).items() if k.startswith("offline_vs_online")]
     if checks and not all(int(c.get("rows", 0)) > 0 for c in checks):
         blocks.append(Block("p", "**Online vs offline.** No row of the capture stores matched a row of the online "
-                                 "sweep at padding 0, so the agreement was not checked."))
+                                 "sweep, so the agreement was not checked."))
     elif checks:
         worst_diff = max(float(c.get("max_abs_diff", math.nan)) for c in checks)
         rows = sum(int(c.get("rows", 0)) for c in checks)
         blocks.append(Block("p", f"**Online vs offline.** The sweep reduces attention inside the hooks; the same "
-                                 f"metrics recomputed from the float32 capture stores (`capture/`) agree to "
+                                 f"metrics recomputed from the float32 capture stores (`capture/`, the sweep's own padded "
+                                 f"inputs) agree to "
                                  f"{worst_diff:.1e} over {rows} rows (SPEC §3 asks for 1e-5)."))
     return blocks + _figures_of(figures, "adi", "sfr", "flow", "attention", "store_flow")
 
@@ -499,7 +500,7 @@ def _details_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Bl
         blocks.append(Block("p", "Settings: " + ", ".join(f"`{k}={_setting(v)}`" for k, v in settings.items()) + "."))
     rest = [f for f in figures if getattr(f, "kind", None) not in
             {"adi", "sfr", "flow", "attention", "store_flow", "cka", "reuse", "detection", "dice_hd95",
-             "efficiency", "tumors"}]
+             "efficiency", "tumors", "training"}]
     return blocks + [Block("figure", figure=f) for f in rest]
 
 
@@ -519,7 +520,7 @@ def build_report(run_dir: str | Path, *, figures: Iterable[Any] | None = None) -
         raise DataError("run folder does not exist", expected="the --out folder of attnprobe demo", got=str(root))
     demo = _json(root / "demo.json")
     figs = list(figures) if figures is not None else _figures_from_folder(root / "figures")
-    return (_intro(root, demo) + _models_section(root, demo) + _adi_section(root, demo, figs)
+    return (_intro(root, demo) + _models_section(root, demo, figs) + _adi_section(root, demo, figs)
             + _cka_section(root, figs) + _eval_section(root, figs) + _efficiency_section(root, demo, figs)
             + _tumor_section(root, demo, figs) + _details_section(demo, figs))
 
@@ -535,7 +536,7 @@ class _Fig:
 _KIND_PREFIXES = (("adi_vs", "adi"), ("sfr_vs", "sfr"), ("flow_", "flow"), ("attention_", "attention"),
                   ("store_flow_", "store_flow"), ("cka_", "cka"), ("feature_reuse", "reuse"),
                   ("detection", "detection"), ("dice_hd95", "dice_hd95"), ("token_efficiency", "efficiency"),
-                  ("tumor_clusters", "tumors"))
+                  ("tumor_clusters", "tumors"), ("training_curves", "training"))
 
 
 def _figures_from_folder(folder: Path) -> list[_Fig]:

@@ -11,6 +11,7 @@ beyond grouping for display. No backend is selected on import; save with
 - CKA: :func:`cka_heatmap`, :func:`feature_reuse_lines`
 - interventions: :func:`detection_bars`, :func:`dice_hd95_boxes`, :func:`token_efficiency`,
   :func:`tumor_clusters`
+- training: :func:`training_curves`
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from attnprobe.figures.interventions import (
     tumor_clusters,
 )
 from attnprobe.figures.style import paper_style
+from attnprobe.figures.training import training_curves
 from attnprobe.figures.volume import attention_on_volume
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "dice_hd95_boxes",
     "token_efficiency",
     "tumor_clusters",
+    "training_curves",
     "METRIC_LABELS",
     "FEATURE_LABELS",
 ]

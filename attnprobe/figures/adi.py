@@ -23,6 +23,7 @@ from attnprobe.figures.style import (
     LINESTYLES,
     MARKERS,
     choice,
+    count,
     figure_and_axes,
     palette,
     require_frame,
@@ -160,7 +161,7 @@ def adi_vs_padding(
         axis.set_ylim(bottom=0.0)
         n_model_cases = sub["case"].nunique()
         panel = f"{model}: " if model is not None else ""
-        axis.set_title(f"{panel}mean ± sd over {n_model_cases} cases")
+        axis.set_title(f"{panel}mean ± sd over {count(n_model_cases, 'case')}")
         if pad_fraction_axis and "pad_fraction" in sub.columns and sub["pad_fraction"].notna().any():
             fractions = sub.groupby("padding", sort=True)["pad_fraction"].mean()
             top = axis.secondary_xaxis("top")

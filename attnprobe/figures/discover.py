@@ -18,6 +18,8 @@ extent``)
 ``cluster`` column)
 ``*.npz`` with ``image`` and ``attention``  attention on the volume (three slices)
 capture stores (``*.zarr``) with maps       attention-flow matrices computed from the store
+``metrics.csv`` (+ ``config.json``;         training loss per step (and validation Dice) per
+``attnprobe train``)                        preset and backbone
 ==========================================  ===============================================
 
 Each figure is saved as ``<name>.<fmt>`` next to ``<name>.txt``, a one-line caption that
@@ -45,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from attnprobe.errors import AttnprobeError, ConfigError, DataError
+from attnprobe.figures.style import count
 
 __all__ = ["FigureFormat", "FIGURE_FORMATS", "FigureRecord", "FigureSet", "RunContents", "find_sources",
            "draw_figures"]
@@ -72,7 +75,7 @@ class FigureRecord:
         The one-line caption (also in ``<name>.txt``).
     kind
         Figure kind: ``adi``, ``sfr``, ``flow``, ``attention``, ``cka``, ``reuse``,
-        ``detection``, ``dice_hd95``, ``efficiency``, ``tumors``, ``store_flow``.
+        ``detection``, ``dice_hd95``, ``efficiency``, ``tumors``, ``store_flow``, ``training``.
     sources
         Files the figure was drawn from, relative to the run folder.
     """
@@ -110,11 +113,12 @@ class RunContents:
     tumors: list[Path] = field(default_factory=list)
     attention: list[Path] = field(default_factory=list)
     stores: list[Path] = field(default_factory=list)
+    training: list[Path] = field(default_factory=list)
 
     def empty(self) -> bool:
         """True when nothing drawable was found."""
         return not any((self.adi, self.cka, self.evaluations, self.efficiency, self.tumors, self.attention,
-                        self.stores))
+                        self.stores, self.training))
 
 
 # --------------------------------------------------------------------------- finding
@@ -174,7 +178,19 @@ def find_sources(run_dir: str | os.PathLike[str], *, skip: str | os.PathLike[str
         if "tumors.csv" in names:
             found.tumors.append(folder / "tumors.csv")
         found.attention.extend(folder / f for f in files if f.endswith(".npz") and _is_attention(folder / f))
+        if "metrics.csv" in names and _is_training_log(folder / "metrics.csv"):
+            found.training.append(folder)
     return found
+
+
+def _is_training_log(path: Path) -> bool:
+    # The trainer's header; other tools' metrics.csv files are left alone.
+    try:
+        with path.open() as fh:
+            header = fh.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return {"step", "loss", "val_dice"} <= set(header)
 
 
 def _is_attention(path: Path) -> bool:
@@ -375,18 +391,19 @@ def _draw_adi(found: RunContents, w: _Writer) -> None:
     span = f"{paddings[0]:g}–{paddings[-1]:g}" if len(paddings) > 1 else f"{paddings[0]:g}"
     w.draw("adi_vs_padding", "adi", lambda: adi_vs_padding(frame, metric="adi", kind="all"),
            f"Attention dilution index (ADI, entropy share of padding keys, 0–1) per stage against input padding "
-           f"({span} voxels along z), mean ± sd over {n} cases; all padding tokens (input and window); "
+           f"({span} voxels along z), mean ± sd over {count(n, 'case')}; all padding tokens (input and window); "
            f"model(s): {names}.", sources)
     w.draw("sfr_vs_padding", "sfr", lambda: adi_vs_padding(frame, metric="sfr", kind="all"),
            f"Signal fidelity ratio (SFR = A_rr, attention of real queries on real keys) per stage against input "
-           f"padding ({span} voxels along z), mean ± sd over {n} cases; model(s): {names}.", sources)
+           f"padding ({span} voxels along z), mean ± sd over {count(n, 'case')}; model(s): {names}.", sources)
     top = paddings[-1]
     for model in models:
         sub = frame if len(models) == 1 else frame[frame["model"] == model]
         m = None if len(models) == 1 else model
         w.draw(f"flow_{model}", "flow", lambda sub=sub, m=m: flow_matrices(sub, padding=top, model=m),
                f"Attention flow [[A_rr, A_rp], [A_pr, A_pp]] per stage at {top:g} voxels of input padding, "
-               f"mean over {_n_cases(sub)} cases (rows: query real/padding; columns: key real/padding); {model}.",
+               f"mean over {count(_n_cases(sub), 'case')} (rows: query real/padding; columns: key real/padding); "
+               f"{model}.",
                sources)
 
 
@@ -472,7 +489,7 @@ def _draw_evaluation(found: RunContents, w: _Writer) -> None:
     if not cases.empty:
         w.draw("dice_hd95", "dice_hd95", lambda: dice_hd95_boxes(cases, preset_order=order),
                f"Per-case Dice and HD95 (mm) of the segmentations per training preset and backbone "
-               f"({len(cases)} case evaluations; HD95 undefined for empty predictions, left out).", sources)
+               f"({count(len(cases), 'case evaluation')}; HD95 undefined for empty predictions, left out).", sources)
 
 
 def _draw_efficiency(found: RunContents, w: _Writer) -> None:
@@ -487,7 +504,7 @@ def _draw_efficiency(found: RunContents, w: _Writer) -> None:
     crops = ", ".join(dict.fromkeys(str(c).replace("x", "×") for c in data.get("crop", [])))
     w.draw("token_efficiency", "efficiency", lambda: token_efficiency(data),
            f"Token efficiency (real tokens / all tokens, window padding included) per stage for the crops "
-           f"{crops}{f', mean over {n} cases' if n else ''}.", [_rel(p, found.root) for p in found.efficiency])
+           f"{crops}{', mean over ' + count(n, 'case') if n else ''}.", [_rel(p, found.root) for p in found.efficiency])
 
 
 def _draw_tumors(found: RunContents, w: _Writer) -> None:
@@ -502,7 +519,7 @@ def _draw_tumors(found: RunContents, w: _Writer) -> None:
         for x, y in (("mean", "cv"), ("contrast", "boundary_gradient")):
             if {x, y} <= set(wide.columns):
                 w.draw(f"tumor_clusters_{x}_{y}", "tumors", lambda x=x, y=y, wide=wide: tumor_clusters(wide, x=x, y=y),
-                       f"Tumor appearance of {len(wide)} cases: {FEATURE_LABELS.get(x, x)} against "
+                       f"Tumor appearance of {count(len(wide), 'case')}: {FEATURE_LABELS.get(x, x)} against "
                        f"{FEATURE_LABELS.get(y, y)}, coloured by k-means cluster (k = {k}, chosen by silhouette).",
                        [_rel(path, found.root)])
 
@@ -521,10 +538,60 @@ def _draw_stores(found: RunContents, w: _Writer) -> None:
         padding = float(frame["padding"].max())
         name = store.name.removesuffix(".zarr")
         frame = frame.assign(model=name)
-        w.draw(f"store_flow_{name}", "store_flow", lambda frame=frame, padding=padding, name=name: flow_matrices(
-                   frame, padding=padding, model=name),
-               f"Attention flow per captured stage computed offline from the capture store {name} "
-               f"({_n_cases(frame)} cases as captured).", [_rel(store, found.root)])
+        n = count(_n_cases(frame), "case")
+        if _recorded_padding(store):
+            where = f"at {padding:g} voxels of input padding (the amount recorded in the store)"
+            title = f"{name}: attention flow at {padding:g} voxels of padding (offline, mean of {n})"
+        else:
+            # No amount recorded: the padding is whatever the cases' real-voxel masks left.
+            where = "with the padding of the cases as captured (their real-voxel masks)"
+            title = f"{name}: attention flow, padding as captured (offline, mean of {n})"
+        w.draw(f"store_flow_{name}", "store_flow", lambda frame=frame, padding=padding, name=name, title=title:
+               flow_matrices(frame, padding=padding, model=name, title=title),
+               f"Attention flow [[A_rr, A_rp], [A_pr, A_pp]] per captured stage computed offline from the "
+               f"capture store {name}, {where}, mean over {n}.", [_rel(store, found.root)])
+
+
+def _draw_training(found: RunContents, w: _Writer) -> None:
+    from attnprobe.figures import training_curves
+
+    runs, sources = [], []
+    for folder in found.training:
+        try:
+            frame = pd.read_csv(folder / "metrics.csv")
+        except (OSError, ValueError) as exc:
+            w.skipped.append((f"training {folder.name}", str(exc)))
+            continue
+        if frame.empty:
+            continue  # a run killed before its first step
+        config = _json(folder / "config.json")
+        preset = str(config.get("preset") or folder.name)
+        arch = config.get("arch")
+        backbone = _ARCH_LABELS.get(str(arch), str(arch)) if arch else "model"
+        runs.append(frame.assign(preset=preset, backbone=backbone))
+        sources.append(_rel(folder / "metrics.csv", found.root))
+    if not runs:
+        return
+    frame = pd.concat(runs, ignore_index=True)
+    n_val = int(frame["val_dice"].notna().sum()) if "val_dice" in frame.columns else 0
+    steps = int(frame.loc[frame["val_dice"].isna(), "step"].max()) if "val_dice" in frame.columns else 0
+    validation = f"; markers: validation Dice ({count(n_val, 'validation')})" if n_val else "; no validation ran"
+    w.draw("training_curves", "training", lambda: training_curves(frame),
+           f"Training loss (Dice + cross-entropy) per optimiser step of {count(len(runs), 'run')} (up to "
+           f"{steps} steps), thin: per step, bold: 5-step trailing mean, one colour per preset{validation}.",
+           sources)
+
+
+def _recorded_padding(store: Path) -> bool:
+    """Whether a capture store records the padding amount its inputs were built with."""
+    from attnprobe.store import open_store
+
+    try:
+        raw = open_store(store).attrs.get("padding")
+    except (AttnprobeError, OSError, ValueError, KeyError):
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("amount"), (int, float)) or (
+        isinstance(raw, (int, float)) and not isinstance(raw, bool))
 
 
 def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -562,12 +629,13 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
                           fix="pass --format png, pdf or svg")
     out = Path(out_dir)
     found = find_sources(run_dir, skip=out)
-    drawable = any((found.adi, found.cka, found.evaluations, found.efficiency, found.tumors, found.attention))
+    drawable = any((found.adi, found.cka, found.evaluations, found.efficiency, found.tumors, found.attention,
+                    found.training))
     if not drawable and not (stores and found.stores):
         raise DataError(f"nothing to draw in {run_dir}",
                         expected="outputs of attnprobe adi (adi.csv), cka (cka.nc/cka.csv), evaluate (cases.csv + "
-                                 "summary.json), data extent (efficiency.csv), tumors.csv, attention .npz or "
-                                 "capture stores (*.zarr)",
+                                 "summary.json), train (metrics.csv), data extent (efficiency.csv), tumors.csv, "
+                                 "attention .npz or capture stores (*.zarr)",
                         got="none of those files", fix="pass the folder given as --out to those commands")
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(found.root, out, fmt, on_figure)
@@ -578,6 +646,7 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     if found.efficiency:
         _draw_efficiency(found, writer)
     _draw_tumors(found, writer)
+    _draw_training(found, writer)
     if stores:
         _draw_stores(found, writer)
     return FigureSet(figures=tuple(writer.records), skipped=tuple(writer.skipped))

@@ -15,6 +15,7 @@ from attnprobe.figures.adi import _KINDS, PaddingKind, _models, _select, _stage_
 from attnprobe.figures.style import (
     SEQUENTIAL_CMAP,
     choice,
+    count,
     figure_and_axes,
     require_unique,
     styled,
@@ -31,6 +32,7 @@ def flow_matrices(
     padding: float,
     kind: PaddingKind = "all",
     model: str | None = None,
+    title: str | None = None,
 ) -> Figure:
     """2×2 attention-flow matrices ``[[A_rr, A_rp], [A_pr, A_pp]]`` per stage, mean over cases.
 
@@ -50,6 +52,8 @@ def flow_matrices(
         Padding kind: ``"input"``, ``"window"`` or ``"all"``.
     model
         Model to show when the frame has a ``model`` column with several models.
+    title
+        Figure title; ``None`` writes one from the model, padding amount and kind, and case count.
 
     Returns
     -------
@@ -113,5 +117,8 @@ def flow_matrices(
     cbar = fig.colorbar(image, ax=axes, shrink=0.85, pad=0.02)
     cbar.set_label("attention fraction (0–1)")
     head = f"{model}: " if model is not None else ""
-    fig.suptitle(f"{head}Attention flow at padding = {float(padding):g} voxels ({kind} padding; mean of {n_cases} cases)")
+    if title is None:
+        title = (f"{head}Attention flow at padding = {float(padding):g} voxels "
+                 f"({kind} padding; mean of {count(n_cases, 'case')})")
+    fig.suptitle(title)
     return fig

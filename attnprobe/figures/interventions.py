@@ -1,9 +1,9 @@
 """Figures of the interventions and their evaluation (SPEC §5).
 
-- :func:`detection_bars`: tumour detection rate per trainer preset and backbone, "k/n" labels.
+- :func:`detection_bars`: tumor detection rate per trainer preset and backbone, "k/n" labels.
 - :func:`dice_hd95_boxes`: per-case Dice and HD95 (mm) distributions per preset and backbone.
 - :func:`token_efficiency`: real tokens / all tokens per stage for several crops.
-- :func:`tumor_clusters`: per-case tumour appearance features coloured by k-means cluster.
+- :func:`tumor_clusters`: per-case tumor appearance features coloured by k-means cluster.
 
 Inputs are plain tidy frames; nothing is computed beyond the display (the detection rate
 ``k / n`` is the bar height, box plots show quartiles of the per-case values).
@@ -34,12 +34,12 @@ from attnprobe.figures.style import (
 __all__ = ["FEATURE_LABELS", "detection_bars", "dice_hd95_boxes", "token_efficiency", "tumor_clusters"]
 
 FEATURE_LABELS: dict[str, str] = {
-    "mean": "tumour mean intensity (a.u.)",
-    "cv": "tumour CV (std / mean, unitless)",
+    "mean": "tumor mean intensity (a.u.)",
+    "cv": "tumor CV (std / mean, unitless)",
     "shell_mean": "background-shell mean intensity (a.u.)",
-    "contrast": "tumour-to-background contrast (unitless)",
+    "contrast": "tumor-to-background contrast (unitless)",
     "boundary_gradient": "boundary gradient (a.u. / mm)",
-    "volume_mm3": "tumour volume (mm³)",
+    "volume_mm3": "tumor volume (mm³)",
 }
 """Axis labels (with units) of the features of :mod:`attnprobe.data.tumor_stats`."""
 
@@ -66,7 +66,7 @@ def detection_bars(
     summary: pd.DataFrame,
     *,
     ax: Axes | None = None,
-    title: str | None = "Tumour detection rate",
+    title: str | None = "Tumor detection rate",
     preset_order: Sequence[str] | None = None,
 ) -> Figure:
     """Grouped bars of the detection rate per preset (x) and backbone (colour), labelled "k/n".
@@ -75,7 +75,7 @@ def detection_bars(
     ----------
     summary
         One row per (preset, backbone) with columns ``preset, backbone, n_detected, n_cases``
-        (cases whose tumour was detected, cases evaluated).
+        (cases whose tumor was detected, cases evaluated).
     ax
         Axes to draw into; ``None`` creates a figure.
     title
@@ -294,11 +294,11 @@ def tumor_clusters(
     y: str = "cv",
     cluster: str = "cluster",
     ax: Axes | None = None,
-    title: str | None = "Tumour appearance clusters",
+    title: str | None = "Tumor appearance clusters",
     x_label: str | None = None,
     y_label: str | None = None,
 ) -> Figure:
-    """Scatter of two per-case tumour features, coloured (and marked) by cluster.
+    """Scatter of two per-case tumor features, coloured (and marked) by cluster.
 
     Parameters
     ----------

@@ -170,6 +170,11 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     return str(value)
 
 
+def count(n: int, noun: str) -> str:
+    """``"1 case"``, ``"3 cases"``: a number with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def unique_in_order(values: Iterable[Any]) -> list[Any]:
     """Distinct values in first-seen order (pandas ``unique`` keeps order; NaN kept once)."""
     return list(pd.unique(pd.Series(list(values), dtype=object)))

@@ -29,12 +29,13 @@ __all__ = ["attention_on_volume", "ATTENTION_CMAP"]
 _PAD_COLOUR = "#56b4e9"  # sky blue of the colour-blind palette: distinct from the attention map
 
 
-def _alpha_cmap(name: str = "inferno", *, max_alpha: float = 0.85) -> ListedColormap:
-    # Transparent at 0 so the anatomy shows where attention is absent; opaque-ish at the peak.
+def _alpha_cmap(name: str = "inferno", *, max_alpha: float = 0.6) -> ListedColormap:
+    # Transparent at 0 so the anatomy shows where attention is absent; at most 60% opaque so
+    # the anatomy still shows through where attention is dense (it usually is).
     import matplotlib as mpl
 
     base = mpl.colormaps[name](np.linspace(0.15, 1.0, 256))
-    base[:, 3] = np.linspace(0.0, max_alpha, 256) ** 0.7
+    base[:, 3] = max_alpha * np.linspace(0.0, 1.0, 256) ** 0.5
     return ListedColormap(base, name=f"{name}_alpha")
 
 
@@ -56,6 +57,19 @@ def _volume(a: Any, name: str, *, dtype: Any = float) -> np.ndarray:
         raise ShapeError(f"{name} must be a 3-D volume", expected="shape (x, y, z)", got=f"shape {arr.shape}",
                          fix="drop channel/batch dims, e.g. image[0]")
     return arr
+
+
+def _attention_range(att: np.ndarray, *, robust: bool) -> tuple[float, float]:
+    """Colour limits: 0 to the 98th percentile of the non-zero values (robust) or to the maximum."""
+    peak = float(att.max())
+    if peak <= 0:
+        return 0.0, 1.0
+    if not robust:
+        return 0.0, peak
+    # Zeros are windows no real query looks into (all padding): they would pull the
+    # percentile down in volumes with much padding.
+    hi = float(np.percentile(att[att > 0], 98.0))
+    return 0.0, hi if hi > 0 else peak
 
 
 def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -91,12 +105,20 @@ def attention_on_volume(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str | None = "Attention on the input volume",
     attention_label: str = "attention mass per voxel (a.u.)",
+    robust: bool = True,
 ) -> Figure:
     """Axial, coronal and sagittal slices of a volume with the attention mass overlaid.
 
     The image is drawn in grey (one intensity scale for the three panels), the attention on
-    top with a transparent-to-opaque ``inferno`` colormap (one scale from 0 to the volume's
-    maximum attention, shown in a colorbar), and the padding region hatched and outlined.
+    top with a transparent-to-opaque ``inferno`` colormap (one scale for the three panels,
+    shown in a colorbar), and the padding region hatched and outlined.
+
+    A few voxels can hold far more mass than the rest (a token attending to itself, a hot
+    spot at the padding boundary), and a scale up to that maximum leaves everything else one
+    dim colour. With ``robust=True`` (as in xarray's plotting) the scale runs from 0 to the
+    98th percentile of the non-zero attention: higher values saturate (the colorbar's top is
+    extended). The low end stays at 0 so that colours keep ratios: nearly uniform attention
+    looks nearly uniform instead of being stretched into a pattern.
 
     Parameters
     ----------
@@ -117,6 +139,8 @@ def attention_on_volume(
         Figure title, or ``None`` for none.
     attention_label
         Colorbar label.
+    robust
+        Scale from 0 to the 98th percentile instead of 0 to the maximum.
 
     Returns
     -------
@@ -157,8 +181,7 @@ def attention_on_volume(
 
     finite = img[np.isfinite(img)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    peak = float(att.max())
-    vmax = peak if peak > 0 else 1.0
+    vmin, vmax = _attention_range(att, robust=robust)
 
     import matplotlib.pyplot as plt
 
@@ -173,7 +196,7 @@ def attention_on_volume(
         aspect = sp[v] / sp[h]
         axis.imshow(_slice(img, fixed, k), cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect,
                     interpolation="nearest")
-        overlay = axis.imshow(_slice(att, fixed, k), cmap=ATTENTION_CMAP, vmin=0.0, vmax=vmax, origin="lower",
+        overlay = axis.imshow(_slice(att, fixed, k), cmap=ATTENTION_CMAP, vmin=vmin, vmax=vmax, origin="lower",
                               aspect=aspect, interpolation="nearest")
         if mask is not None:
             _padding_overlay(axis, _slice(mask, fixed, k))
@@ -181,7 +204,7 @@ def attention_on_volume(
         axis.set_xlabel(f"{_AXIS_NAMES[h]} (voxels)")
         axis.set_ylabel(f"{_AXIS_NAMES[v]} (voxels)")
         axis.grid(False)
-    cbar = fig.colorbar(overlay, ax=list(axes), shrink=0.8, pad=0.02)
+    cbar = fig.colorbar(overlay, ax=list(axes), shrink=0.8, pad=0.02, extend="max" if robust else "neither")
     cbar.set_label(attention_label)
     if mask is not None:
         fig.legend(handles=[Patch(facecolor="none", edgecolor=_PAD_COLOUR, hatch="////", label="padding")],

@@ -31,7 +31,7 @@ from attnprobe.workspace import load_workspace, resolve_model
 matplotlib.use("Agg")
 
 KINDS = {"adi", "sfr", "flow", "attention", "cka", "reuse", "detection", "dice_hd95", "efficiency", "tumors",
-         "store_flow"}
+         "store_flow", "training"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_every_figure_kind_is_drawn_with_a_caption(demo):
     drawn = {p.stem for p in figures.glob("*.png")}
     assert drawn == {p.stem for p in figures.glob("*.txt")}
     prefixes = ("adi_vs_padding", "sfr_vs_padding", "flow_", "attention_", "cka_", "feature_reuse_", "detection",
-                "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_")
+                "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves")
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in drawn), prefix
     assert len(demo.figures) == len(drawn)
@@ -101,6 +101,9 @@ def test_checkpoint_layouts_and_the_online_offline_check(demo):
         assert ssl["format"] == ("monai_ssl" if arch == "swin_unetr" else "smit_ssl")
         check = record["checks"][f"offline_vs_online_{arch}"]
         assert check["rows"] > 0 and check["max_abs_diff"] < 1e-5
+        # The store holds the sweep's padded inputs: its rows carry that amount, not 0.
+        paddings = sorted(settings_for("smoke").paddings)
+        assert check["paddings"] == [paddings[len(paddings) // 2]] != [0]
     assert record["ssl"]["swin_unetr"]["naive_matched"] == 0  # the strip-and-strict=False trap loads nothing
     for arch, info in record["pretrained"].items():
         assert info["bytes"] < 10e6, arch

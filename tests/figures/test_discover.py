@@ -22,6 +22,9 @@ from attnprobe.errors import ConfigError, DataError
 from attnprobe.figures.discover import draw_figures, find_sources
 from attnprobe.metrics.flow import COUNTS, METRICS
 from attnprobe.metrics.reuse import cka_dataarray, write_results
+from attnprobe.metrics.sweep import SweepSpec, swept_input
+from attnprobe.store import capture_to_store
+from tests.helpers import random_cases
 
 matplotlib.use("Agg")
 
@@ -81,6 +84,16 @@ def write_run(root: Path) -> Path:
                         spacing=np.array([2.0, 2.0, 2.0]), case="c0", block="stage0.block0", padding=16,
                         label="Swin UNETR (base)")
     np.savez_compressed(root / "attention" / "other.npz", something=np.zeros(3))  # not an attention map
+    for arch, preset in (("smit", "base"), ("swin_unetr", "act")):
+        folder = root / "train" / f"{arch}-{preset}"
+        folder.mkdir(parents=True)
+        steps = np.arange(1, 13)
+        log = pd.DataFrame({"epoch": (steps - 1) // 4 + 1, "step": steps, "loss": 1 / steps, "val_dice": np.nan,
+                            "lr": 1e-3, "time": steps * 0.5})
+        val = pd.DataFrame({"epoch": [3], "step": [12], "loss": [0.2], "val_dice": [0.6], "lr": [1e-3], "time": [6]})
+        pd.concat([log, val]).to_csv(folder / "metrics.csv", index=False)
+        (folder / "config.json").write_text(json.dumps({"arch": arch, "preset": preset}))
+    pd.DataFrame({"epoch": [1], "acc": [0.5]}).to_csv(root / "train" / "metrics.csv", index=False)  # not ours
     return root
 
 
@@ -95,6 +108,7 @@ def test_find_sources_lists_every_kind(run_dir):
     assert len(found.cka) == 2 and len(found.evaluations) == 6
     assert [p.name for p in found.attention] == ["swin.npz"]  # the other .npz holds no map
     assert found.efficiency and found.tumors and not found.stores
+    assert [p.name for p in found.training] == ["smit-base", "swin_unetr-act"]
 
 
 def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_path):
@@ -103,7 +117,7 @@ def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_pa
     names = {f.name for f in result.figures}
     expected = {"adi_vs_padding", "sfr_vs_padding", "flow_Swin_UNETR_base", "flow_smit-base", "attention_swin",
                 "cka_base", "cka_act", "feature_reuse_ct", "detection", "dice_hd95", "token_efficiency",
-                "tumor_clusters_mean_cv", "tumor_clusters_contrast_boundary_gradient"}
+                "tumor_clusters_mean_cv", "tumor_clusters_contrast_boundary_gradient", "training_curves"}
     assert expected <= names, names
     assert not result.skipped
     for record in result.figures:
@@ -115,6 +129,8 @@ def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_pa
     assert "3 cases" in adi.caption and "Swin UNETR (base)" in adi.caption and "smit-base" in adi.caption
     detection = next(f for f in result.figures if f.name == "detection")
     assert "Swin UNETR: 4" in detection.caption
+    training = next(f for f in result.figures if f.name == "training_curves")
+    assert "2 runs (up to 12 steps)" in training.caption and "2 validations" in training.caption
 
 
 def test_figures_go_to_another_format_and_the_output_folder_is_not_searched(run_dir, tmp_path):
@@ -166,7 +182,22 @@ def test_cli_draws_and_reports_one_line_errors(run_dir, tmp_path):
     app = figures_app()
     ok = runner.invoke(app, ["figures", str(run_dir), "--out", str(tmp_path / "cli"), "--format", "pdf"])
     assert ok.exit_code == 0, ok.output
-    assert "wrote 13 figure(s)" in ok.output
-    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 13
+    assert "wrote 14 figure(s)" in ok.output
+    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 14
     bad = runner.invoke(app, ["figures", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "error:" in bad.output and "Traceback" not in bad.output
+
+
+def test_store_flow_titles_say_which_padding_the_store_holds(smit, tmp_path):
+    cases = random_cases(seed=3, roi=(64, 64, 64))[:1]
+    run = tmp_path / "run"
+    capture_to_store(smit, cases, run / "capture" / "plain.zarr", taps=["stage3.*"])
+    padded = [swept_input(cases[0], 32, SweepSpec(paddings=(32,)))]
+    capture_to_store(smit, padded, run / "capture" / "swept.zarr", taps=["stage3.*"],
+                     attrs={"padding": {"mode": "sweep", "amount": 32}})
+    result = draw_figures(run, tmp_path / "figs")
+    assert not result.skipped
+    by_name = {f.name: f for f in result.figures}
+    assert set(by_name) == {"store_flow_plain", "store_flow_swept"}
+    assert "as captured" in by_name["store_flow_plain"].caption and "1 case." in by_name["store_flow_plain"].caption
+    assert "at 32 voxels of input padding" in by_name["store_flow_swept"].caption

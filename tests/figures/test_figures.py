@@ -30,6 +30,7 @@ from attnprobe.figures import (  # noqa: E402
     flow_matrices,
     paper_style,
     token_efficiency,
+    training_curves,
     tumor_clusters,
 )
 
@@ -242,6 +243,9 @@ def test_flow_matrices_cells_are_case_means():
     cbar = [a for a in fig.axes if a not in panels]
     assert len(cbar) == 1 and cbar[0].get_ylabel() == "attention fraction (0–1)"
     assert "padding = 16 voxels" in fig.get_suptitle() and "mean of 3 cases" in fig.get_suptitle()
+    one = flow_matrices(frame[frame["case"] == frame["case"].iloc[0]], padding=16)
+    assert one.get_suptitle().endswith("mean of 1 case)")
+    assert flow_matrices(frame, padding=16, title="mine").get_suptitle() == "mine"
 
 
 def test_flow_matrices_model_choice_and_errors():
@@ -275,10 +279,12 @@ def test_attention_on_volume_slices_and_overlay():
     np.testing.assert_allclose(axial.get_images()[0].get_array(), image[:, :, 12].T)
     np.testing.assert_allclose(coronal.get_images()[1].get_array(), attention[:, 18, :].T)
     np.testing.assert_allclose(sagittal.get_images()[1].get_array(), attention[20, :, :].T)
+    # Robust scale by default: 0 to the 98th percentile of the non-zero attention.
+    hi = np.percentile(attention[attention > 0], 98)
     for ax in panels:
         grey, over = ax.get_images()
         assert grey.get_clim() == (image.min(), image.max())
-        assert over.get_clim() == (0.0, attention.max())
+        np.testing.assert_allclose(over.get_clim(), (0.0, hi))
     # Axial slice z=12 is all real: no padding drawn; the two others cross the padding boundary.
     assert not [c for c in axial.get_children() if isinstance(c, ContourSet)]
     assert len([c for c in coronal.get_children() if isinstance(c, ContourSet)]) == 2  # hatch + outline
@@ -287,6 +293,24 @@ def test_attention_on_volume_slices_and_overlay():
     assert cbar.get_ylabel() == "attention mass per voxel (a.u.)"
     assert fig.get_suptitle() == "Attention, stage 3"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["padding"]
+
+
+def test_attention_on_volume_robust_scale_ignores_a_single_peak():
+    image, attention, _ = make_volume()
+    spiked = attention.copy()
+    spiked[0, 0, 0] = 1000.0 * attention.max()  # one hot voxel (e.g. a query on itself)
+    spiked[:, :, -4:] = 0.0  # windows no real query looks into
+    fig = attention_on_volume(image, spiked)
+    clim = fig.axes[0].get_images()[1].get_clim()
+    inner = spiked[spiked > 0]
+    assert clim[0] == 0.0 and clim[1] < spiked.max() / 100
+    # The zeros (a quarter-ish of the volume here) do not pull the top down: 2% of the paid attention saturates.
+    assert (inner > clim[1]).mean() == pytest.approx(0.02, abs=0.005)
+    plain = attention_on_volume(image, spiked, robust=False)
+    assert plain.axes[0].get_images()[1].get_clim() == (0.0, spiked.max())
+    # Constant attention has no spread to stretch: 0 to its value.
+    flat = attention_on_volume(image, np.full_like(attention, 0.25))
+    assert flat.axes[0].get_images()[1].get_clim() == (0.0, 0.25)
 
 
 def test_attention_on_volume_defaults_and_errors():
@@ -458,12 +482,85 @@ def test_tumor_clusters_scatter():
         np.testing.assert_allclose(cloud.get_offsets(), sel[["mean", "cv"]].to_numpy())
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "0 (n = 5)", "1 (n = 5)", "2 (n = 5)", "unclustered (n = 1)"]
-    assert ax.get_xlabel() == "tumour mean intensity (a.u.)"
-    assert ax.get_ylabel() == "tumour CV (std / mean, unitless)"
+    assert ax.get_xlabel() == "tumor mean intensity (a.u.)"
+    assert ax.get_ylabel() == "tumor CV (std / mean, unitless)"
     fig2 = tumor_clusters(frame.rename(columns={"cv": "contrast"}), y="contrast", y_label="Weber contrast")
     assert fig2.axes[0].get_ylabel() == "Weber contrast"
     with pytest.raises(DataError, match="lacks"):
         tumor_clusters(frame, x="volume_mm3")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def make_training(*, validate: bool = True) -> pd.DataFrame:
+    """Two backbones x two presets, 30 steps each, validation rows at steps 10/20/30 (as the trainer writes)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for backbone in ("SMIT", "Swin UNETR"):
+        for preset in ("base", "act"):
+            for step in range(1, 31):
+                rows.append({"epoch": (step - 1) // 10 + 1, "step": step, "loss": 1.0 / (1 + step / 10)
+                             + rng.normal(0, 0.02), "val_dice": np.nan, "preset": preset, "backbone": backbone})
+                if validate and step % 10 == 0:
+                    rows.append({"epoch": step // 10, "step": step, "loss": 0.5, "val_dice": step / 40,
+                                 "preset": preset, "backbone": backbone})
+    return pd.DataFrame(rows)
+
+
+def trailing_mean(values: np.ndarray, n: int) -> np.ndarray:
+    # Independent of pandas' rolling: cumulative sums over a window that grows to n.
+    c = np.concatenate([[0.0], np.cumsum(values)])
+    i = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, i - n)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def test_training_curves_loss_lines_and_validation_markers():
+    frame = make_training()
+    fig = training_curves(frame, smooth=4)
+    panels = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in panels] == ["SMIT", "Swin UNETR"]
+    steps_rows = frame[frame["val_dice"].isna()]
+    for ax, backbone in zip(panels, ("SMIT", "Swin UNETR")):
+        lines = ax.get_lines()
+        assert len(lines) == 4  # per preset: faint raw + bold trailing mean
+        for (raw, trend), preset in zip(zip(lines[::2], lines[1::2]), ("base", "act")):
+            run = steps_rows[(steps_rows.backbone == backbone) & (steps_rows.preset == preset)]
+            np.testing.assert_allclose(raw.get_ydata(), run["loss"])
+            np.testing.assert_allclose(trend.get_ydata(), trailing_mean(run["loss"].to_numpy(), 4))
+            np.testing.assert_allclose(trend.get_xdata(), np.arange(1, 31))
+            assert trend.get_label() == preset and raw.get_alpha() == 0.3 and trend.get_alpha() is None
+        assert ax.get_xlabel() == "optimiser step"
+    twins = [a for a in fig.axes if not a.get_title()]
+    assert len(twins) == 2 and all(t.get_ylim() == (0.0, 1.0) for t in twins)
+    assert twins[-1].get_ylabel() == "validation Dice (markers, 0–1)"
+    for twin in twins:
+        for markers in twin.get_lines():
+            np.testing.assert_allclose(markers.get_xdata(), [10, 20, 30])
+            np.testing.assert_allclose(markers.get_ydata(), [0.25, 0.5, 0.75])
+    assert panels[0].get_ylabel() == "Dice-CE loss (4-step mean)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["base", "act"]
+
+
+def test_training_curves_single_run_raw_and_errors():
+    run = make_training(validate=False)
+    one = run[(run.backbone == "SMIT") & (run.preset == "base")].drop(columns=["preset", "backbone"])
+    fig = training_curves(one, smooth=1, title=None)
+    (ax,) = fig.axes
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), one["loss"])
+    assert ax.get_ylabel() == "Dice-CE loss" and fig.get_suptitle() == ""
+    with pytest.raises(DataError, match="lacks"):
+        training_curves(one.drop(columns="loss"))
+    with pytest.raises(ConfigError, match="smooth"):
+        training_curves(one, smooth=0)
+    with pytest.raises(DataError, match="no step rows"):
+        training_curves(one.assign(val_dice=0.5))
+    with pytest.raises(DataError, match="numeric"):
+        training_curves(one.assign(loss="x"))
+    with pytest.raises(DataError):
+        training_curves(pd.concat([one, one]))  # one step twice in one run
 
 
 # --------------------------------------------------------------------------- all figures
@@ -481,6 +578,7 @@ FIGURES = {
     "dice_hd95_boxes": lambda: dice_hd95_boxes(make_cases()),
     "token_efficiency": lambda: token_efficiency(make_efficiency()),
     "tumor_clusters": lambda: tumor_clusters(make_clusters()),
+    "training_curves": lambda: training_curves(make_training()),
 }
 
 
