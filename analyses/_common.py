@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from attnprobe.data.preprocess import PreprocessConfig
 from attnprobe.errors import ConfigError
-from attnprobe.models import load_checkpoint
-from attnprobe.train.trainer import read_train_metadata
+from attnprobe.models import ARCH_LABELS, load_checkpoint
 from attnprobe.workspace import DatasetRef, Workspace, load_workspace, resolve_data, resolve_model
-
-ARCH_LABELS = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -74,7 +71,8 @@ def load_model(ws: Workspace, name: str) -> LoadedModel:
     """
     ref = resolve_model(name, workspace=ws)
     model, report = load_checkpoint(ref.checkpoint, ref.arch)
-    meta = (read_train_metadata(ref.checkpoint) or {}) if ref.checkpoint.is_file() else {}
+    train = report.metadata.get("train")  # the checkpoint's training metadata, read with the weights
+    meta = dict(train) if isinstance(train, Mapping) else {}
     roi = ref.roi or (tuple(meta["roi"]) if meta.get("roi") else None) or model.attnprobe_config.get("roi")
     if roi is None:
         raise ConfigError(f"no ROI for model {name!r}", expected="roi = [x, y, z] in the workspace", got="none")

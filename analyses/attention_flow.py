@@ -18,15 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from attnprobe.capture import Probe  # noqa: E402
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
+from attnprobe.demo.pipeline import attention_volume  # noqa: E402
 from attnprobe.figures import attention_on_volume, flow_matrices  # noqa: E402
 from attnprobe.metrics.aggregate import stage_means  # noqa: E402
-from attnprobe.metrics.attention_map import received_attention, to_voxels  # noqa: E402
-from attnprobe.metrics.sweep import SweepSpec, padding_sweep, swept_input  # noqa: E402
-from attnprobe.models import adapter_for  # noqa: E402
+from attnprobe.metrics.sweep import SweepSpec, padding_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -43,29 +40,22 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     loaded = common.load_model(ws, args.model)
     config = common.preprocessing(loaded, roi=loaded.roi, spacing=args.spacing)
     cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
-    spec = SweepSpec(paddings=(args.padding,))
-    stages = stage_means(padding_sweep(loaded.model, cases, spec))
+    stages = stage_means(padding_sweep(loaded.model, cases, SweepSpec(paddings=(args.padding,))))
     written = {"flow": common.save_figure(
         flow_matrices(stages, padding=args.padding), args.out, f"flow_{args.model}",
         f"Attention flow per stage of {args.model} at {args.padding} voxels of axial padding, mean over "
         f"{len(cases)} cases (rows: query real/padding; columns: key real/padding).")}
     case = cases[min(args.case, len(cases) - 1)]
-    item = swept_input(case, args.padding, spec)
-    tap = f"{args.block}.attn"
-    with torch.no_grad(), Probe(loaded.model, [tap]) as probe:
-        probe.run(item.image[None], mask=item.mask[None])
-        tokens = received_attention(probe.cache[tap][0], probe.context.kinds[args.block][0],
-                                    probe.context.geometry[args.block], adapter_for(loaded.model))
-    voxels = to_voxels(tokens, tuple(item.image.shape[1:])).numpy()
-    fig = attention_on_volume(item.image[0].numpy(), voxels, padding_mask=~item.mask[0].numpy().astype(bool),
+    vol = attention_volume(loaded.model, case, padding=args.padding, block=args.block)
+    fig = attention_on_volume(vol["image"], vol["attention"], padding_mask=vol["padding_mask"],
                               spacing=tuple(float(s) for s in case.spacing),
                               title=f"{args.model}: attention received in {args.block}")
     written["attention"] = common.save_figure(
         fig, args.out, f"attention_{args.model}",
         f"Attention each token of {args.block} receives (mean over real queries and heads) on case "
         f"{case.case_id} with {args.padding} voxels of axial padding (hatched), {args.model}.")
-    np.savez_compressed(args.out / f"attention_{args.model}.npz", image=item.image[0].numpy(), attention=voxels,
-                        padding_mask=~item.mask[0].numpy().astype(bool), spacing=np.asarray(case.spacing),
+    np.savez_compressed(args.out / f"attention_{args.model}.npz", image=vol["image"], attention=vol["attention"],
+                        padding_mask=vol["padding_mask"], spacing=np.asarray(case.spacing),
                         case=case.case_id, block=args.block, padding=args.padding, label=args.model)
     return written
 

@@ -21,20 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from attnprobe.data.arrays import affine_spacing  # noqa: E402
 from attnprobe.data.io import list_cases, load_volume  # noqa: E402
 from attnprobe.data.preprocess import prepare_case  # noqa: E402
 from attnprobe.figures import detection_bars, dice_hd95_boxes  # noqa: E402
 from attnprobe.train.evaluate import evaluate_case, results_table, summarize  # noqa: E402
 from attnprobe.train.inference import InferenceConfig, predict_case  # noqa: E402
-
-
-def spacing_of(affine) -> tuple[float, float, float]:
-    """Voxel size (mm) of an affine: the norms of its first three columns."""
-    a = np.asarray(affine, dtype=float)
-    return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -57,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         for ref in refs:
             prediction = predict_case(loaded.model, prepare_case(ref, config), config=infer)
             label = load_volume(ref.label, role="label")
-            results.append(evaluate_case(prediction.native_label(), label.numpy(), spacing=spacing_of(label.affine),
-                                         case=ref.case_id))
+            results.append(evaluate_case(prediction.native_label(), label.numpy(),
+                                         spacing=affine_spacing(label.affine), case=ref.case_id))
         table = results_table(results)
         summary = summarize(results)
         folder = args.out / name

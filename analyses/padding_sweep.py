@@ -20,6 +20,7 @@ import _common as common  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
+from attnprobe.demo.pipeline import longest_cases  # noqa: E402
 from attnprobe.figures import adi_vs_padding  # noqa: E402
 from attnprobe.metrics.aggregate import stage_means, sweep_summary  # noqa: E402
 from attnprobe.metrics.sweep import SweepSpec, padding_sweep  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         config = common.preprocessing(loaded, roi=loaded.roi, spacing=args.spacing)
         cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
         if args.longest is not None:
-            cases = sorted(cases, key=lambda c: int(c.mask[0].any(dim=0).any(dim=0).sum()), reverse=True)[:args.longest]
+            cases = longest_cases(cases, args.longest)
         frame = padding_sweep(loaded.model, cases, spec)
         args.out.mkdir(parents=True, exist_ok=True)
         written[f"adi_{name}"] = args.out / f"adi_{name}.csv"

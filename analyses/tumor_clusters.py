@@ -18,17 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
-import numpy as np  # noqa: E402
 
+from attnprobe.data.arrays import affine_spacing  # noqa: E402
 from attnprobe.data.io import list_cases, load_volume  # noqa: E402
 from attnprobe.data.tumor_stats import analyze_tumors  # noqa: E402
 from attnprobe.figures import FEATURE_LABELS, tumor_clusters  # noqa: E402
-
-
-def spacing_of(affine) -> tuple[float, float, float]:
-    """Voxel size (mm) of an affine: the norms of its first three columns."""
-    a = np.asarray(affine, dtype=float)
-    return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -45,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     def cases():
         for ref in refs:
             image = load_volume(ref.image, role="image")
-            yield ref.case_id, image.numpy(), load_volume(ref.label, role="label").numpy(), spacing_of(image.affine)
+            label = load_volume(ref.label, role="label")
+            yield ref.case_id, image.numpy(), label.numpy(), affine_spacing(image.affine)
 
     analysis = analyze_tumors(cases(), k_range=(2, args.k_max))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import get_args
 
-from attnprobe.data.io import Split
+from attnprobe.data.io import CaseRef, Split, list_cases
 from attnprobe.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "load_workspace",
     "resolve_model",
     "resolve_data",
+    "list_data",
 ]
 
 WORKSPACE_FILENAME = "attnprobe.toml"
@@ -263,6 +264,34 @@ def resolve_data(
     raise _unknown("dataset", key, ws, None if ws is None else ws.datasets,
                    fix="use one of the known names, or give the path of a datalist JSON, a NIfTI/DICOM folder "
                        "or a file")
+
+
+def list_data(
+    data: str | os.PathLike[str] | DatasetRef,
+    *,
+    split: Split | None = None,
+    limit: int | None = None,
+) -> list[CaseRef]:
+    """The cases of a dataset name or data path (:func:`resolve_data`, then ``list_cases``).
+
+    Parameters
+    ----------
+    data
+        A dataset name, a datalist JSON, folder or NIfTI file, or an already resolved
+        :class:`DatasetRef`.
+    split
+        Split to list; ``None`` means the dataset's declared split (``"all"`` for a path).
+    limit
+        Keep at most the first ``limit`` cases (taken as given: a slice, no check).
+
+    Raises
+    ------
+    ConfigError, DataError
+        As :func:`resolve_data` and :func:`attnprobe.data.io.list_cases`.
+    """
+    source = data if isinstance(data, DatasetRef) else resolve_data(data)
+    refs = list_cases(source, split=split if split is not None else source.split)
+    return refs[:limit] if limit is not None else refs
 
 
 # --- internals -----------------------------------------------------------------------------

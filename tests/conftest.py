@@ -21,11 +21,13 @@ from attnprobe.models import build_model  # noqa: E402
 from attnprobe.models.checkpoints import save_checkpoint  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread for the test (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``).
+    """One torch thread for the rest of the test module (use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``); the old count is restored after it.
 
     Two shared cores: small GEMMs under a busy OpenMP pool are 100x slower than on one thread.
+    Module scope, so that Hypothesis tests may use it (no function-scoped fixture health check).
     """
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -40,8 +42,9 @@ def smit():
     return build_model("smit", preset="tiny").eval()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tiny_swin():
+    """A tiny Swin UNETR in eval mode (seed 0), one per test module."""
     torch.manual_seed(0)
     return build_model("swin_unetr", preset="tiny").eval()
 

@@ -7,6 +7,7 @@ plain functions live here.
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
@@ -41,6 +42,12 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine), path)
     return path
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 # --- the command line, in process --------------------------------------------------------------

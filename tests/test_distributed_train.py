@@ -15,8 +15,6 @@ steps on 2 ranks); here the resumed DDP run is the one compared with the single 
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 
@@ -24,12 +22,7 @@ from attnprobe.data.phantoms import write_phantom_dataset
 from attnprobe.models import load_checkpoint
 from attnprobe.train.presets import resolve_train_config
 from attnprobe.train.trainer import initial_model, rank_batches, read_train_metadata
-from tests.helpers import launch
-
-
-def rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+from tests.helpers import launch, read_csv_rows
 
 
 def test_rank_batches_split_each_single_process_batch():
@@ -67,7 +60,7 @@ def test_two_ranks_follow_one_process_and_resume(tmp_path):
     assert resumed.stdout.count("finished: 1 epochs, 3 steps") == 1
 
     # rank 0 alone wrote the files: one row per step and one for validation, as in one process
-    r1, r2 = rows(one / "metrics.csv"), rows(two / "metrics.csv")
+    r1, r2 = read_csv_rows(one / "metrics.csv"), read_csv_rows(two / "metrics.csv")
     assert [(r["epoch"], r["step"], r["lr"], r["val_dice"] == "") for r in r1] == \
         [(r["epoch"], r["step"], r["lr"], r["val_dice"] == "") for r in r2] == \
         [("1", "1", "0.0003", True), ("1", "2", "0.0003", True), ("1", "3", "0.00015", True),

@@ -18,8 +18,22 @@ def load(name: str):
 
 
 def test_capture_and_open(tmp_path):
+    from attnprobe import open_store
+
     store = load("capture_and_open").main(tmp_path)
-    assert store.exists()
+    assert store == tmp_path / "phantoms.zarr" and store.exists()
+    tree = open_store(store)
+    # two phantoms (seeds 0 and 1), both captured
+    assert list(tree["case"].values) == ["phantom_s0", "phantom_s1"]
+    assert tree["done"].values.tolist() == [True, True]
+    # taps "stage0.*" (maps and outputs) and "stage3.*.out" (outputs only); tiny Swin UNETR: 2 blocks a stage
+    assert sorted(tree.children) == ["stage0.block0", "stage0.block1", "stage3.block0", "stage3.block1"]
+    for name in ("stage0.block0", "stage0.block1"):
+        assert set(tree[name].data_vars) == {"attn", "attn_kind", "out"}, name
+    for name in ("stage3.block0", "stage3.block1"):
+        assert set(tree[name].data_vars) == {"out"}, name
+    assert dict(tree["stage0.block1"]["attn"].sizes) == {"sample": 2, "window": 75, "head": 3, "query": 343,
+                                                        "key": 343}
 
 
 def test_custom_adapter():

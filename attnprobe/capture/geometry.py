@@ -52,6 +52,15 @@ def stage_token_kinds(adapter: Adapter, real_mask: torch.Tensor, n_stages: int) 
     return kinds
 
 
+def _to_windows(adapter: Adapter, geom: BlockGeometry, grid: torch.Tensor, pad_value: float) -> torch.Tensor:
+    """A per-token value ``(B, X, Y, Z, 1)`` pushed through the block's pad (with ``pad_value``) /
+    roll by ``-shift`` / window partition, as ``(B, window, token)`` in the input's dtype."""
+    x = adapter.pad_to_window(grid, geom.window, value=pad_value)
+    if geom.shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
+    return adapter.window_partition(x, geom.window).reshape(grid.shape[0], geom.n_windows, geom.n_tokens)
+
+
 def block_token_kinds(adapter: Adapter, geom: BlockGeometry, stage_kinds: torch.Tensor) -> torch.Tensor:
     """Token kinds of one block in window order, ``(B, window, token)`` uint8."""
     if tuple(stage_kinds.shape[1:]) != tuple(geom.grid):
@@ -59,13 +68,8 @@ def block_token_kinds(adapter: Adapter, geom: BlockGeometry, stage_kinds: torch.
             f"token grid of {geom.name} does not match the stage mask",
             expected=str(tuple(geom.grid)), got=str(tuple(stage_kinds.shape[1:])),
         )
-    b = stage_kinds.shape[0]
     x = stage_kinds[..., None].to(torch.float32)
-    x = adapter.pad_to_window(x, geom.window, value=float(WINDOW_PAD))
-    if geom.shifted:
-        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
-    windows = adapter.window_partition(x, geom.window)
-    return windows.reshape(b, geom.n_windows, geom.n_tokens).to(torch.uint8)
+    return _to_windows(adapter, geom, x, float(WINDOW_PAD)).to(torch.uint8)
 
 
 def token_positions(adapter: Adapter, geom: BlockGeometry) -> torch.Tensor:
@@ -75,10 +79,7 @@ def token_positions(adapter: Adapter, geom: BlockGeometry) -> torch.Tensor:
     so attention can be mapped back onto the token grid (and from there onto voxels).
     """
     index = torch.arange(math.prod(geom.grid), dtype=torch.float64).reshape(1, *geom.grid, 1)
-    x = adapter.pad_to_window(index, geom.window, value=-1.0)
-    if geom.shifted:
-        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
-    return adapter.window_partition(x, geom.window).reshape(geom.n_windows, geom.n_tokens).long()
+    return _to_windows(adapter, geom, index, -1.0)[0].long()
 
 
 def token_kinds(

@@ -26,7 +26,14 @@ import torch
 from attnprobe.capture.probe import ForwardContext
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import TIDY_COLUMNS, tidy_flow
-from attnprobe.metrics.flow import FlowAccumulator, FlowResult, HeadMode, check_reduction_options
+from attnprobe.metrics.flow import (
+    COUNTS,
+    FlowAccumulator,
+    FlowResult,
+    HeadMode,
+    accumulators_to,
+    check_reduction_options,
+)
 from attnprobe.models.adapter import TapSpec
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
 
@@ -123,12 +130,19 @@ def reduce_block(
     dict
         Padding kind -> :class:`~attnprobe.metrics.flow.FlowResult` on ``probs``' device.
     """
+    acc = _accumulate(probs, kinds, heads=heads, max_chunk_bytes=max_chunk_bytes, trusted_kinds=trusted_kinds)
+    return {kind: acc.result(padding=kind) for kind in padding_kinds}
+
+
+def _accumulate(probs: torch.Tensor, kinds: torch.Tensor, *, heads: HeadMode, max_chunk_bytes: int | None,
+                trusted_kinds: bool) -> FlowAccumulator:
+    """The flow state of one block, fed window chunk by window chunk (see :func:`reduce_block`)."""
     acc = FlowAccumulator(heads=heads)
     step = _windows_per_chunk(probs, heads, max_chunk_bytes)
     n_win = probs.shape[1]
     for w0 in range(0, n_win, step):
         acc.update(probs[:, w0:w0 + step], kinds[:, w0:w0 + step], trusted_kinds=trusted_kinds)
-    return {kind: acc.result(padding=kind) for kind in padding_kinds}
+    return acc
 
 
 def result_to_cpu(result: FlowResult) -> FlowResult:
@@ -171,7 +185,7 @@ class FlowReducer:
         self.padding_kinds: tuple[PaddingKind, ...] = tuple(padding_kinds)
         self.max_chunk_bytes = max_chunk_bytes
         self.records: list[ForwardFlow] = []
-        self._pending: dict[str, BlockFlow] = {}
+        self._pending: dict[str, tuple[int, int, FlowAccumulator]] = {}
         self._ctx: ForwardContext | None = None
 
     def on_tap(self, tap: TapSpec, value: torch.Tensor, ctx: ForwardContext) -> None:
@@ -180,11 +194,11 @@ class FlowReducer:
         if ctx is not self._ctx:
             # A new forward: drop what a forward that raised halfway may have left behind.
             self._pending, self._ctx = {}, ctx
-        name = tap.block.name
-        results = reduce_block(value, ctx.kinds[name], heads=self.heads, padding_kinds=self.padding_kinds,
-                               max_chunk_bytes=self.max_chunk_bytes, trusted_kinds=True)
-        # Results stay on the device until the forward ends: one sync per forward, not per block.
-        self._pending[name] = BlockFlow(tap.block.stage, tap.block.block, results)
+        acc = _accumulate(value, ctx.kinds[tap.block.name], heads=self.heads, max_chunk_bytes=self.max_chunk_bytes,
+                          trusted_kinds=True)
+        # Only the block's few state tensors are kept, on the device, until the forward ends; they
+        # then move to the CPU together (see on_forward_end), where the results are computed.
+        self._pending[tap.block.name] = (tap.block.stage, tap.block.block, acc)
 
     def on_forward_end(self, ctx: ForwardContext) -> None:
         pending, self._pending, self._ctx = self._pending, {}, None
@@ -198,9 +212,11 @@ class FlowReducer:
             raise ShapeError("FlowTag names a different number of cases than the batch holds",
                              expected=f"{ctx.batch} case ids", got=f"{len(tag.cases)}",
                              fix="pass one case id per sample, in batch order")
+        # One move for the state of every block of the forward (one sync), then metrics on the CPU.
+        on_cpu = accumulators_to([acc for _, _, acc in pending.values()], "cpu")
         blocks = {
-            name: BlockFlow(bf.stage, bf.block, {k: result_to_cpu(r) for k, r in bf.results.items()})
-            for name, bf in pending.items()
+            name: BlockFlow(stage, block, {k: acc.result(padding=k) for k in self.padding_kinds})
+            for (name, (stage, block, _)), acc in zip(pending.items(), on_cpu)
         }
         self.records.append(ForwardFlow(tag, blocks))
 
@@ -235,5 +251,5 @@ def flows_to_frame(records: Iterable[ForwardFlow]) -> pd.DataFrame:
                 parts.append(tidy_flow(result, cases=list(rec.tag.cases), padding=rec.tag.padding,
                                        pad_fraction=rec.tag.pad_fraction, stage=bf.stage, block=bf.block))
     if not parts:
-        return pd.DataFrame(columns=[*TIDY_COLUMNS, "n_real_queries", "n_pad_queries"])
+        return pd.DataFrame(columns=[*TIDY_COLUMNS, *COUNTS])
     return pd.concat(parts, ignore_index=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,9 +11,11 @@ import typer
 
 from attnprobe.cli.common import (
     check_device,
+    check_limit,
     console,
     ensure_dir,
     err_console,
+    init_distributed,
     load_model_ref,
     one_line_errors,
     parse_int_list,
@@ -33,23 +36,6 @@ OUTPUT_FILES = ("adi.csv", "adi.parquet", "adi.nc", "summary.csv")
 def register(app: typer.Typer) -> None:
     """Add the ``adi`` command to the app (called by :mod:`attnprobe.cli.app`)."""
     app.command("adi")(adi)
-
-
-def _is_store(path: Path) -> bool:
-    # A zarr v3 group is a folder with zarr.json; a checkpoint is a file.
-    return path.is_dir() and (path / "zarr.json").exists()
-
-
-def _case_refs(data: str, split: str | None, limit: int | None):
-    from attnprobe.data.io import list_cases
-    from attnprobe.errors import ConfigError
-    from attnprobe.workspace import resolve_data
-
-    if limit is not None and limit < 1:
-        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
-    source = resolve_data(data)
-    refs = list_cases(source, split=split or source.split)  # type: ignore[arg-type]
-    return refs[:limit] if limit is not None else refs
 
 
 def _write_outputs(frame, out: Path, attrs: dict):
@@ -141,16 +127,14 @@ def adi(
     from attnprobe import dist
     from attnprobe.errors import ConfigError
 
-    dist.init_from_env(device=device)
-    if device.startswith("cuda") and dist.is_distributed():
-        device = f"cuda:{dist.local_rank()}"
-    dev = check_device(device)
+    dev = check_device(init_distributed(device))
     store_path = store
     if store_path is None and model is not None:
+        from attnprobe.store import is_store
         from attnprobe.workspace import resolve_model
 
         ref = resolve_model(model)
-        if _is_store(ref.checkpoint):
+        if is_store(ref.checkpoint):
             store_path = ref.checkpoint
     if store_path is not None:
         if padding_sweep is not None:
@@ -177,12 +161,10 @@ def adi(
 
 def _offline(store_path: Path, *, heads: str, device, limit: int | None):
     """ADI of a capture store, chunk by chunk."""
-    from attnprobe.errors import ConfigError
     from attnprobe.metrics.offline import OfflineStats
     from attnprobe.store import open_store
 
-    if limit is not None and limit < 1:
-        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+    check_limit(limit)
     tree = open_store(store_path, chunks={})
     done = int(tree["done"].values.sum())
     stats = OfflineStats()
@@ -206,12 +188,8 @@ def _limited_store_flow(tree, *, heads, device, stats, on_sample, limit):
     from attnprobe.capture.reducers import flows_to_frame
     from attnprobe.metrics.offline import store_flow_records
 
-    records = []
-    for rec in store_flow_records(tree, heads=heads, device=device, stats=stats, on_sample=on_sample):
-        records.append(rec)
-        if limit is not None and len(records) >= limit:
-            break
-    return flows_to_frame(records)
+    records = store_flow_records(tree, heads=heads, device=device, stats=stats, on_sample=on_sample)
+    return flows_to_frame(list(islice(records, limit)))
 
 
 def _gather_in_case_order(frame, case_ids: list[str]):
@@ -253,8 +231,10 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
     given_roi = parse_roi(roi)
     config = preprocess_config(given_roi) if given_roi is not None else None
     from attnprobe import dist
+    from attnprobe.workspace import list_data
 
-    all_refs = _case_refs(data, split, limit)
+    check_limit(limit)
+    all_refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
     refs = [all_refs[i] for i in dist.shard(all_refs)]  # under torchrun: this rank's share
     net, report, model_roi = load_model_ref(model, arch=arch)
     if dist.is_main():

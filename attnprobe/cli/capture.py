@@ -10,6 +10,7 @@ import typer
 from attnprobe.cli.common import (
     console,
     err_console,
+    init_distributed,
     load_model_ref,
     one_line_errors,
     parse_roi,
@@ -23,27 +24,15 @@ Intensity = Literal["percentile", "fixed"]
 
 def lazy_cases(data: str, config, *, split: str, limit: int | None):
     """Cases of a datalist/folder/dataset name, preprocessed when first touched."""
-    from attnprobe.data.io import list_cases
     from attnprobe.data.lazy import LazyCase
     from attnprobe.errors import DataError
-    from attnprobe.workspace import resolve_data
+    from attnprobe.workspace import list_data
 
-    source = resolve_data(data)
-    split = split if split != "all" else getattr(source, "split", None) or "all"
-    refs = list_cases(source, split=split)  # type: ignore[arg-type]
-    if limit is not None:
-        refs = refs[:limit]
+    # "all" (the default) defers to the split a workspace dataset declares.
+    refs = list_data(data, split=None if split == "all" else split, limit=limit)  # type: ignore[arg-type]
     if not refs:
         raise DataError(f"no cases in {data}", expected="at least one case", got="0 after --limit/--split")
     return [LazyCase(ref, config) for ref in refs]
-
-
-def preprocess_config(*, roi, pad_mode: str, spacing: float | None, intensity: str, a_min: float | None,
-                      a_max: float | None):
-    from attnprobe.data.preprocess import PreprocessConfig
-
-    return PreprocessConfig(roi=roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,  # type: ignore[arg-type]
-                            a_min=a_min, a_max=a_max)
 
 
 @one_line_errors
@@ -67,12 +56,11 @@ def capture(
 ) -> None:
     """Capture attention maps and block outputs of MODEL on DATA into a Zarr store."""
     from attnprobe import dist
+    from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.errors import ConfigError
     from attnprobe.store import capture_to_store
 
-    dist.init_from_env(device=device)
-    if device.startswith("cuda") and dist.is_distributed():
-        device = f"cuda:{dist.local_rank()}"
+    device = init_distributed(device)
     net, report, model_roi = load_model_ref(model, arch=arch)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
@@ -80,8 +68,8 @@ def capture(
     if use_roi == "full":
         raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
                           got="--roi full")
-    config = preprocess_config(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
-                               a_min=a_min, a_max=a_max)
+    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
+                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
     cases = lazy_cases(data, config, split=split, limit=limit)
     with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("capture", total=len(dist.shard(cases)), status="")

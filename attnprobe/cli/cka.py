@@ -9,8 +9,10 @@ import typer
 
 from attnprobe.cli.common import (
     check_device,
+    check_limit,
     console,
     err_console,
+    init_distributed,
     load_model_ref,
     one_line_errors,
     parse_roi,
@@ -33,7 +35,9 @@ def register(app: typer.Typer) -> None:
 
 def _is_store_path(path: Path) -> bool:
     """A capture store: a path ending in .zarr, or a folder holding zarr.json."""
-    return path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists())
+    from attnprobe.store import is_store
+
+    return path.suffix == ".zarr" or is_store(path)
 
 
 def _source(text: str) -> tuple[str, Path | None]:
@@ -57,12 +61,8 @@ def _parse_crop_size(text: str | None) -> tuple[int, int, int] | None:
 
 
 def _device(device: str) -> str:
-    from attnprobe import dist
-
-    dev = check_device(device)
-    if dev.type == "cuda" and dist.is_distributed():
-        return f"cuda:{dist.local_rank()}"
-    return str(dev)
+    """Check ``--device``, then join torchrun's process group (see :func:`init_distributed`)."""
+    return init_distributed(str(check_device(device)))
 
 
 def _print_diagonal(da) -> None:
@@ -131,10 +131,8 @@ def cka_command(
                        threshold=threshold)
     if crops < 1:
         raise ConfigError("bad --crops", expected="an integer >= 1", got=str(crops))
-    if limit is not None and limit < 1:
-        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+    check_limit(limit)
     box = _parse_crop_size(crop_size)
-    dist.init_from_env(device=device)
     dev = _device(device)
 
     tgt_text = tgt if tgt is not None else ref
@@ -198,7 +196,8 @@ def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
 def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, roi, split, pad_mode,
             spacing, intensity, a_min, a_max, names, main):
     from attnprobe import dist
-    from attnprobe.cli.capture import lazy_cases, preprocess_config
+    from attnprobe.cli.capture import lazy_cases
+    from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.metrics.reuse import compare_models, pair_by_case_id
 
     config_roi = parse_roi(roi)
@@ -215,8 +214,8 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
     if main and config_roi is None and ref_roi and tgt_roi and tuple(ref_roi) != tuple(tgt_roi):
         err_console.print(f"note: the models' ROIs differ ({tuple(ref_roi)} vs {tuple(tgt_roi)}); both see "
                           f"{tuple(use_roi)} (set --roi to choose)", highlight=False)
-    prep = preprocess_config(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
-                             a_min=a_min, a_max=a_max)
+    prep = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
+                            a_min=a_min, a_max=a_max)
     ref_cases = lazy_cases(data, prep, split=split, limit=None)
     tgt_cases = None
     if tgt_data is not None:

@@ -97,6 +97,26 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def init_distributed(device: str) -> str:
+    """Join torchrun's process group (nothing in one process); return the device this rank uses.
+
+    Under torchrun every ``cuda`` device (``cuda`` or ``cuda:N``) means ``cuda:LOCAL_RANK``,
+    one GPU per rank; otherwise ``device`` comes back as given.
+    """
+    from attnprobe import dist
+
+    dist.init_from_env(device=device)
+    if device.startswith("cuda") and dist.is_distributed():
+        return f"cuda:{dist.local_rank()}"
+    return device
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``--limit`` below 1 (None: no limit)."""
+    if limit is not None and limit < 1:
+        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
+
+
 def parse_int_list(text: str, *, option: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]

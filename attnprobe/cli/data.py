@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 
 import typer
 
-from attnprobe.cli.common import console, ensure_dir, err_console, one_line_errors, parse_roi, progress_bar
+from attnprobe.cli.common import (
+    check_limit,
+    console,
+    ensure_dir,
+    err_console,
+    one_line_errors,
+    parse_roi,
+    progress_bar,
+)
 
 PadMode = Literal["end", "symmetric"]
 Intensity = Literal["percentile", "fixed"]
@@ -104,19 +112,15 @@ def extent(
         summarize_efficiency,
         summarize_extents,
     )
-    from attnprobe.data.io import list_cases
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
-    from attnprobe.errors import ConfigError
     from attnprobe.models.registry import resolve_config
-    from attnprobe.workspace import resolve_data
+    from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading
     crops = parse_candidates(candidates) if candidates else default_candidates(arch, model_preset)
-    if limit is not None and limit < 1:
-        raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
-    source = resolve_data(data)
-    refs = list_cases(source, split=split if split != "all" else source.split)
-    refs = refs[:limit] if limit is not None else refs
+    check_limit(limit)
+    # "all" (the default) defers to the split a workspace dataset declares.
+    refs = list_data(data, split=None if split == "all" else split, limit=limit)
     config = PreprocessConfig(roi="full", pad_mode=pad_mode, spacing=spacing, intensity=intensity,
                               a_min=a_min, a_max=a_max)
     with progress_bar() as bar:

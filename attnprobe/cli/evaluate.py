@@ -25,6 +25,7 @@ import typer
 
 from attnprobe.cli.common import (
     check_device,
+    check_limit,
     console,
     ensure_dir,
     err_console,
@@ -42,10 +43,6 @@ CASE_COLUMNS = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to the app (called by :mod:`attnprobe.cli.app`)."""
     app.command("evaluate")(evaluate)
-
-
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
 
 
 def _nifti_ids(folder: Path, *, strip_label_suffix: bool) -> dict[str, Path]:
@@ -71,6 +68,7 @@ def _nifti_ids(folder: Path, *, strip_label_suffix: bool) -> dict[str, Path]:
 
 
 def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, Any]) -> list:
+    from attnprobe.data.arrays import affine_spacing
     from attnprobe.data.io import load_volume
     from attnprobe.errors import DataError
     from attnprobe.train.evaluate import evaluate_case
@@ -98,8 +96,8 @@ def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, An
                 raise DataError(f"prediction of case {case!r} is not on its label's grid",
                                 expected=f"shape {tuple(ref.shape)} and the label's affine",
                                 got=f"shape {tuple(pred.shape)}", fix="resample the prediction to the label grid")
-            results.append(evaluate_case(pred.numpy(), ref.numpy(), spacing=_spacing(ref.affine), case=case,
-                                         **metric_options))
+            results.append(evaluate_case(pred.numpy(), ref.numpy(), spacing=affine_spacing(ref.affine),
+                                         case=case, **metric_options))
             bar.update(task, advance=1, status=case)
     return results
 
@@ -127,13 +125,14 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                        intensity: str | None, a_min: float | None, a_max: float | None, spacing: float | None,
                        pad_mode: str | None, allow: bool, tta: bool, device: str, limit: int | None,
                        write: bool, out: Path, metric_options: dict[str, Any]) -> tuple[list, dict[str, Any]]:
-    from attnprobe.data.io import list_cases, load_volume
+    from attnprobe.data.arrays import affine_spacing
+    from attnprobe.data.io import load_volume
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.errors import ConfigError
     from attnprobe.models import load_checkpoint
     from attnprobe.train.evaluate import evaluate_case
     from attnprobe.train.inference import InferenceConfig, predict_case, write_prediction
-    from attnprobe.workspace import resolve_data, resolve_model
+    from attnprobe.workspace import list_data, resolve_data, resolve_model
 
     ref = resolve_model(model)
     net, report = load_checkpoint(ref.checkpoint, arch or ref.arch)
@@ -158,11 +157,9 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
     source = resolve_data(data)
     if split is None:
         split = "test" if Path(source).suffix.lower() == ".json" and source.split == "all" else source.split
-    refs = list_cases(source, split=split)  # type: ignore[arg-type]
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError("bad --limit", expected="a positive number of cases", got=str(limit))
-        refs = refs[:limit]
+    refs = list_data(source, split=split)  # type: ignore[arg-type]
+    check_limit(limit)  # after listing, as before: a bad data source is reported first
+    refs = refs[:limit] if limit is not None else refs
     results, unlabeled = [], []
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=len(refs), status="")
@@ -175,8 +172,9 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                 unlabeled.append(case_ref.case_id)
             else:
                 label = load_volume(case_ref.label, role="label")
-                results.append(evaluate_case(prediction.native_label(), label.numpy(), spacing=_spacing(label.affine),
-                                             case=case_ref.case_id, **metric_options))
+                results.append(evaluate_case(prediction.native_label(), label.numpy(),
+                                             spacing=affine_spacing(label.affine), case=case_ref.case_id,
+                                             **metric_options))
             bar.update(task, advance=1, status=case_ref.case_id)
     if unlabeled:
         err_console.print(f"{len(unlabeled)} case(s) without a label were predicted but not scored", highlight=False)

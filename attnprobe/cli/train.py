@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 import typer
 
-from attnprobe.cli.common import console, err_console, one_line_errors, parse_roi, progress_bar
+from attnprobe.cli.common import (
+    console,
+    err_console,
+    init_distributed,
+    one_line_errors,
+    parse_roi,
+    progress_bar,
+)
 
 Preset = Literal["base", "ta", "act", "scratch"]
 PadMode = Literal["end", "symmetric"]
@@ -79,9 +86,7 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
                           got="both")
-    dist.init_from_env(device=device)
-    if device.startswith("cuda") and dist.is_distributed():
-        device = f"cuda:{dist.local_rank()}"
+    device = init_distributed(device)
     main = dist.is_main()
     random_init = init is not None and init.lower() == "none"
     init_ref = None if random_init else init
@@ -140,9 +145,6 @@ def train(
 
 def _checkpoint_arch(path: Path) -> str | None:
     """Architecture stored in an attnprobe checkpoint (None: let the loader guess)."""
-    from attnprobe.models.checkpoints import META_KEY, read_checkpoint
+    from attnprobe.models.checkpoints import read_metadata
 
-    if path.is_dir():
-        return None
-    meta = read_checkpoint(path).get(META_KEY)
-    return meta.get("arch") if isinstance(meta, dict) else None
+    return None if path.is_dir() else read_metadata(path).get("arch")

@@ -9,7 +9,13 @@ import numpy as np
 
 from attnprobe.errors import ConfigError, ShapeError
 
-__all__ = ["check_spacing", "volume_3d"]
+__all__ = ["affine_spacing", "check_spacing", "volume_3d"]
+
+
+def affine_spacing(affine: Any) -> tuple[float, float, float]:
+    """Voxel size along each array axis: the lengths of the affine's first three columns."""
+    a = np.asarray(affine, dtype=float)
+    return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
 
 
 def volume_3d(a: Any, name: str, *, kind: str = "volume", fix: str) -> np.ndarray:

@@ -62,6 +62,7 @@ __all__ = [
     "case_id_from_path",
     "is_nifti",
     "as_volume",
+    "save_nifti",
 ]
 
 Split = Literal["all", "training", "validation", "test"]
@@ -423,6 +424,25 @@ def load_volume(path: str | os.PathLike[str], *, role: Literal["image", "label"]
             got=f"{type(err).__name__}: {err}",
         ) from err
     return _check_volume(vol, path, role)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write ``array`` as NIfTI with ``affine`` (voxel -> world, RAS mm) and return the path.
+
+    Units are millimetres and the affine goes into both the qform and the sform (code 1,
+    scanner coordinates), so every reader agrees on the geometry. Missing parent folders
+    are created; the data type is the array's.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
 
 
 def as_volume(data, affine, *, meta: dict | None = None) -> MetaTensor:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
+from attnprobe.data.io import save_nifti
 from attnprobe.errors import ConfigError, DataError
 
 Modality = Literal["mri", "ct"]
@@ -488,16 +489,6 @@ def _case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0])
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)  # scanner coordinates in both forms, so every reader agrees
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
 def write_phantom_dataset(out_dir: str | Path, *, n: int = 24, seed: int = 0,
                           modalities: Sequence[Modality] = MODALITIES,
                           split: Sequence[float] = (0.6, 0.2, 0.2),
@@ -574,12 +565,12 @@ def write_phantom_dataset(out_dir: str | Path, *, n: int = 24, seed: int = 0,
                            axial_range_mm=axial_range_mm, axial_extent_mm=None, spacing=spacing, shape=shape)
         tissue, tumor = _render_checked(an)  # once per case: both modalities share it
         label_rel = f"labels/{case}{ext}"
-        _save_nifti(tumor.astype(np.uint8), _affine(an), out / label_rel)
+        save_nifti(tumor.astype(np.uint8), _affine(an), out / label_rel)
         ph = None
         for m in mods:
             ph = _phantom(an, tissue, tumor, m, case)
             image_rel = f"images_{m}/{case}{ext}"
-            _save_nifti(ph.image, ph.affine, out / image_rel)
+            save_nifti(ph.image, ph.affine, out / image_rel)
             lists[m][split_of[i]].append({"image": image_rel, "label": label_rel, "case": case})
         manifest.append({"case": case, "split": split_of[i], "cluster": an.cluster,
                          "axial_extent_mm": ph.axial_extent_mm,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import torch
 
+from attnprobe.data.arrays import affine_spacing
 from attnprobe.data.io import CaseRef, Split, as_volume, case_id_from_path, list_cases, load_volume
 from attnprobe.errors import ConfigError, DataError, ShapeError
 
@@ -655,7 +656,7 @@ def _prepare(
     if label is not None:
         label_t = data["label"].as_tensor().round().clamp(0, 255).to(torch.uint8).contiguous()
     # Rounded: the affine carries float noise (0.9999999998 mm) that nobody means.
-    spacing = tuple(round(float(v), 6) for v in np.sqrt((out_affine[:3, :3] ** 2).sum(axis=0)))
+    spacing = tuple(round(v, 6) for v in affine_spacing(out_affine))
     return PreparedCase(
         case_id=case_id,
         image=image_t,

@@ -51,7 +51,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from attnprobe.data.arrays import affine_spacing
 from attnprobe.errors import ConfigError
+from attnprobe.models import ARCH_LABELS
 
 __all__ = [
     "Tier",
@@ -88,7 +90,6 @@ __all__ = [
 Tier = Literal["smoke", "quick", "full"]
 TIERS: tuple[Tier, ...] = get_args(Tier)
 ARCHS: tuple[str, ...] = ("swin_unetr", "smit")
-ARCH_LABELS = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
 
 PRETRAINED_FILES = {"swin_unetr": "swin_unetr_ct_tiny.pt", "smit": "smit_ct_tiny.pt"}
 """File name of each architecture's CT checkpoint in ``fixtures/pretrained``."""
@@ -613,11 +614,6 @@ def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], 
                           names=names)
 
 
-def _spacing_of(affine: Any) -> tuple[float, float, float]:
-    a = np.asarray(affine, dtype=float)
-    return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
-
-
 def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Sequence[int], spacing_mm: float | None,
                    split: str = "test", limit: int | None = None, window: tuple[float, float] | None = None,
                    on_case: Callable[[str], None] | None = None) -> list[Any]:
@@ -645,8 +641,8 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
             continue
         prediction = predict_case(model, prepare_case(ref, config), config=infer)
         label = load_volume(ref.label, role="label")
-        results.append(evaluate_case(prediction.native_label(), label.numpy(), spacing=_spacing_of(label.affine),
-                                     case=ref.case_id))
+        results.append(evaluate_case(prediction.native_label(), label.numpy(),
+                                     spacing=affine_spacing(label.affine), case=ref.case_id))
         if on_case is not None:
             on_case(ref.case_id)
     return results
@@ -712,7 +708,7 @@ def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
                 continue
             image = load_volume(ref.image, role="image")
             label = load_volume(ref.label, role="label")
-            yield ref.case_id, image.numpy(), label.numpy(), _spacing_of(image.affine)
+            yield ref.case_id, image.numpy(), label.numpy(), affine_spacing(image.affine)
 
     analysis = analyze_tumors(items())
     wide = analysis.wide

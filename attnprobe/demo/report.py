@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from attnprobe.errors import DataError
+from attnprobe.figures.discover import PRESET_ORDER, _json, _rel
+from attnprobe.figures.style import count
+from attnprobe.models import ARCH_LABELS
 
 __all__ = ["Block", "build_report", "render_markdown", "render_html", "write_report", "adi_table",
            "evaluation_table", "cka_table", "efficiency_table", "fmt_mean_sd"]
-
-_ARCH_LABELS = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,6 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "–"
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _count(n: Any, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n if n is not None else '?'} {noun}s"
-
-
 def _setting(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -108,8 +96,11 @@ def _trend(a: float, b: float, *, tol: float = 0.005) -> str:
 # --------------------------------------------------------------------------- tables from files
 
 
-def _adi_runs(run_dir: Path) -> list[tuple[str, pd.DataFrame]]:
-    """(label, stage-level frame) of every ``adi/*`` folder, in name order."""
+def _adi_runs(run_dir: Path) -> list[tuple[str, pd.DataFrame, str]]:
+    """(label, stage-level frame, input size) of every ``adi/*`` folder, in name order.
+
+    The input size is the sweep's ROI as ``"x×y×z"`` when ``adi.json`` records it, else ``"model-ROI"``.
+    """
     from attnprobe.metrics.aggregate import stage_means
 
     runs = []
@@ -118,7 +109,9 @@ def _adi_runs(run_dir: Path) -> list[tuple[str, pd.DataFrame]]:
             continue
         meta = _json(folder / "adi.json")
         frame = pd.read_csv(folder / "adi.csv")
-        runs.append((str(meta.get("label") or folder.name), stage_means(frame)))
+        roi = meta.get("roi")
+        roi_text = "×".join(str(v) for v in roi) if isinstance(roi, list) else "model-ROI"
+        runs.append((str(meta.get("label") or folder.name), stage_means(frame), roi_text))
     return runs
 
 
@@ -165,8 +158,6 @@ def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
 
 def evaluation_table(evals: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Header and rows: detection k/n, Dice mean ± sd, HD95 median [IQR] per backbone and preset."""
-    from attnprobe.figures.discover import PRESET_ORDER
-
     def key(e: Mapping[str, Any]) -> tuple[str, int, str]:
         s = e["summary"]
         preset = str(s.get("preset", e["name"]))
@@ -239,7 +230,7 @@ def efficiency_table(eff: pd.DataFrame) -> tuple[tuple[str, ...], list[tuple[str
     rows = []
     for (arch, crop), grp in eff.groupby(["arch", "candidate"], sort=False):
         by = grp.set_index("stage")
-        rows.append((_ARCH_LABELS.get(str(arch), str(arch)), str(crop).replace("x", "×"),
+        rows.append((ARCH_LABELS.get(str(arch), str(arch)), str(crop).replace("x", "×"),
                      *(_pct(by.loc[s, "efficiency_mean"], 1) for s in stages),
                      _pct(by.loc[stages[0], "empty_window_fraction_mean"], 1),
                      _pct(by.loc[stages[0], "axial_coverage"])))
@@ -292,14 +283,14 @@ def _models_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[An
         meta = info.get("info", {}) or {}
         spec = meta.get("spec", {}) or {}
         items.append(
-            f"{_ARCH_LABELS.get(arch, arch)}: `{Path(info.get('file', '?')).name}` ({info.get('origin', '?')}, "
+            f"{ARCH_LABELS.get(arch, arch)}: `{Path(info.get('file', '?')).name}` ({info.get('origin', '?')}, "
             f"{info.get('bytes', 0) / 1e6:.1f} MB), supervised tumor segmentation on {spec.get('n_cases', '?')} CT "
             f"phantoms of other cases (seed {spec.get('data_seed', '?')}) for {meta.get('steps', '?')} steps at "
             f"{'×'.join(str(v) for v in meta.get('roi', [])) or '?'} voxels, final loss {_num(meta.get('final_loss'))}.")
     ssl_items = []
     for arch, check in demo.get("ssl", {}).items():
         ssl_items.append(
-            f"{_ARCH_LABELS.get(arch, arch)}: the encoder re-exported as `{check.get('file')}` (self-supervised "
+            f"{ARCH_LABELS.get(arch, arch)}: the encoder re-exported as `{check.get('file')}` (self-supervised "
             f"layout `{check.get('format')}`) loads {check.get('matched')} of {check.get('encoder_keys')} encoder "
             f"tensors, {check.get('missing_backbone')} missing, "
             f"{'identical to' if check.get('identical') else 'DIFFERENT from'} the source; a naive "
@@ -324,8 +315,8 @@ def _models_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[An
                               "the demo re-exports each encoder in that layout and loads it back:"),
                    Block("list", items=tuple(ssl_items))]
     if runs:
-        blocks += [Block("p", f"**Fine-tuning on MRI** ({_count(settings.get('epochs'), 'epoch')}, "
-                              f"{_count(settings.get('num_samples'), 'pos/neg-balanced crop')} per volume, AdamW lr "
+        blocks += [Block("p", f"**Fine-tuning on MRI** ({count(settings.get('epochs'), 'epoch')}, "
+                              f"{count(settings.get('num_samples'), 'pos/neg-balanced crop')} per volume, AdamW lr "
                               f"{settings.get('lr', '?')}, DiceCE): `base` trains on the pretrained cube, `act` on the "
                               "anisotropic crop with tumor-aware intensity augmentation."),
                    Block("table", header=("run", "preset", "crop", "augmentation", "steps", "first loss",
@@ -338,8 +329,7 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
     if not runs:
         return []
     blocks = [Block("h2", "2. Attention dilution under padding")]
-    sentences = []
-    for label, stages in runs:
+    for label, stages, roi_text in runs:
         adi = stages[(stages["metric"] == "adi") & (stages["kind"] == "all")]
         paddings = sorted(adi["padding"].astype(float).unique())
         lo, hi = paddings[0], paddings[-1]
@@ -351,7 +341,7 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
         at_hi = adi[np.isclose(adi["padding"].astype(float), hi)].groupby("stage")["value"].mean()
         worst = int(at_hi.idxmax()) if len(at_hi) else 0
         n = adi["case"].nunique()
-        text = (f"**{label}** ({n} axially longest test cases, fixed {_roi_text(run_dir, label)} input, content "
+        text = (f"**{label}** ({n} axially longest test cases, fixed {roi_text} input, content "
                 f"shortened along z): "
                 f"stage-0 ADI {_trend(np.mean(s0_lo), np.mean(s0_hi))} from {fmt_mean_sd(s0_lo)} at {lo:g} voxels "
                 f"of padding to {fmt_mean_sd(s0_hi)} at {hi:g} voxels ({_pct(frac_hi)} of the input is padding); "
@@ -362,7 +352,6 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
         if all(v.size for v in kinds.values()):
             text += (f" Split by padding kind at {hi:g} voxels, stage 0 has ADI {fmt_mean_sd(kinds['input'])} "
                      f"from input padding and {fmt_mean_sd(kinds['window'])} from window padding.")
-        sentences.append(text)
         header, rows = adi_table(stages)
         blocks += [Block("p", text), Block("p", f"ADI per stage, all padding tokens, {label} (mean ± sd over {n} "
                                                 f"cases):"), Block("table", header=header, rows=tuple(rows))]
@@ -378,14 +367,6 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
                                  f"inputs) agree to "
                                  f"{worst_diff:.1e} over {rows} rows (SPEC §3 asks for 1e-5)."))
     return blocks + _figures_of(figures, "adi", "sfr", "flow", "attention", "store_flow")
-
-
-def _roi_text(run_dir: Path, label: str) -> str:
-    for folder in (run_dir / "adi").glob("*"):
-        meta = _json(folder / "adi.json")
-        if str(meta.get("label") or folder.name) == label and isinstance(meta.get("roi"), list):
-            return "×".join(str(v) for v in meta["roi"])
-    return "model-ROI"
 
 
 def _cka_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
@@ -447,11 +428,11 @@ def _efficiency_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequenc
         s0 = grp[grp["stage"] == grp["stage"].min()].set_index("candidate")["efficiency_mean"]
         if len(s0) >= 2:
             cube, best = s0.index[0], s0.idxmax()
-            sentences.append(f"for {_ARCH_LABELS.get(str(arch), arch)} the pretrained cube {cube.replace('x', '×')} "
+            sentences.append(f"for {ARCH_LABELS.get(str(arch), arch)} the pretrained cube {cube.replace('x', '×')} "
                              f"spends {_pct(s0[cube])} of its stage-0 tokens on real voxels and the "
                              f"{best.replace('x', '×')} crop {_pct(s0[best])}")
     recs = demo.get("recommendations", {})
-    rec_text = "; ".join(f"{_ARCH_LABELS.get(a, a)}: **{'×'.join(str(v) for v in r['roi'])}**, the {r['reason']}"
+    rec_text = "; ".join(f"{ARCH_LABELS.get(a, a)}: **{'×'.join(str(v) for v in r['roi'])}**, the {r['reason']}"
                          for a, r in recs.items())
     header, rows = efficiency_table(eff)
     text = ("Token efficiency is the share of real tokens among all tokens a block attends over (window padding "
@@ -498,9 +479,8 @@ def _details_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Bl
     settings = demo.get("settings")
     if settings:
         blocks.append(Block("p", "Settings: " + ", ".join(f"`{k}={_setting(v)}`" for k, v in settings.items()) + "."))
-    rest = [f for f in figures if getattr(f, "kind", None) not in
-            {"adi", "sfr", "flow", "attention", "store_flow", "cka", "reuse", "detection", "dice_hd95",
-             "efficiency", "tumors", "training"}]
+    shown = {kind for _, kind in _KIND_PREFIXES}  # the kinds the sections above show
+    rest = [f for f in figures if getattr(f, "kind", None) not in shown]
     return blocks + [Block("figure", figure=f) for f in rest]
 
 
@@ -577,16 +557,9 @@ def render_markdown(blocks: Sequence[Block], *, base: Path) -> str:
             lines.append("")
         elif b.kind == "figure":
             f = b.figure
-            rel = _relative(Path(f.path), base)
+            rel = _rel(Path(f.path), base)
             lines += [f"![{f.name}]({rel})", "", f"*Figure {f.name}.* {f.caption}", ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def _inline_html(text: str) -> str:

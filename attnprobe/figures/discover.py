@@ -39,7 +39,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -57,8 +57,6 @@ FIGURE_FORMATS: tuple[FigureFormat, ...] = get_args(FigureFormat)
 
 PRESET_ORDER = ("CT only", "scratch", "base", "ta", "act")
 """Left-to-right order of known presets in the evaluation figures (others follow)."""
-
-_ARCH_LABELS = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,8 @@ class RunContents:
 
 def _walk(root: Path, skip: Path | None) -> Iterator[tuple[Path, list[str], list[str]]]:
     """``os.walk`` that does not enter stores (``*.zarr``), hidden folders or ``skip``."""
+    from attnprobe.store import is_store
+
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         keep = []
@@ -133,7 +133,7 @@ def _walk(root: Path, skip: Path | None) -> Iterator[tuple[Path, list[str], list
             path = here / d
             if d.startswith(".") or (skip is not None and path.resolve() == skip):
                 continue
-            if d.endswith(".zarr") or (path / "zarr.json").is_file():
+            if d.endswith(".zarr") or is_store(path):
                 yield path, [], ["<store>"]
                 continue
             keep.append(d)
@@ -264,9 +264,11 @@ def _eval_labels(folder: Path, summary: dict[str, Any]) -> tuple[str, str]:
             except AttnprobeError:
                 meta = None
         if meta:
+            from attnprobe.models import ARCH_LABELS
+
             preset = preset or meta.get("preset")
             arch = meta.get("arch")
-            backbone = backbone or (_ARCH_LABELS.get(str(arch), arch) if arch else None)
+            backbone = backbone or (ARCH_LABELS.get(str(arch), arch) if arch else None)
     return str(preset or folder.name), str(backbone or "model")
 
 
@@ -294,6 +296,8 @@ def _preset_order(presets: Iterable[str]) -> list[str]:
 
 
 def _efficiency(found: RunContents) -> pd.DataFrame:
+    from attnprobe.models import ARCH_LABELS
+
     frames = []
     for path in found.efficiency:
         frame = pd.read_csv(path)
@@ -306,7 +310,7 @@ def _efficiency(found: RunContents) -> pd.DataFrame:
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
     if "arch" in data.columns:
-        data = data.assign(arch=[_ARCH_LABELS.get(str(a), str(a)) for a in data["arch"]])
+        data = data.assign(arch=[ARCH_LABELS.get(str(a), str(a)) for a in data["arch"]])
     return data
 
 
@@ -320,9 +324,9 @@ def _slug(text: str) -> str:
 class _Writer:
     """Saves figures with their captions, keeps the records, and collects skipped figures."""
 
-    def __init__(self, root: Path, out: Path, fmt: FigureFormat,
+    def __init__(self, out: Path, fmt: FigureFormat,
                  on_figure: Callable[[FigureRecord], None] | None) -> None:
-        self.root, self.out, self.fmt, self.on_figure = root, out, fmt, on_figure
+        self.out, self.fmt, self.on_figure = out, fmt, on_figure
         self.records: list[FigureRecord] = []
         self.skipped: list[tuple[str, str]] = []
         self.names: set[str] = set()
@@ -335,7 +339,7 @@ class _Writer:
         self.names.add(name)
         return name
 
-    def draw(self, name: str, kind: str, make: Callable[[], Any], caption: str | Callable[[], str],
+    def draw(self, name: str, kind: str, make: Callable[[], Any], caption: str,
              sources: Iterable[str]) -> None:
         import matplotlib.pyplot as plt
 
@@ -353,7 +357,7 @@ class _Writer:
                 fig.savefig(path, format=self.fmt, bbox_inches="tight")
         finally:
             plt.close(fig)
-        text = " ".join((caption() if callable(caption) else caption).split())
+        text = " ".join(caption.split())
         (self.out / f"{name}.txt").write_text(text + "\n")
         record = FigureRecord(name=name, path=path, caption=text, kind=kind, sources=tuple(sources))
         self.records.append(record)
@@ -527,11 +531,13 @@ def _draw_tumors(found: RunContents, w: _Writer) -> None:
 def _draw_stores(found: RunContents, w: _Writer) -> None:
     from attnprobe.figures import flow_matrices
     from attnprobe.metrics.aggregate import stage_means
-    from attnprobe.metrics.offline import store_flow
+    from attnprobe.metrics.offline import recorded_padding, store_flow
+    from attnprobe.store import open_store
 
     for store in found.stores:
         try:
-            frame = stage_means(store_flow(store))
+            tree = open_store(store, chunks={})  # opened once, as store_flow opens a path
+            frame = stage_means(store_flow(tree))
         except (AttnprobeError, OSError, ValueError, KeyError) as exc:
             w.skipped.append((f"store {store.name}", str(exc)))
             continue
@@ -539,7 +545,7 @@ def _draw_stores(found: RunContents, w: _Writer) -> None:
         name = store.name.removesuffix(".zarr")
         frame = frame.assign(model=name)
         n = count(_n_cases(frame), "case")
-        if _recorded_padding(store):
+        if recorded_padding(tree.attrs) is not None:
             where = f"at {padding:g} voxels of input padding (the amount recorded in the store)"
             title = f"{name}: attention flow at {padding:g} voxels of padding (offline, mean of {n})"
         else:
@@ -554,6 +560,7 @@ def _draw_stores(found: RunContents, w: _Writer) -> None:
 
 def _draw_training(found: RunContents, w: _Writer) -> None:
     from attnprobe.figures import training_curves
+    from attnprobe.models import ARCH_LABELS
 
     runs, sources = [], []
     for folder in found.training:
@@ -567,7 +574,7 @@ def _draw_training(found: RunContents, w: _Writer) -> None:
         config = _json(folder / "config.json")
         preset = str(config.get("preset") or folder.name)
         arch = config.get("arch")
-        backbone = _ARCH_LABELS.get(str(arch), str(arch)) if arch else "model"
+        backbone = ARCH_LABELS.get(str(arch), str(arch)) if arch else "model"
         runs.append(frame.assign(preset=preset, backbone=backbone))
         sources.append(_rel(folder / "metrics.csv", found.root))
     if not runs:
@@ -580,18 +587,6 @@ def _draw_training(found: RunContents, w: _Writer) -> None:
            f"Training loss (Dice + cross-entropy) per optimiser step of {count(len(runs), 'run')} (up to "
            f"{steps} steps), thin: per step, bold: 5-step trailing mean, one colour per preset{validation}.",
            sources)
-
-
-def _recorded_padding(store: Path) -> bool:
-    """Whether a capture store records the padding amount its inputs were built with."""
-    from attnprobe.store import open_store
-
-    try:
-        raw = open_store(store).attrs.get("padding")
-    except (AttnprobeError, OSError, ValueError, KeyError):
-        return False
-    return isinstance(raw, dict) and isinstance(raw.get("amount"), (int, float)) or (
-        isinstance(raw, (int, float)) and not isinstance(raw, bool))
 
 
 def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -629,16 +624,14 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
                           fix="pass --format png, pdf or svg")
     out = Path(out_dir)
     found = find_sources(run_dir, skip=out)
-    drawable = any((found.adi, found.cka, found.evaluations, found.efficiency, found.tumors, found.attention,
-                    found.training))
-    if not drawable and not (stores and found.stores):
+    if (found if stores else replace(found, stores=[])).empty():
         raise DataError(f"nothing to draw in {run_dir}",
                         expected="outputs of attnprobe adi (adi.csv), cka (cka.nc/cka.csv), evaluate (cases.csv + "
                                  "summary.json), train (metrics.csv), data extent (efficiency.csv), tumors.csv, "
                                  "attention .npz or capture stores (*.zarr)",
                         got="none of those files", fix="pass the folder given as --out to those commands")
     out.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(found.root, out, fmt, on_figure)
+    writer = _Writer(out, fmt, on_figure)
     _draw_adi(found, writer)
     _draw_attention(found, writer)
     _draw_cka(found, writer)

@@ -170,9 +170,9 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     return str(value)
 
 
-def count(n: int, noun: str) -> str:
-    """``"1 case"``, ``"3 cases"``: a number with its noun in the right number."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def count(n: int | None, noun: str) -> str:
+    """``"1 case"``, ``"3 cases"``: a number with its noun in the right number; ``"? cases"`` for ``None``."""
+    return f"{n} {noun}" if n == 1 else f"{'?' if n is None else n} {noun}s"
 
 
 def unique_in_order(values: Iterable[Any]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -52,8 +53,8 @@ def received_attention(
     if query == "real-mean":
         real = (kinds.to(mean.device) == REAL).float()  # (window, token)
         counts = real.sum(dim=1, keepdim=True)
+        # a window without a real query sums no row, so its keys get 0
         rows = (mean * real[..., None]).sum(dim=1) / counts.clamp(min=1)  # (window, key)
-        rows = rows * (counts > 0)
     else:
         hit = positions == int(query)
         if not hit.any():
@@ -63,8 +64,8 @@ def received_attention(
         rows = torch.zeros(geom.n_windows, geom.n_tokens, device=mean.device)
         rows[w] = mean[w, t]
     keep = positions >= 0
-    grid = torch.zeros(int(torch.tensor(geom.grid).prod()), device=mean.device)
-    grid.scatter_add_(0, positions[keep], rows[keep])
+    grid = torch.zeros(math.prod(geom.grid), device=mean.device)
+    grid[positions[keep]] = rows[keep]  # every grid token sits in exactly one window slot
     return grid.reshape(geom.grid)
 
 

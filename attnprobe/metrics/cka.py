@@ -200,9 +200,7 @@ def _centre(x: torch.Tensor, sub: torch.dtype, name: str, chunk: int = _ROW_CHUN
     acc = torch.zeros(x.shape[1], dtype=F64, device=x.device)
     for s in range(0, x.shape[0], chunk):
         acc += x[s:s + chunk].to(sub).sum(0).to(F64)
-    if not bool(torch.isfinite(acc).all()):
-        raise DataError(f"{name} holds NaN or inf", expected="finite values",
-                        got="non-finite entries", fix="drop or repair those examples first")
+    _check_finite(acc, name)
     return (acc / max(x.shape[0], 1)).to(sub)
 
 
@@ -735,11 +733,18 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
     stacked flattened centred Grams. Memory ``O((L1 + L2) n²)``.
     """
     _choice(kernel, "kernel", get_args(Kernel))
+    gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
+    return cka_matrix_from_grams(gx, gy, estimator=estimator)
+
+
+def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, threshold: float,
+                 gemm_dtype: GemmDtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One Gram per layer of each side (features named ``xs[i]`` / ``ys[j]``), all on one device."""
     dev = _device_of(*xs, *ys)
     kw = dict(kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
     gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(xs)]
     gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ys)]
-    return cka_matrix_from_grams(gx, gy, estimator=estimator)
+    return gx, gy
 
 
 # --------------------------------------------------------------------------- minibatch
@@ -790,9 +795,7 @@ class MinibatchCKA:
         """
         lx, ly = _layers(xs), _layers(ys)
         dev = _device_of(*lx, *ly)
-        kw = dict(kernel=self.kernel, threshold=self.threshold, gemm_dtype=self.gemm_dtype)
-        gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(lx)]
-        gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ly)]
+        gx, gy = _layer_grams(lx, ly, kernel=self.kernel, threshold=self.threshold, gemm_dtype=self.gemm_dtype)
         xy, xx, yy = _hsic_stack(gx, gy, "unbiased", dev, False)
         b = gx[0].shape[0]
         s = _hsic_scale(b, "unbiased")

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from torch import nn
 from attnprobe.errors import ConfigError, ShapeError, StoreError
 from attnprobe.metrics.pooling import pool_examples, tokens_as_examples
 from attnprobe.models.adapter import OUT_DIMS
+from attnprobe.store import as_tree, block_names
+from attnprobe.store.record import CaseLike
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -72,14 +74,6 @@ UNITS: tuple[str, ...] = ("pooled", "tokens")
 Triple = tuple[int, int, int]
 SPATIAL = ("x", "y", "z")
 _MIN_SIDE = 32  # every model input axis is a multiple of 32 (patch 2, four 2x merges)
-
-
-class CaseLike(Protocol):
-    """A prepared case: channel-first image and real-voxel mask, ``(1, x, y, z)``."""
-
-    case_id: str
-    image: torch.Tensor
-    mask: torch.Tensor
 
 
 # --------------------------------------------------------------------------- crops
@@ -230,14 +224,6 @@ def _block_order(name: str) -> tuple[int, int]:
     return int(stage.removeprefix("stage")), int(block.removeprefix("block"))
 
 
-def _open(store: str | Path | xr.DataTree) -> xr.DataTree:
-    if isinstance(store, str | Path):
-        from attnprobe.store import open_store
-
-        return open_store(store)
-    return store
-
-
 def store_blocks(store: str | Path | xr.DataTree) -> list[str]:
     """Blocks of a store that hold ``out``, in model order.
 
@@ -246,9 +232,7 @@ def store_blocks(store: str | Path | xr.DataTree) -> list[str]:
     StoreError
         When no block output was captured (only attention taps).
     """
-    from attnprobe.store import block_names
-
-    tree = _open(store)
+    tree = as_tree(store)
     names = [b for b in block_names(tree) if "out" in tree[b].dataset.data_vars]
     if not names:
         raise StoreError("the store holds no block outputs",
@@ -260,7 +244,7 @@ def store_blocks(store: str | Path | xr.DataTree) -> list[str]:
 
 def store_case_ids(store: str | Path | xr.DataTree) -> list[str]:
     """Case ids of the finished samples of a store, in store order."""
-    tree = _open(store)
+    tree = as_tree(store)
     done = np.asarray(tree["done"].values, dtype=bool)
     return [str(c) for c, d in zip(tree["case"].values, done, strict=True) if d]
 
@@ -275,7 +259,7 @@ def _out_array(tree: xr.DataTree, block: str) -> xr.DataArray:
 
 def store_channels(store: str | Path | xr.DataTree) -> dict[str, int]:
     """Channels of every block output of a store: block name -> ``C``."""
-    tree = _open(store)
+    tree = as_tree(store)
     return {b: int(_out_array(tree, b).sizes["channel"]) for b in store_blocks(tree)}
 
 
@@ -308,9 +292,10 @@ def store_outputs(store: str | Path | xr.DataTree, case_ids: Sequence[str] | Non
     StoreError
         Unknown or unfinished case ids, blocks without ``out``.
     """
-    tree = _open(store)
-    names = list(blocks) if blocks is not None else store_blocks(tree)
-    available = set(store_blocks(tree))
+    tree = as_tree(store)
+    with_out = store_blocks(tree)
+    names = list(blocks) if blocks is not None else with_out
+    available = set(with_out)
     missing = [b for b in names if b not in available]
     if missing:
         raise StoreError("blocks without 'out' in the store", expected=f"among {sorted(available)}",

@@ -57,6 +57,7 @@ __all__ = [
     "HeadMode",
     "FlowResult",
     "FlowAccumulator",
+    "accumulators_to",
     "attention_flow",
 ]
 
@@ -123,23 +124,39 @@ class FlowResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("padding", "heads")}
 
 
-def check_reduction_options(heads: object, padding_kinds: Sequence[object]) -> None:
-    """Check the ``heads`` and ``padding_kinds`` options shared by the flow reducers (online and offline)."""
-    if heads not in HEAD_MODES:
-        raise ConfigError("unknown heads option", expected=" | ".join(map(repr, HEAD_MODES)), got=repr(heads))
-    bad = [k for k in padding_kinds if k not in PADDING_KINDS]
-    if bad or not padding_kinds:
-        raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
-                          got=repr(list(padding_kinds)))
-
-
-def _check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
+def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(
             f"unknown {name} option",
             expected=" | ".join(repr(a) for a in allowed),
             got=repr(value),
             fix=f"pass {name}= one of the allowed values",
+        )
+
+
+def check_reduction_options(heads: object, padding_kinds: Sequence[object]) -> None:
+    """Check the ``heads`` and ``padding_kinds`` options shared by the flow reducers (online and offline)."""
+    check_option("heads", heads, HEAD_MODES)
+    bad = [k for k in padding_kinds if k not in PADDING_KINDS]
+    if bad or not padding_kinds:
+        raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
+                          got=repr(list(padding_kinds)))
+
+
+def check_kind_codes(kinds: torch.Tensor) -> None:
+    """Raise :class:`DataError` if ``kinds`` holds a code other than REAL, INPUT_PAD, WINDOW_PAD.
+
+    One device sync; a bad code would otherwise vanish silently from every class.
+    """
+    bad_mask = (kinds < REAL) | (kinds > WINDOW_PAD)
+    if bool(bad_mask.any()):
+        bad = torch.unique(kinds[bad_mask]).tolist()
+        raise DataError(
+            "unknown token kind codes",
+            expected="codes in {0 (real), 1 (input padding), 2 (window padding)}",
+            got=f"codes {bad[:5]}",
+            fix="build kinds with the constants in attnprobe.tokens",
         )
 
 
@@ -189,15 +206,9 @@ def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor, *, check_codes: bool
             fix="push the block's token kinds through the same pad/roll/partition as the features",
         )
     kinds = kinds.to(probs.device)
-    # One sync per call; cheap next to the forward, and a bad code would otherwise vanish silently.
-    if check_codes and bool(((kinds < REAL) | (kinds > WINDOW_PAD)).any()):
-        bad = torch.unique(kinds[(kinds < REAL) | (kinds > WINDOW_PAD)]).tolist()
-        raise DataError(
-            "unknown token kind codes",
-            expected="codes in {0 (real), 1 (input padding), 2 (window padding)}",
-            got=f"codes {bad[:5]}",
-            fix="build kinds with the constants in attnprobe.tokens",
-        )
+    if check_codes:
+        # One sync per call; cheap next to the forward, and a bad code would otherwise vanish silently.
+        check_kind_codes(kinds)
     return kinds.expand(want)
 
 
@@ -279,8 +290,8 @@ class FlowAccumulator:
     """
 
     def __init__(self, *, padding: PaddingKind = "all", heads: HeadMode = "mean") -> None:
-        _check_option("padding", padding, PADDING_KINDS)
-        _check_option("heads", heads, HEAD_MODES)
+        check_option("padding", padding, PADDING_KINDS)
+        check_option("heads", heads, HEAD_MODES)
         self.padding: PaddingKind = padding
         self.heads: HeadMode = heads
         self._flow: torch.Tensor | None = None
@@ -358,7 +369,7 @@ class FlowAccumulator:
             for the 0 conventions on empty query sets.
         """
         padding = self.padding if padding is None else padding
-        _check_option("padding", padding, PADDING_KINDS)
+        check_option("padding", padding, PADDING_KINDS)
         if self._flow is None:
             raise DataError("no windows were accumulated", fix="call update() before result()")
         flow, ent, count = self._flow, self._ent, self._count
@@ -392,6 +403,37 @@ class FlowAccumulator:
             h=out(h), h_rp=out(h_rp), adi=out(adi),
             n_real_queries=n_real, n_pad_queries=n_pad, padding=padding, heads=self.heads,
         )
+
+
+def accumulators_to(accumulators: Sequence[FlowAccumulator], device: str | torch.device) -> list[FlowAccumulator]:
+    """Copies of ``accumulators`` with their state on ``device``, moved in one copy per dtype.
+
+    The state of every accumulator (a few small tensors each) is concatenated per (device,
+    dtype) and moved at once, so moving the accumulators of a whole forward costs one sync
+    instead of one per tensor. State already on ``device`` is shared, not copied; the values
+    are unchanged, so :meth:`FlowAccumulator.result` gives the same numbers.
+    """
+    device = torch.device(device)
+    out = [FlowAccumulator(padding=a.padding, heads=a.heads) for a in accumulators]
+    states = [(a._flow, a._ent, a._count) if a._flow is not None else None for a in accumulators]
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, int]]] = {}
+    for i, state in enumerate(states):
+        for k, t in enumerate(state or ()):
+            groups.setdefault((t.device, t.dtype), []).append((i, k))
+    moved: list[list[torch.Tensor | None]] = [[None, None, None] for _ in accumulators]
+    for (src, _), slots in groups.items():
+        parts = [states[i][k] for i, k in slots]  # type: ignore[index]
+        if src == device:
+            flat_parts: Sequence[torch.Tensor] = parts
+        else:
+            flat = torch.cat([t.reshape(-1) for t in parts]).to(device)
+            flat_parts = [f.reshape(t.shape) for f, t in zip(flat.split([t.numel() for t in parts]), parts)]
+        for (i, k), t in zip(slots, flat_parts):
+            moved[i][k] = t
+    for acc, (flow, ent, count), state in zip(out, moved, states):
+        if state is not None:
+            acc._flow, acc._ent, acc._count = flow, ent, count
+    return out
 
 
 def attention_flow(

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,10 +26,12 @@ import xarray as xr
 
 from attnprobe.capture.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.errors import ConfigError, StoreError
-from attnprobe.metrics.flow import FlowAccumulator, HeadMode, check_reduction_options
+from attnprobe.metrics.flow import FlowAccumulator, HeadMode, check_kind_codes, check_reduction_options
+from attnprobe.store import as_tree, block_names
+from attnprobe.store.writer import CHUNK_BYTES
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
 
-__all__ = ["OfflineStats", "store_flow", "store_flow_records"]
+__all__ = ["OfflineStats", "recorded_padding", "store_flow", "store_flow_records"]
 
 
 @dataclass
@@ -63,17 +65,9 @@ class OfflineStats:
         return self.attn_bytes / 1e9 / self.seconds if self.seconds > 0 else math.nan
 
 
-def _open(store: str | os.PathLike[str] | xr.DataTree) -> xr.DataTree:
-    if isinstance(store, xr.DataTree):
-        return store
-    from attnprobe.store import open_store
-
-    # chunks={} keeps the store's own chunking (one sample x a few windows) as dask chunks.
-    return open_store(Path(store), chunks={})
-
-
 def _window_bounds(attn: xr.DataArray) -> list[tuple[int, int]]:
-    """Window ranges of the array's chunks: dask chunks, else the store's own chunking, else ~8 MiB."""
+    """Window ranges of the array's chunks: dask chunks, else the store's own chunking, else the
+    writer's rule (about :data:`~attnprobe.store.writer.CHUNK_BYTES` a chunk)."""
     n_win = attn.sizes["window"]
     axis = attn.get_axis_num("window")
     if attn.chunks is not None:
@@ -87,7 +81,7 @@ def _window_bounds(attn: xr.DataArray) -> list[tuple[int, int]]:
             step = stored
         else:
             per_window = int(np.prod([attn.sizes[d] for d in ("head", "query", "key")])) * attn.dtype.itemsize
-            step = max(1, (8 << 20) // max(per_window, 1))
+            step = max(1, CHUNK_BYTES // max(per_window, 1))
         sizes = [min(step, n_win - w) for w in range(0, n_win, step)]
     edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
@@ -109,14 +103,30 @@ def _per_sample_attr(tree: xr.DataTree, name: str, n: int) -> list[float] | None
     return [float(v) for v in values]
 
 
-def _store_padding(tree: xr.DataTree) -> float:
-    # Captures record {"mode": ...}; a sweep capture may add the amount in voxels.
-    raw = tree.attrs.get("padding")
+def recorded_padding(attrs: Mapping[str, Any]) -> int | float | None:
+    """The padding amount (voxels) a store's attributes record, or ``None`` when they hold none.
+
+    Captures record ``padding = {"mode": ...}``; a capture of sweep inputs adds ``"amount"``
+    (a bare number is accepted too).
+    """
+    raw = attrs.get("padding")
     if isinstance(raw, dict):
         raw = raw.get("amount")
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return int(raw) if float(raw).is_integer() else float(raw)
-    return 0
+    return None
+
+
+def _store_padding(tree: xr.DataTree) -> int | float:
+    amount = recorded_padding(tree.attrs)
+    return 0 if amount is None else amount
+
+
+def _block_ids(attrs: Mapping[str, Any], name: str) -> tuple[int, int]:
+    """``(stage, block)`` of a block node: its attrs, else parsed from ``stage{s}.block{b}``."""
+    stage = int(attrs.get("stage", name.split(".")[0].removeprefix("stage")))
+    block = int(attrs.get("block", name.split(".")[1].removeprefix("block")))
+    return stage, block
 
 
 def _load(array: xr.DataArray, sample: int, w0: int | None = None, w1: int | None = None) -> np.ndarray:
@@ -153,9 +163,8 @@ def store_flow_records(
         holding attention maps, metrics on the CPU.
     """
     check_reduction_options(heads, padding_kinds)
-    from attnprobe.store import block_names
-
-    tree = _open(store)
+    # chunks={} keeps the store's own chunking (one sample x a few windows) as dask chunks.
+    tree = as_tree(store, chunks={})
     names = [n for n in block_names(tree) if "attn" in tree[n].dataset]
     if blocks is not None:
         unknown = sorted(set(blocks) - set(names))
@@ -189,6 +198,7 @@ def store_flow_records(
 
     nodes = {name: tree[name].dataset for name in names}
     bounds = {name: _window_bounds(nodes[name]["attn"]) for name in names}
+    ids = {name: _block_ids(tree[name].attrs, name) for name in names}
     jobs = [(s, name, w0, w1) for s in np.flatnonzero(done).tolist() for name in names for w0, w1 in bounds[name]]
 
     start = time.perf_counter()
@@ -211,15 +221,14 @@ def store_flow_records(
             if w0 == 0:
                 acc = FlowAccumulator(heads=heads)
                 kinds = torch.from_numpy(_load(nodes[name]["attn_kind"], s)).to(device)
+                check_kind_codes(kinds)  # once per (sample, block), not per chunk
             stats.attn_bytes += chunk.nbytes
             stats.chunks += 1
             stats.largest_chunk_bytes = max(stats.largest_chunk_bytes, chunk.nbytes)
             probs = torch.from_numpy(chunk).to(device)
-            acc.update(probs[None], kinds[None, w0:w1])  # type: ignore[union-attr, index]
+            acc.update(probs[None], kinds[None, w0:w1], trusted_kinds=True)  # type: ignore[union-attr, index]
             if w1 == bounds[name][-1][1]:
-                stage = int(tree[name].attrs.get("stage", name.split(".")[0].removeprefix("stage")))
-                block = int(tree[name].attrs.get("block", name.split(".")[1].removeprefix("block")))
-                per_block[name] = BlockFlow(stage, block, {
+                per_block[name] = BlockFlow(*ids[name], {
                     k: result_to_cpu(acc.result(padding=k)) for k in padding_kinds  # type: ignore[union-attr]
                 })
                 if name == names[-1]:
@@ -290,4 +299,6 @@ def store_flow(
     records = store_flow_records(store, heads=heads, padding_kinds=padding_kinds, blocks=blocks, padding=padding,
                                  pad_fraction=pad_fraction, device=device, read_ahead=read_ahead, stats=stats,
                                  on_sample=on_sample)
+    # Drain the records first: building the frame interleaved with the reads would count its
+    # time in stats.seconds (and lower the reported GB/s).
     return flows_to_frame(list(records))

@@ -39,7 +39,15 @@ import torch
 
 from attnprobe import dist
 from attnprobe.errors import ConfigError, DataError, StoreError
-from attnprobe.metrics.cka import GemmDtype, Kernel, MinibatchCKA, StreamingLinearCKA, cka_matrix, cka_summary
+from attnprobe.metrics.cka import (
+    GemmDtype,
+    Kernel,
+    MinibatchCKA,
+    StreamingLinearCKA,
+    _check_threshold,
+    cka_matrix,
+    cka_summary,
+)
 from attnprobe.metrics.features import (
     UNITS,
     BlockOutputs,
@@ -139,9 +147,7 @@ class CKAConfig:
         if not isinstance(self.batch_size, int | np.integer) or self.batch_size < _MIN_BATCH:
             raise ConfigError("bad minibatch size", expected=f"an integer >= {_MIN_BATCH}",
                               got=repr(self.batch_size), fix="use e.g. --batch-size 32")
-        if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold)
-                and self.threshold > 0):
-            raise ConfigError("bad RBF threshold", expected="a positive number", got=repr(self.threshold))
+        _check_threshold(self.threshold)
 
     def as_attrs(self) -> dict[str, Any]:
         """The options as netCDF-friendly attributes."""
@@ -295,6 +301,14 @@ class TokenPairs:
         _check_pair(ref, tgt)
         _check_blocks(ref, self.ref_blocks, "reference")
         _check_blocks(tgt, self.tgt_blocks, "target")
+        # Checked for every block pair before any update, so a mismatch leaves the state untouched.
+        tgt_samples = [tgt.outputs[b].shape[0] for b in self.tgt_blocks]
+        for a in self.ref_blocks:
+            n = ref.outputs[a].shape[0]
+            other = next((m for m in tgt_samples if m != n), None)
+            if other is not None:
+                raise DataError("reference and target hold different sample counts",
+                                expected=str(n), got=str(other))
         cache: dict[tuple[str, str, tuple[int, ...]], torch.Tensor] = {}
 
         def rows(side: str, out: torch.Tensor, block: str, grid: tuple[int, ...]) -> torch.Tensor:
@@ -307,9 +321,6 @@ class TokenPairs:
             x_out = ref.outputs[a]
             for j, b in enumerate(self.tgt_blocks):
                 y_out = tgt.outputs[b]
-                if x_out.shape[0] != y_out.shape[0]:
-                    raise DataError("reference and target hold different sample counts",
-                                    expected=str(x_out.shape[0]), got=str(y_out.shape[0]))
                 grid = tuple(min(u, v) for u, v in zip(x_out.shape[1:4], y_out.shape[1:4], strict=True))
                 self._acc[i][j].update(rows("ref", x_out, a, grid), rows("tgt", y_out, b, grid))
         self.examples += 1
@@ -442,8 +453,9 @@ def pair_by_case_id(ref_ids: Sequence[str], tgt_ids: Sequence[str], *, what: str
         if len(set(ids)) != len(ids):
             raise DataError(f"case ids repeat in the {side} {what}", expected="unique case ids",
                             got=str(sorted({c for c in ids if list(ids).count(c) > 1})[:4]))
-    only_ref = [c for c in ref_ids if c not in set(tgt_ids)]
-    only_tgt = [c for c in tgt_ids if c not in set(ref_ids)]
+    ref_set, tgt_set = set(ref_ids), set(tgt_ids)
+    only_ref = [c for c in ref_ids if c not in tgt_set]
+    only_tgt = [c for c in tgt_ids if c not in ref_set]
     if only_ref or only_tgt:
         raise DataError(f"the reference and target {what} hold different cases",
                         expected="the same case ids on both sides (paired by case id)",
@@ -598,11 +610,10 @@ def compare_stores(ref_store: str | Path | xr.DataTree, tgt_store: str | Path | 
     StoreError
         A store without block outputs, or stores of different input sizes.
     """
-    from attnprobe.store import open_store
+    from attnprobe.store import as_tree
 
     config = config or CKAConfig()
-    ref_tree = open_store(ref_store) if isinstance(ref_store, str | Path) else ref_store
-    tgt_tree = open_store(tgt_store) if isinstance(tgt_store, str | Path) else tgt_store
+    ref_tree, tgt_tree = as_tree(ref_store), as_tree(tgt_store)
     ref_ids, tgt_ids = store_case_ids(ref_tree), store_case_ids(tgt_tree)
     pair_by_case_id(ref_ids, tgt_ids, what="stores")
     ref_roi, tgt_roi = ref_tree.attrs.get("roi"), tgt_tree.attrs.get("roi")

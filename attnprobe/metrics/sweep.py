@@ -25,10 +25,10 @@ preprocessing included), exact. On the other axes the case is used as prepared.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from numbers import Integral
-from typing import Literal, Protocol
+from typing import Literal, get_args
 
 import pandas as pd
 import torch
@@ -36,10 +36,13 @@ from torch import nn
 
 from attnprobe.capture.probe import Probe
 from attnprobe.capture.reducers import FlowReducer, FlowTag
+from attnprobe.data.preprocess import PadMode
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import model_means, stage_means, sweep_summary
-from attnprobe.metrics.flow import HeadMode
+from attnprobe.metrics.flow import HeadMode, check_option
+from attnprobe.models.adapter import Adapter
 from attnprobe.models.registry import adapter_for
+from attnprobe.store.record import CaseLike
 
 __all__ = [
     "SweepAxis",
@@ -56,23 +59,9 @@ __all__ = [
 
 SweepAxis = Literal["x", "y", "z"]
 SweepMode = Literal["fixed-roi", "grow"]
-PadMode = Literal["end", "symmetric"]
 _AXES: tuple[SweepAxis, ...] = ("x", "y", "z")
 _MODES: tuple[SweepMode, ...] = ("fixed-roi", "grow")
-_PAD_MODES: tuple[PadMode, ...] = ("end", "symmetric")
-
-
-class CaseLike(Protocol):
-    """A prepared case (:class:`attnprobe.data.preprocess.PreparedCase` or alike)."""
-
-    case_id: str
-    image: torch.Tensor  # (1, x, y, z) float
-    mask: torch.Tensor  # (1, x, y, z) bool, True on real voxels
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name}", expected=" | ".join(map(repr, allowed)), got=repr(value))
+_PAD_MODES: tuple[PadMode, ...] = get_args(PadMode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,9 +90,9 @@ class SweepSpec:
     multiple: int = 32
 
     def __post_init__(self) -> None:
-        _choice("axis", self.axis, _AXES)
-        _choice("pad mode", self.pad_mode, _PAD_MODES)
-        _choice("sweep mode", self.mode, _MODES)
+        check_option("axis", self.axis, _AXES)
+        check_option("pad mode", self.pad_mode, _PAD_MODES)
+        check_option("sweep mode", self.mode, _MODES)
         values = tuple(self.paddings)
         if not values or any(not isinstance(p, Integral) or isinstance(p, bool) or p < 0 for p in values):
             raise ConfigError("bad padding sweep", expected="one or more non-negative integers (voxels)",
@@ -173,6 +162,11 @@ class SweptInput:
     pad_fraction: float
 
 
+def _pad_fraction(mask: torch.Tensor) -> float:
+    """Share of the voxels of a bool mask that are padding (False)."""
+    return (mask.numel() - int(mask.sum())) / mask.numel()  # padding count first: exact ratio
+
+
 def _span(mask_1d: torch.Tensor) -> tuple[int, int] | None:
     idx = torch.nonzero(mask_1d).flatten()
     return (int(idx[0]), int(idx[-1]) + 1) if idx.numel() else None
@@ -233,9 +227,7 @@ def swept_input(case: CaseLike, padding: int, spec: SweepSpec) -> SweptInput:
         raise ShapeError("a prepared case needs image and mask of one shape (1, x, y, z)",
                          got=f"image {tuple(image.shape)}, mask {tuple(mask.shape)}",
                          fix="prepare cases with attnprobe.data.preprocess.prepare_case")
-    single = SweepSpec(paddings=(int(padding),), axis=spec.axis, pad_mode=spec.pad_mode, mode=spec.mode,
-                       multiple=spec.multiple)
-    single.check_shape(image.shape[1:])
+    replace(spec, paddings=(int(padding),)).check_shape(image.shape[1:])
     axis = spec.axis_index
     size = int(image.shape[axis + 1])
     mask = mask.bool()
@@ -249,8 +241,33 @@ def swept_input(case: CaseLike, padding: int, spec: SweepSpec) -> SweptInput:
     image = _place(image.to(torch.float32), axis, target, spec.pad_mode)
     mask = _place(mask, axis, target, spec.pad_mode)
     image = image * mask  # padding reads 0, even where the case had non-zero padding
-    fraction = (mask.numel() - int(mask.sum())) / mask.numel()  # padding count first: exact ratio
-    return SweptInput(str(case.case_id), int(padding), image.contiguous(), mask.contiguous(), fraction)
+    return SweptInput(str(case.case_id), int(padding), image.contiguous(), mask.contiguous(), _pad_fraction(mask))
+
+
+def _online_flow(
+    model: nn.Module,
+    inputs: Iterable[tuple[torch.Tensor, torch.Tensor, FlowTag]],
+    *,
+    heads: HeadMode,
+    device: str | torch.device,
+    adapter: Adapter | None = None,
+    on_step: Callable[[str, int], None] | None = None,
+) -> pd.DataFrame:
+    """Run ``(image, mask, tag)`` inputs (``(1, x, y, z)`` each, one case per forward) through the
+    model with an online :class:`FlowReducer`; the block-level tidy frame.
+
+    ``inputs`` is consumed inside the probe and ``no_grad``, one input per forward; ``on_step``
+    gets ``(case id, padding)`` of the tag after each forward.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    reducer = FlowReducer(heads=heads)
+    with torch.no_grad(), Probe(model, ["*.attn"], sinks=[reducer], keep=False, adapter=adapter) as probe:
+        for image, mask, tag in inputs:
+            probe.run(image[None].to(device=device, dtype=torch.float32), mask=mask[None].to(device), tag=tag)
+            if on_step is not None:
+                on_step(tag.cases[0], tag.padding)  # type: ignore[arg-type]
+    return reducer.frame()
 
 
 def padding_sweep(
@@ -289,22 +306,17 @@ def padding_sweep(
     spec = spec or SweepSpec()
     adapter = adapter_for(model)
     if spec.multiple != adapter.input_multiple:
-        spec = SweepSpec(paddings=spec.paddings, axis=spec.axis, pad_mode=spec.pad_mode, mode=spec.mode,
-                         multiple=adapter.input_multiple)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    reducer = FlowReducer(heads=heads)
-    with torch.no_grad(), Probe(model, ["*.attn"], sinks=[reducer], keep=False, adapter=adapter) as probe:
+        spec = replace(spec, multiple=adapter.input_multiple)
+
+    def inputs(sweep: SweepSpec) -> Iterator[tuple[torch.Tensor, torch.Tensor, FlowTag]]:
         for case in cases:
             # Fail on the whole sweep of a case before its first forward.
-            spec.check_shape(case.image.shape[1:])
-            for p in spec.paddings:
-                item = swept_input(case, p, spec)
-                probe.run(item.image[None].to(device), mask=item.mask[None].to(device),
-                          tag=FlowTag(cases=(item.case_id,), padding=p, pad_fraction=item.pad_fraction))
-                if on_step is not None:
-                    on_step(item.case_id, p)
-    return reducer.frame()
+            sweep.check_shape(case.image.shape[1:])
+            for p in sweep.paddings:
+                item = swept_input(case, p, sweep)
+                yield item.image, item.mask, FlowTag(cases=(item.case_id,), padding=p, pad_fraction=item.pad_fraction)
+
+    return _online_flow(model, inputs(spec), heads=heads, device=device, adapter=adapter, on_step=on_step)
 
 
 def prepared_flow(
@@ -321,18 +333,12 @@ def prepared_flow(
     :func:`attnprobe.metrics.offline.store_flow` gives on a capture of the same cases.
     Parameters and return value as in :func:`padding_sweep`.
     """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    reducer = FlowReducer(heads=heads)
-    with torch.no_grad(), Probe(model, ["*.attn"], sinks=[reducer], keep=False) as probe:
+    def inputs() -> Iterator[tuple[torch.Tensor, torch.Tensor, FlowTag]]:
         for case in cases:
             mask = case.mask.bool()
-            fraction = (mask.numel() - int(mask.sum())) / mask.numel()  # padding count first: exact ratio
-            probe.run(case.image[None].to(device=device, dtype=torch.float32), mask=mask[None].to(device),
-                      tag=FlowTag(cases=(str(case.case_id),), padding=0, pad_fraction=fraction))
-            if on_step is not None:
-                on_step(str(case.case_id), 0)
-    return reducer.frame()
+            yield case.image, mask, FlowTag(cases=(str(case.case_id),), padding=0, pad_fraction=_pad_fraction(mask))
+
+    return _online_flow(model, inputs(), heads=heads, device=device, on_step=on_step)
 
 
 @dataclass(frozen=True, eq=False)

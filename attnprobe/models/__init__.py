@@ -5,6 +5,7 @@ from attnprobe.models import swin_unetr as _swin_unetr  # noqa: F401  (registers
 from attnprobe.models.adapter import ATTN_DIMS, KIND_DIMS, OUT_DIMS, Adapter, BlockGeometry, BlockRef, TapSpec
 from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_checkpoint
 from attnprobe.models.registry import (
+    ARCH_LABELS,
     adapter_for,
     available_architectures,
     build_model,
@@ -16,5 +17,5 @@ from attnprobe.models.registry import (
 __all__ = [
     "ATTN_DIMS", "KIND_DIMS", "OUT_DIMS", "Adapter", "BlockGeometry", "BlockRef", "TapSpec",
     "LoadReport", "load_checkpoint", "read_checkpoint", "adapter_for", "available_architectures",
-    "build_model", "get_adapter", "register_adapter", "resolve_config",
+    "build_model", "get_adapter", "register_adapter", "resolve_config", "ARCH_LABELS",
 ]

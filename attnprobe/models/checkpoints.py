@@ -90,6 +90,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return dict(obj)
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The attnprobe metadata of a checkpoint (``arch``, ``config``, ``train``, ...); ``{}`` when it has none.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`read_checkpoint`.
+    """
+    meta = read_checkpoint(path).get(META_KEY)
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def _guess_arch(raw: Mapping[str, Any]) -> str:
     best, best_hits = None, 0
     for arch in available_architectures():

@@ -12,6 +12,9 @@ from attnprobe.models.adapter import Adapter
 
 _ADAPTERS: dict[str, Adapter] = {}
 
+ARCH_LABELS: dict[str, str] = {"swin_unetr": "Swin UNETR", "smit": "SMIT"}
+"""Display names of the built-in architectures (figures, reports); others show their registry name."""
+
 
 def register_adapter(adapter: Adapter | type[Adapter]) -> Adapter:
     """Register an adapter (instance or class) under its ``name``; usable as a decorator."""

@@ -52,6 +52,17 @@ def open_store(path: str | Path, *, chunks: Any = None) -> xr.DataTree:
     return xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks=chunks)
 
 
+def as_tree(store: str | Path | xr.DataTree, *, chunks: Any = None) -> xr.DataTree:
+    """A DataTree as given, or the store at a path opened with :func:`open_store`."""
+    return store if isinstance(store, xr.DataTree) else open_store(store, chunks=chunks)
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a zarr v3 group folder (it holds ``zarr.json``); a checkpoint is a file."""
+    path = Path(path)
+    return path.is_dir() and (path / "zarr.json").is_file()
+
+
 def block_names(tree: xr.DataTree) -> list[str]:
     """Block nodes of a store in model order (stage, then block)."""
     names = [n for n in tree.children if n.startswith("stage")]

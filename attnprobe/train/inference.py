@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnprobe.data.io import save_nifti
 from attnprobe.data.preprocess import PreparedCase, validate_roi
 from attnprobe.errors import ConfigError, ShapeError
 
@@ -149,6 +150,7 @@ def sliding_window_probs(model: nn.Module, image: torch.Tensor, *, config: Infer
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     use_amp = config.amp and dev.type == "cuda"
     flips = config.tta_flips if config.tta else ((),)
+    image = image.to(dev)  # once, not once per flip
     was_training = model.training
     model.eval()
     total = None
@@ -156,8 +158,7 @@ def sliding_window_probs(model: nn.Module, image: torch.Tensor, *, config: Infer
         with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=use_amp):
             for flip in flips:
                 dims = [a + 2 for a in flip]
-                x = image.to(dev)
-                x = torch.flip(x, dims) if dims else x
+                x = torch.flip(image, dims) if dims else image
                 logits = sliding_window_inference(x, config.roi, config.sw_batch_size, model,
                                                   overlap=config.overlap, mode="gaussian")
                 probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)
@@ -187,18 +188,6 @@ def predict_case(model: nn.Module, case: PreparedCase, *, config: InferenceConfi
     # Padding is not part of the input: never report a lesion there.
     label = label * case.mask[0].to(torch.uint8)
     return Prediction(case=case, probs=probs.contiguous(), label=label.contiguous())
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 def write_prediction(prediction: Prediction, out_dir: str | os.PathLike[str], *, probabilities: bool = False,
@@ -232,8 +221,8 @@ def write_prediction(prediction: Prediction, out_dir: str | os.PathLike[str], *,
         raise ConfigError("bad suffix", expected="'.nii.gz' or '.nii'", got=repr(suffix))
     out = Path(out_dir)
     affine = prediction.case.box.native_affine
-    paths = {"prediction": _save(prediction.native_label(), affine,
-                                 out / "predictions" / f"{prediction.case_id}{suffix}")}
+    paths = {"prediction": save_nifti(prediction.native_label(), affine,
+                                      out / "predictions" / f"{prediction.case_id}{suffix}")}
     if probabilities:
         probs = prediction.native_probs()
         n = probs.shape[0]
@@ -241,6 +230,6 @@ def write_prediction(prediction: Prediction, out_dir: str | os.PathLike[str], *,
         if not chans or any(not 0 <= c < n for c in chans):
             raise ConfigError("bad probability channels", expected=f"indices in 0..{n - 1}", got=repr(channels))
         data = probs[chans[0]] if len(chans) == 1 else np.moveaxis(probs[chans], 0, -1)
-        paths["probabilities"] = _save(np.ascontiguousarray(data, dtype=np.float32), affine,
-                                       out / "probabilities" / f"{prediction.case_id}{suffix}")
+        paths["probabilities"] = save_nifti(np.ascontiguousarray(data, dtype=np.float32), affine,
+                                            out / "probabilities" / f"{prediction.case_id}{suffix}")
     return paths

@@ -72,13 +72,14 @@ import torch
 from torch import nn
 
 from attnprobe import dist
-from attnprobe.data.io import CaseRef, list_cases
+from attnprobe.data.io import CaseRef
 from attnprobe.data.preprocess import PreparedCase, prepare_case
 from attnprobe.errors import CheckpointError, ConfigError, DataError
-from attnprobe.models.checkpoints import LoadReport, load_checkpoint, save_checkpoint
+from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_metadata, save_checkpoint
 from attnprobe.models.registry import build_model
-from attnprobe.train.inference import InferenceConfig, sliding_window_probs
+from attnprobe.train.inference import InferenceConfig, predict_case
 from attnprobe.train.presets import TrainConfig, get_preset
+from attnprobe.workspace import list_data
 
 __all__ = [
     "RUN_FILES",
@@ -278,13 +279,6 @@ def _pad_to_roi(case: PreparedCase, config: TrainConfig) -> dict[str, torch.Tens
     return {"image": image, "label": label}
 
 
-def _list(data: str | os.PathLike[str], split: str) -> list[CaseRef]:
-    from attnprobe.workspace import resolve_data
-
-    source = resolve_data(data)
-    return list_cases(source, split=split)  # type: ignore[arg-type]
-
-
 # --- model --------------------------------------------------------------------------------------
 
 
@@ -345,10 +339,7 @@ def _replace_head(model: nn.Module, config: TrainConfig, log: Callable[[str], No
 
 def read_train_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``train`` metadata of a checkpoint written by :func:`train`, or None for other checkpoints."""
-    from attnprobe.models.checkpoints import META_KEY, read_checkpoint
-
-    meta = read_checkpoint(path).get(META_KEY)
-    train_meta = meta.get("train") if isinstance(meta, Mapping) else None
+    train_meta = read_metadata(path).get("train")
     return dict(train_meta) if isinstance(train_meta, Mapping) else None
 
 
@@ -531,11 +522,12 @@ def train(
                      "val_data": str(_abs(val_data if val_data is not None else data)),
                      "val_split": val_split}
 
-        train_refs = _list(data, split)
+        train_refs = list_data(data, split=split)  # type: ignore[arg-type]
         val_refs: list[CaseRef] = []
         if val_split is not None:
             try:
-                val_refs = _list(val_data if val_data is not None else data, val_split)
+                val_source = val_data if val_data is not None else data
+                val_refs = list_data(val_source, split=val_split)  # type: ignore[arg-type]
             except DataError:
                 if val_data is not None or val_split != "validation":
                     raise
@@ -591,7 +583,7 @@ def train(
 
         state: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "best_dice": None,
                                  "best_epoch": None, "elapsed": 0.0, "metrics_rows": 0,
-                                 "epoch_loss_sum": 0.0, "epoch_loss_n": 0}
+                                 "epoch_loss_sum": 0.0}
         metrics = out / "metrics.csv"
         if stored_state is not None:
             optimizer.load_state_dict(_optimizer_state(stored_state["optimizer"]))
@@ -599,6 +591,7 @@ def train(
             if scaler is not None and stored_state.get("scaler"):
                 scaler.load_state_dict(dict(stored_state["scaler"]))
             _set_rng_state(stored_state["rng"])
+            # Only the keys above: a last.pt of an older version may hold more (epoch_loss_n).
             state.update({k: stored_state[k] for k in state})
             if main:
                 _truncate_metrics(metrics, int(state["metrics_rows"]))
@@ -670,7 +663,6 @@ def train(
                     state["global_step"] += 1
                     state["batch"] += 1
                     state["epoch_loss_sum"] += value
-                    state["epoch_loss_n"] += 1
                     row(epoch + 1, value, None, lr)
                     stop = stop_after_steps is not None and state["global_step"] >= stop_after_steps
                     due = checkpoint_every is not None and state["global_step"] % checkpoint_every == 0
@@ -682,19 +674,19 @@ def train(
                     if stop:
                         return finish(finished=False)
 
-                mean_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
+                # state["batch"] counts this epoch's steps, i.e. the losses summed so far.
+                mean_loss = state["epoch_loss_sum"] / max(1, state["batch"])
                 val_dice = None
                 if val_refs and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                     mine = []
                     for i, case in val_cases.items():
-                        probs = sliding_window_probs(model, case.image, config=infer, device=dev)[0]
-                        pred = probs.argmax(0) * case.mask[0]
+                        pred = predict_case(model, case, config=infer, device=dev).label
                         mine.append((i, dice_score(pred, case.label[0])))
                     # Averaged in case order, as in one process.
                     dices = [d for _, d in sorted(p for part in dist.gather_objects(mine) for p in part)]
                     val_dice = float(np.mean(dices))
                     row(epoch + 1, mean_loss, val_dice, optimizer.param_groups[0]["lr"])
-                state.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+                state.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0)
                 if val_dice is not None and (state["best_dice"] is None or val_dice > state["best_dice"]):
                     state.update(best_dice=val_dice, best_epoch=epoch + 1)
                     if main:

@@ -142,4 +142,15 @@ def test_uniform_attention_maps_to_one_over_n_on_every_token():
     grid = received_attention(probs, kinds["stage1.block1"][0], geom, adapter)
     assert grid.shape == geom.grid
     assert torch.allclose(grid, torch.full(geom.grid, 1.0 / geom.n_tokens))
-    assert to_voxels(grid, (64, 64, 32)).shape == (64, 64, 32)
+    voxels = to_voxels(grid, (64, 64, 32))
+    assert voxels.shape == (64, 64, 32)
+    assert torch.allclose(voxels, torch.full((64, 64, 32), 1.0 / geom.n_tokens))
+    # each token covers its own patch: a grid whose value codes the token position spreads to
+    # nearest-neighbour blocks (stage 1: 4 voxels a token on every axis)
+    factors = [v // g for v, g in zip((64, 64, 32), geom.grid, strict=True)]
+    assert factors == [4, 4, 4] and [g * f for g, f in zip(geom.grid, factors, strict=True)] == [64, 64, 32]
+    code = torch.arange(math.prod(geom.grid), dtype=torch.float32).reshape(geom.grid)
+    want = code
+    for axis, f in enumerate(factors):
+        want = want.repeat_interleave(f, dim=axis)
+    assert torch.equal(to_voxels(code, (64, 64, 32)), want)

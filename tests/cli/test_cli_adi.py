@@ -14,8 +14,6 @@ import xarray as xr
 
 from attnprobe.cli import adi as adi_cli
 from attnprobe.metrics.aggregate import TIDY_COLUMNS
-from attnprobe.models import build_model
-from attnprobe.models.checkpoints import save_checkpoint
 from tests.helpers import cli_runner, command_app
 
 ROI = "32,32,64"  # smallest Swin UNETR input the decoder's instance norms accept
@@ -31,8 +29,9 @@ def test_the_app_registers_adi():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> dict[str, Path]:
-    """Two NIfTI cases with labels (one longer, one shorter than the ROI on z) and a tiny model."""
+def workspace(tmp_path_factory, swin_ckpt) -> dict[str, Path]:
+    """Two NIfTI cases with labels (one longer, one shorter than the ROI on z) and the tiny Swin UNETR
+    checkpoint of the conftest (seed 0)."""
     root = tmp_path_factory.mktemp("adi_cli")
     rng = np.random.default_rng(0)
     entries = []
@@ -44,9 +43,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
         nib.save(nib.Nifti1Image(label, np.eye(4)), root / f"case{i}_label.nii.gz")
         entries.append({"image": f"case{i}.nii.gz", "label": f"case{i}_label.nii.gz"})
     (root / "data.json").write_text(json.dumps({"training": entries}))
-    torch.manual_seed(0)
-    save_checkpoint(build_model("swin_unetr", preset="tiny"), root / "tiny.pt")
-    return {"root": root, "data": root / "data.json", "model": root / "tiny.pt"}
+    return {"root": root, "data": root / "data.json", "model": swin_ckpt}
 
 
 def invoke(*args: object):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 
@@ -15,14 +14,9 @@ from attnprobe.cli.app import app
 from attnprobe.data.phantoms import write_phantom_dataset
 from attnprobe.models import build_model
 from attnprobe.models.checkpoints import save_checkpoint
-from tests.helpers import assert_one_line_error, cli_runner
+from tests.helpers import assert_one_line_error, cli_runner, read_csv_rows
 
 run = cli_runner(app)
-
-
-def rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -55,7 +49,7 @@ def test_train_one_step_with_overwrite(phantoms, tmp_path):
     assert result.exit_code == 0, result.output
     assert "crop 64x64x32" in result.output and "stopped after step 1" in result.output
     assert (out / "notes.txt").read_text() == "keep me"
-    assert [r["step"] for r in rows(out / "metrics.csv")] == ["1"]
+    assert [r["step"] for r in read_csv_rows(out / "metrics.csv")] == ["1"]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "act" and config["roi"] == [64, 64, 32] and config["tumor_aware"] is True
 
@@ -102,7 +96,7 @@ def test_evaluate_pred_labels_known_answers(seg_dirs, tmp_path):
     result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out)
     assert result.exit_code == 0, result.output
     assert "skipping 1 prediction" in result.output
-    cases = {r["case"]: r for r in rows(out / "cases.csv")}
+    cases = {r["case"]: r for r in read_csv_rows(out / "cases.csv")}
     assert list(next(iter(cases.values()))) == ["case", "detected", "iou", "dice", "hd95", "surface_dice"]
     a, b, c = cases["a"], cases["b"], cases["c"]
     assert (a["detected"], float(a["iou"]), float(a["dice"]), float(a["hd95"]), float(a["surface_dice"])) == \
@@ -145,7 +139,7 @@ def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_pa
     result = run("evaluate", "--model", trained_ckpt, "--data", datalist, "--split", "all", "--out", out,
                  "--write-predictions")
     assert result.exit_code == 0, result.output
-    cases = rows(out / "cases.csv")
+    cases = read_csv_rows(out / "cases.csv")
     assert [r["case"] for r in cases] == ["case0", "case1", "case2"]
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in cases)
     summary = json.loads((out / "summary.json").read_text())
@@ -158,7 +152,7 @@ def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_pa
         assert np.allclose(pred.affine, image.affine) and np.allclose(prob.affine, image.affine)
         p = np.asarray(prob.dataobj)
         assert p.min() >= 0.0 and p.max() <= 1.0 + 1e-6
-        # the label is the argmax of the (two-class) probability wherever the prediction is defined
+        # a two-class model: the written label holds only background (0) and tumor (1)
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
     # written predictions score the same through --pred/--labels (labels sit next to the images)
     labels = tmp_path / "labels"
@@ -167,9 +161,10 @@ def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_pa
         (labels / f"case{i}_label.nii.gz").write_bytes((datalist.parent / f"case{i}_label.nii.gz").read_bytes())
     again = run("evaluate", "--pred", out / "predictions", "--labels", labels, "--out", tmp_path / "again")
     assert again.exit_code == 0, again.output
-    first, second = rows(out / "cases.csv"), rows(tmp_path / "again" / "cases.csv")
-    for r1, r2 in zip(first, second):
-        assert r1["dice"] == r2["dice"] and r1["detected"] == r2["detected"]
+    first, second = read_csv_rows(out / "cases.csv"), read_csv_rows(tmp_path / "again" / "cases.csv")
+    assert len(first) == 3
+    assert [(r["case"], r["dice"], r["detected"]) for r in second] == \
+        [(r["case"], r["dice"], r["detected"]) for r in first]
 
 
 def test_evaluate_refuses_roi_or_intensity_mismatch(trained_ckpt, datalist, tmp_path):

@@ -19,7 +19,6 @@ from attnprobe.data.extent import (
 )
 from attnprobe.data.preprocess import PreprocessConfig, prepare_array
 from attnprobe.errors import ConfigError
-from attnprobe.models import build_model
 
 # Hand computation for Swin UNETR (patch 2, window 7, shift 3) with a 64x64x32 input whose real
 # voxels are the box [0, 40) x [0, 64) x [0, 20) (padding at the end):
@@ -39,22 +38,16 @@ HAND = {
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return build_model("swin_unetr", preset="tiny")
-
-
-@pytest.fixture(scope="module")
 def box_case():
     """A 40x64x20 mm volume at 1 mm, every voxel foreground (nothing is cropped)."""
     image = np.random.default_rng(0).uniform(0.5, 1.0, size=(40, 64, 20)).astype(np.float32)
     return prepare_array(image, spacing=1.0, case_id="box", config=PreprocessConfig(roi="full"))
 
 
-def test_token_efficiency_matches_hand_count(tiny_model):
+def test_token_efficiency_matches_hand_count(tiny_swin):
     mask = torch.zeros(1, 64, 64, 32, dtype=torch.bool)
     mask[0, :40, :, :20] = True
-    frame = token_efficiency(tiny_model, mask).set_index("stage")
+    frame = token_efficiency(tiny_swin, mask).set_index("stage")
     for stage, hand in HAND.items():
         row = frame.loc[stage]
         assert row["real_tokens"] == hand["real"] and row["total_tokens"] == hand["total"]
@@ -80,7 +73,7 @@ def test_fit_mask_places_the_case_like_preprocessing(box_case):
     assert torch.equal(small, direct.mask)
 
 
-def test_extent_and_efficiency_tables(box_case, tiny_model):
+def test_extent_and_efficiency_tables(box_case):
     extents, per_case = extent_and_efficiency([box_case], [(64, 64, 64), (64, 64, 32)], arch="swin_unetr",
                                               model_preset="tiny")
     assert extents.loc[0, ["extent_x_mm", "extent_y_mm", "extent_z_mm"]].tolist() == [40.0, 64.0, 20.0]

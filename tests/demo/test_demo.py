@@ -17,8 +17,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from attnprobe.cli import demo as demo_cli
 from attnprobe.cli import figures as figures_cli
@@ -27,6 +25,7 @@ from attnprobe.demo.report import adi_table, fmt_mean_sd
 from attnprobe.errors import ConfigError
 from attnprobe.metrics.aggregate import stage_means
 from attnprobe.workspace import load_workspace, resolve_model
+from tests.helpers import assert_one_line_error, cli_runner, command_app
 
 matplotlib.use("Agg")
 
@@ -118,19 +117,8 @@ def test_workspace_names_every_model_for_the_analyses(demo):
     assert {"mri", "ct"} <= set(ws.datasets)
 
 
-def _app(module) -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def main() -> None:
-        """attnprobe"""
-
-    module.register(app)
-    return app
-
-
 def test_figures_command_on_the_demo_folder(demo, tmp_path):
-    result = CliRunner().invoke(_app(figures_cli), ["figures", str(demo.out_dir), "--out", str(tmp_path / "f")])
+    result = cli_runner(command_app(figures_cli.register))("figures", demo.out_dir, "--out", tmp_path / "f")
     assert result.exit_code == 0, result.output
     assert {p.name for p in (tmp_path / "f").glob("*.png")} == {p.name for p in (demo.out_dir / "figures").glob("*.png")}
 
@@ -143,10 +131,9 @@ def test_attention_map_marks_the_padding(demo):
 
 
 def test_demo_command_rejects_bad_options(tmp_path):
-    app = _app(demo_cli)
-    result = CliRunner().invoke(app, ["demo", "--quick", "--smoke", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "exclude each other" in result.output
-    help_text = CliRunner().invoke(app, ["demo", "--help"]).output
+    run = cli_runner(command_app(demo_cli.register))
+    assert_one_line_error(run("demo", "--quick", "--smoke", "--out", tmp_path), "--quick and --smoke exclude each other")
+    help_text = run("demo", "--help").output
     assert "--quick" in help_text and "--smoke" not in help_text  # the test tier is hidden
 
 

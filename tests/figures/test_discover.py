@@ -14,8 +14,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from attnprobe.cli import figures as figures_cli
 from attnprobe.errors import ConfigError, DataError
@@ -24,7 +22,7 @@ from attnprobe.metrics.flow import COUNTS, METRICS
 from attnprobe.metrics.reuse import cka_dataarray, write_results
 from attnprobe.metrics.sweep import SweepSpec, swept_input
 from attnprobe.store import capture_to_store
-from tests.helpers import random_cases
+from tests.helpers import assert_one_line_error, cli_runner, command_app, random_cases
 
 matplotlib.use("Agg")
 
@@ -118,7 +116,7 @@ def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_pa
     expected = {"adi_vs_padding", "sfr_vs_padding", "flow_Swin_UNETR_base", "flow_smit-base", "attention_swin",
                 "cka_base", "cka_act", "feature_reuse_ct", "detection", "dice_hd95", "token_efficiency",
                 "tumor_clusters_mean_cv", "tumor_clusters_contrast_boundary_gradient", "training_curves"}
-    assert expected <= names, names
+    assert names == expected, names
     assert not result.skipped
     for record in result.figures:
         assert record.path.is_file() and record.path.suffix == ".png"
@@ -166,26 +164,14 @@ def test_errors_for_a_missing_or_empty_folder_and_a_bad_format(tmp_path):
         draw_figures(tmp_path / "empty", tmp_path / "out", fmt="jpg")  # type: ignore[arg-type]
 
 
-def figures_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def main() -> None:
-        """attnprobe"""
-
-    figures_cli.register(app)
-    return app
-
-
 def test_cli_draws_and_reports_one_line_errors(run_dir, tmp_path):
-    runner = CliRunner()
-    app = figures_app()
-    ok = runner.invoke(app, ["figures", str(run_dir), "--out", str(tmp_path / "cli"), "--format", "pdf"])
+    run = cli_runner(command_app(figures_cli.register))
+    ok = run("figures", run_dir, "--out", tmp_path / "cli", "--format", "pdf")
     assert ok.exit_code == 0, ok.output
     assert "wrote 14 figure(s)" in ok.output
     assert len(list((tmp_path / "cli").glob("*.pdf"))) == 14
-    bad = runner.invoke(app, ["figures", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "error:" in bad.output and "Traceback" not in bad.output
+    bad = run("figures", tmp_path / "missing", "--out", tmp_path / "x")
+    assert_one_line_error(bad, "run folder does not exist")
 
 
 def test_store_flow_titles_say_which_padding_the_store_holds(smit, tmp_path):

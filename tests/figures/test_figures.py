@@ -535,8 +535,10 @@ def test_training_curves_loss_lines_and_validation_markers():
     twins = [a for a in fig.axes if not a.get_title()]
     assert len(twins) == 2 and all(t.get_ylim() == (0.0, 1.0) for t in twins)
     assert twins[-1].get_ylabel() == "validation Dice (markers, 0–1)"
+    assert [len(t.get_lines()) for t in twins] == [2, 2]  # one marker series per preset
     for twin in twins:
         for markers in twin.get_lines():
+            assert markers.get_marker() not in (None, "None", "", " ")
             np.testing.assert_allclose(markers.get_xdata(), [10, 20, 30])
             np.testing.assert_allclose(markers.get_ydata(), [0.25, 0.5, 0.75])
     assert panels[0].get_ylabel() == "Dice-CE loss (4-step mean)"

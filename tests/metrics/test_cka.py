@@ -35,6 +35,9 @@ from attnprobe.metrics.cka import (
 )
 from tests.helpers import free_port
 
+# Tiny tensors: one thread is faster and immune to OpenMP stalls on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROP = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
 
@@ -87,15 +90,6 @@ def orthogonal(seed: int, p: int) -> np.ndarray:
 
 
 ESTIMATORS = ["biased", "unbiased"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and immune to OpenMP stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- basic identities

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnprobe.errors import AttnprobeError, ConfigError, DataError, ShapeError
-from attnprobe.metrics.flow import METRICS, FlowAccumulator, FlowResult, attention_flow
+from attnprobe.metrics.flow import METRICS, FlowAccumulator, FlowResult, accumulators_to, attention_flow
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD
 
 PAD_SETS = {"input": {INPUT_PAD}, "window": {WINDOW_PAD}, "all": {INPUT_PAD, WINDOW_PAD}}
@@ -252,6 +252,21 @@ def test_accumulator_over_window_chunks_equals_one_shot(heads):
     b = FlowAccumulator(heads=heads).update(probs[:, 5:], kinds[:, 5:])
     merged = a.merge(b).result()
     torch.testing.assert_close(merged.adi, attention_flow(probs, kinds, heads=heads).adi, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])  # "cpu:0" != "cpu" takes the concatenate-and-copy path
+def test_accumulators_moved_together_give_the_same_results(device):
+    accs = [FlowAccumulator(heads=h).update(*random_block(n, windows=w, dtype=torch.float32))
+            for h, n, w in (("mean", 5, 5), ("per-head", 6, 4), ("mean", 7, 6))]
+    accs.append(FlowAccumulator())  # never updated: stays empty
+    moved = accumulators_to(accs, device)
+    assert len(moved) == 4 and moved[-1]._flow is None
+    for a, b in zip(accs[:3], moved[:3]):
+        # Already there: state shared; "elsewhere" (cpu:0 compares unequal to cpu): copied.
+        assert (b._flow is a._flow) == (device == "cpu") and (b._count is a._count) == (device == "cpu")
+        for padding in PADDING_KINDS:
+            for m, v in a.result(padding=padding).as_dict().items():
+                assert torch.equal(getattr(b.result(padding=padding), m), v), m
 
 
 def test_batch_splitting_and_broadcast_kinds():

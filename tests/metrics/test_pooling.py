@@ -51,6 +51,10 @@ def test_grid_per_axis_and_short_axes_keep_their_size():
     t = torch.randn(2, 6, 4, 3, 7)
     got = pool_examples(t, DIMS, grid=(3, 8, 1))  # y has 4 < 8 tokens: stays 4, not stretched
     assert got.shape == (2, 7 * 3 * 4 * 1)
+    # (sample, channel, x, y, z) = (2, 7, 6, 4, 3): x averages pairs (6 -> 3), y is kept (4),
+    # z averages all three (3 -> 1)
+    want = t.permute(0, 4, 1, 2, 3).reshape(2, 7, 3, 2, 4, 1, 3).mean(dim=(3, 6)).reshape(2, -1)
+    torch.testing.assert_close(got, want)
     full = pool_examples(t, DIMS, grid=8)  # every axis shorter than 8: no pooling at all
     torch.testing.assert_close(full, t.permute(0, 4, 1, 2, 3).reshape(2, -1))
 

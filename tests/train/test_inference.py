@@ -85,8 +85,17 @@ def test_write_prediction_uses_the_native_affine(tmp_path):
     assert lab.shape == prob.shape == native.shape
     assert np.allclose(lab.affine, affine) and np.allclose(prob.affine, affine)
     assert np.array_equal(np.asarray(lab.dataobj), (native > 0.5).astype(np.uint8))
+    # softmax of Threshold's logits: class 1 is sigmoid(40 (x - 0.5)) of the native intensity
+    want = 1 / (1 + np.exp(-20 * (2 * native.astype(np.float64) - 1)))
+    assert prob.get_data_dtype() == np.float32
+    np.testing.assert_allclose(prob.get_fdata(), want, atol=1e-4)
     both = write_prediction(pred, tmp_path / "all", probabilities=True, channels=[0, 1])
-    assert nib.load(str(both["probabilities"])).shape == (*native.shape, 2)
+    two = nib.load(str(both["probabilities"]))
+    assert two.shape == (*native.shape, 2)
+    two = two.get_fdata()
+    np.testing.assert_allclose(two[..., 1], want, atol=1e-4)
+    np.testing.assert_allclose(two[..., 0], 1 - want, atol=1e-4)
+    np.testing.assert_allclose(two.sum(axis=-1), 1.0, atol=1e-5)
     with pytest.raises(ConfigError):
         write_prediction(pred, tmp_path, probabilities=True, channels=[2])
 

@@ -6,7 +6,6 @@ voxels so that a step takes a few seconds on two CPU cores.
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from attnprobe.models import build_model, load_checkpoint
 from attnprobe.models.checkpoints import save_checkpoint
 from attnprobe.train.presets import TrainConfig, anisotropic_roi, pretrained_roi, resolve_train_config
 from attnprobe.train.trainer import dice_score, initial_model, lr_factor, read_train_metadata, train
+from tests.helpers import read_csv_rows
 
 FAST = {"spacing": 2.0, "num_samples": 1, "seed": 3}
 
@@ -40,11 +40,6 @@ def reference_run(phantoms, tmp_path_factory):
     steps = []
     result = train(_config(), phantoms, out, allow_random_init=True, on_step=steps.append)
     return result, steps
-
-
-def _rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _weights(path):
@@ -123,7 +118,7 @@ def test_run_writes_checkpoints_and_metrics(reference_run):
     assert [s.step for s in steps] == [1, 2] and all(math.isfinite(s.loss) for s in steps)
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt"):
         assert (result.out_dir / name).is_file()
-    rows = _rows(result.metrics)
+    rows = read_csv_rows(result.metrics)
     assert list(rows[0]) == ["epoch", "step", "loss", "val_dice", "lr", "time"]
     assert [(r["epoch"], r["step"], r["val_dice"] != "") for r in rows] == [("1", "1", False), ("1", "2", False),
                                                                             ("1", "2", True)]
@@ -166,11 +161,11 @@ def test_resume_after_kill_is_bitwise_identical(reference_run, phantoms, tmp_pat
     assert ref_w.keys() == res_w.keys()
     assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)  # bitwise
     assert all(torch.equal(a, b) for a, b in zip(_weights(reference.best).values(), _weights(resumed.best).values()))
-    strip = [{k: v for k, v in r.items() if k != "time"} for r in _rows(reference.metrics)]
-    assert [{k: v for k, v in r.items() if k != "time"} for r in _rows(resumed.metrics)] == strip
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in read_csv_rows(reference.metrics)]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in read_csv_rows(resumed.metrics)] == strip
     # resuming a finished run does nothing
     again = train(_config(), phantoms, out, resume=True, allow_random_init=True)
-    assert again.steps_done == 2 and len(_rows(out / "metrics.csv")) == len(strip)
+    assert again.steps_done == 2 and len(read_csv_rows(out / "metrics.csv")) == len(strip)
 
 
 def test_refuses_existing_run_folder(phantoms, tmp_path):
