@@ -14,6 +14,7 @@ function, so the kinds can never drift from what the attention really sees.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +40,32 @@ def check_mask(real_mask: torch.Tensor) -> torch.Tensor:
     return real_mask.bool()
 
 
-def stage_token_kinds(adapter: Adapter, real_mask: torch.Tensor, n_stages: int) -> list[torch.Tensor]:
-    """Kind of every token of every stage, ``(B, X_s, Y_s, Z_s)`` uint8 (REAL or INPUT_PAD)."""
+def _merge_real(real: torch.Tensor, offsets: Sequence[Triple] | None) -> torch.Tensor:
+    """Real flags ``(B, 1, X, Y, Z)`` of the tokens a 2x2x2 patch merging makes.
+
+    A merged token is real iff a child it reads is real: all eight children by default, only
+    ``offsets`` for a merging that reads fewer (MONAI < 1.5, ``compat="original"``).
+    """
+    if offsets is None or len(set(offsets)) == 8:
+        return F.max_pool3d(real, kernel_size=2, stride=2, ceil_mode=True)
+    _, _, x, y, z = real.shape
+    real = F.pad(real, (0, z % 2, 0, y % 2, 0, x % 2))
+    return torch.stack([real[:, :, i::2, j::2, k::2] for i, j, k in set(offsets)]).amax(dim=0)
+
+
+def stage_token_kinds(adapter: Adapter, real_mask: torch.Tensor, n_stages: int, *,
+                      merge_offsets: Sequence[Sequence[Triple] | None] | None = None) -> list[torch.Tensor]:
+    """Kind of every token of every stage, ``(B, X_s, Y_s, Z_s)`` uint8 (REAL or INPUT_PAD).
+
+    ``merge_offsets[s]`` are the children the merging after stage ``s`` reads (``None``: all).
+    """
     real = check_mask(real_mask).float()
     p = adapter.patch_size
     real = F.max_pool3d(real, kernel_size=p, stride=p, ceil_mode=True)
     kinds = []
     for stage in range(n_stages):
         if stage:
-            real = F.max_pool3d(real, kernel_size=2, stride=2, ceil_mode=True)
+            real = _merge_real(real, merge_offsets[stage - 1] if merge_offsets else None)
         kinds.append(torch.where(real[:, 0] > 0, REAL, INPUT_PAD).to(torch.uint8))
     return kinds
 
@@ -103,7 +121,8 @@ def token_kinds(
     mask = check_mask(real_mask)
     geoms = adapter.geometry(model, tuple(mask.shape[2:]))
     n_stages = max(g.stage for g in geoms) + 1
-    per_stage = stage_token_kinds(adapter, mask, n_stages)
+    offsets = [adapter.merge_offsets(model, s) for s in range(n_stages - 1)]
+    per_stage = stage_token_kinds(adapter, mask, n_stages, merge_offsets=offsets)
     geometry = {g.name: g for g in geoms}
     kinds = {g.name: block_token_kinds(adapter, g, per_stage[g.stage]) for g in geoms}
     return geometry, kinds

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    CompatOption,
     check_device,
     check_limit,
     console,
@@ -122,6 +123,7 @@ def adi(
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    compat: CompatOption = None,
 ) -> None:
     """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding."""
     from attnprobe import dist
@@ -143,6 +145,10 @@ def adi(
                               fix="drop --padding-sweep, or pass --model and --data to run the sweep")
         if data is not None:
             err_console.print("note: --data is not used with a store (its cases were captured)", highlight=False)
+        if compat is not None:
+            raise ConfigError("--compat applies to a model, a store was captured in one mode already",
+                              expected="--store without --compat", got=f"--compat {compat}",
+                              fix="drop --compat; the store's attrs say which mode it was captured in")
         frame, attrs = _offline(store_path, heads=heads, device=dev, limit=limit)
     else:
         if model is None or data is None:
@@ -150,7 +156,8 @@ def adi(
                               got=f"--model {model!r} --data {data!r}")
         frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
                                sweep_mode=sweep_mode, heads=heads, device=dev, limit=limit, arch=arch, roi=roi,
-                               split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max)
+                               split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                               compat=compat)
     if not dist.is_main():
         return
     ensure_dir(out)
@@ -180,6 +187,7 @@ def _offline(store_path: Path, *, heads: str, device, limit: int | None):
     err_console.print(f"read {stats.attn_bytes / 1e9:.3f} GB of attention in {stats.seconds:.1f} s "
                       f"({stats.gb_per_s:.3f} GB/s)", highlight=False)
     attrs = {"source": "store", "store": str(store_path), "heads": heads, "arch": tree.attrs.get("arch"),
+             "compat": tree.attrs.get("compat", "current"),
              "roi": tree.attrs.get("roi")}
     return frame, attrs
 
@@ -209,7 +217,8 @@ def _gather_in_case_order(frame, case_ids: list[str]):
 
 def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
             heads: str, device, limit: int | None, arch: str | None, roi: str | None, split: str | None,
-            spacing: float | None, intensity: str, a_min: float | None, a_max: float | None):
+            spacing: float | None, intensity: str, a_min: float | None, a_max: float | None,
+            compat: str | None = None):
     """Prepare the cases and run them (swept or as prepared) with online reduction."""
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.metrics.sweep import SweepSpec, prepared_flow
@@ -236,7 +245,7 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
     check_limit(limit)
     all_refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
     refs = [all_refs[i] for i in dist.shard(all_refs)]  # under torchrun: this rank's share
-    net, report, model_roi = load_model_ref(model, arch=arch)
+    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
     if config is None:
@@ -260,6 +269,7 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
             frame = run_sweep(net, prepared(), spec, heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
     frame = _gather_in_case_order(frame, [r.case_id for r in all_refs])
     attrs = {"source": "model", "model": model, "checkpoint": report.path, "arch": report.arch,
+             "compat": report.compat,
              "roi": str(config.roi), "heads": heads, "padding_sweep": ",".join(map(str, levels)),
              "axis": axis, "pad_mode": pad_mode, "sweep_mode": sweep_mode if spec is not None else "none"}
     return frame, attrs

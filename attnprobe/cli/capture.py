@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    CompatOption,
     console,
     err_console,
     init_distributed,
@@ -53,6 +54,7 @@ def capture(
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store instead of resuming.")] = False,
+    compat: CompatOption = None,
 ) -> None:
     """Capture attention maps and block outputs of MODEL on DATA into a Zarr store."""
     from attnprobe import dist
@@ -61,7 +63,7 @@ def capture(
     from attnprobe.store import capture_to_store
 
     device = init_distributed(device)
-    net, report, model_roi = load_model_ref(model, arch=arch)
+    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
     use_roi = parse_roi(roi) or model_roi or (96, 96, 96)

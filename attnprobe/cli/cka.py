@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    Compat,
+    CompatOption,
     check_device,
     check_limit,
     console,
@@ -120,6 +122,9 @@ def cka_command(
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    compat: CompatOption = None,
+    tgt_compat: Annotated[Compat | None, typer.Option(
+        "--tgt-compat", help="--compat of the target model (default: --compat).")] = None,
 ) -> None:
     """CKA of every block pair of REF and TGT (feature reuse = the diagonal), written to OUT."""
     from attnprobe import dist
@@ -146,7 +151,8 @@ def cka_command(
     names = (ref, tgt_text)
     main = dist.is_main()
     if ref_kind == "store":
-        for flag, value in (("--data", data), ("--tgt-data", tgt_data), ("--roi", roi), ("--crop-size", crop_size)):
+        for flag, value in (("--data", data), ("--tgt-data", tgt_data), ("--roi", roi), ("--crop-size", crop_size),
+                            ("--compat", compat), ("--tgt-compat", tgt_compat)):
             if value is not None:
                 raise ConfigError(f"{flag} does not apply to capture stores",
                                   expected="stores hold the outputs of their captured inputs",
@@ -161,12 +167,13 @@ def cka_command(
         if data is None:
             raise ConfigError("models need inputs", expected="--data (datalist, folder or dataset name)",
                               got="no --data", fix="pass --data, or compare two capture stores")
-        if tgt is None and tgt_data is None:
+        if tgt is None and tgt_data is None and (tgt_compat or compat) == compat:
             raise ConfigError("nothing to compare", expected="--tgt MODEL, or --tgt-data for a second input set",
                               got="only --ref", fix="pass --tgt (e.g. the fine-tuned model) or --tgt-data")
         da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
                      seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
-                     spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main)
+                     spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
+                     compat=(compat, tgt_compat or compat))
     if da is not None:  # rank 0 only
         paths = write_results(da, out)
         _print_diagonal(da)
@@ -189,26 +196,29 @@ def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
     with progress_bar(disable=not main) as bar:
         task = bar.add_task("cka (stores)", total=total, status="")
         return compare_stores(ref_tree, tgt_tree, config=config, limit=limit, device=device, names=names,
-                              attrs={"ref_path": str(ref_store), "tgt_path": str(tgt_store)},
+                              attrs={"ref_path": str(ref_store), "tgt_path": str(tgt_store),
+                                     "ref_compat": ref_tree.attrs.get("compat", "current"),
+                                     "tgt_compat": tgt_tree.attrs.get("compat", "current")},
                               on_case=lambda c: bar.update(task, advance=1, status=c))
 
 
 def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, roi, split, pad_mode,
-            spacing, intensity, a_min, a_max, names, main):
+            spacing, intensity, a_min, a_max, names, main, compat=(None, None)):
     from attnprobe import dist
     from attnprobe.cli.capture import lazy_cases
     from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.metrics.reuse import compare_models, pair_by_case_id
 
     config_roi = parse_roi(roi)
-    ref_net, ref_report, ref_roi = load_model_ref(ref)
-    if tgt is None:
+    ref_net, ref_report, ref_roi = load_model_ref(ref, compat=compat[0])
+    same_model = tgt is None and compat[1] == compat[0]  # else: the same checkpoint in two compat modes
+    if same_model:
         tgt_net, tgt_report, tgt_roi = ref_net, ref_report, ref_roi
     else:
-        tgt_net, tgt_report, tgt_roi = load_model_ref(tgt)
+        tgt_net, tgt_report, tgt_roi = load_model_ref(tgt or ref, compat=compat[1])
     if main:
         err_console.print(f"ref: {ref_report.summary()}", highlight=False)
-        if tgt is not None:
+        if not same_model:
             err_console.print(f"tgt: {tgt_report.summary()}", highlight=False)
     use_roi = config_roi or ref_roi or tgt_roi or (96, 96, 96)
     if main and config_roi is None and ref_roi and tgt_roi and tuple(ref_roi) != tuple(tgt_roi):
@@ -227,10 +237,11 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
         ref_cases = ref_cases[:limit]
         tgt_cases = None if tgt_cases is None else tgt_cases[:limit]
     attrs = {"ref_path": str(ref_report.path), "tgt_path": str(tgt_report.path), "ref_arch": ref_report.arch,
-             "tgt_arch": tgt_report.arch, "data": data, "tgt_data": tgt_data or data,
+             "tgt_arch": tgt_report.arch, "ref_compat": ref_report.compat, "tgt_compat": tgt_report.compat,
+             "data": data, "tgt_data": tgt_data or data,
              "roi": use_roi if isinstance(use_roi, str) else ",".join(map(str, use_roi))}
     with progress_bar(disable=not main) as bar:
         task = bar.add_task("cka", total=len(dist.shard(ref_cases)), status="")
-        return compare_models(ref_net, None if tgt is None else tgt_net, ref_cases, tgt_cases, config=config,
+        return compare_models(ref_net, None if same_model else tgt_net, ref_cases, tgt_cases, config=config,
                               crops=crops, crop_size=crop_size, seed=seed, device=device, names=names,
                               attrs=attrs, on_case=lambda c: bar.update(task, advance=1, status=c))

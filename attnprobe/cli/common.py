@@ -6,7 +6,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -132,17 +132,39 @@ def progress_bar(*, disable: bool = False) -> Progress:
                     console=err_console, transient=False, disable=disable)
 
 
-def load_model_ref(name_or_path: str, *, arch: str | None = None, allow_partial: bool = False):
+Compat = Literal["original", "current"]
+CompatOption = Annotated[Compat | None, typer.Option(
+    "--compat", help="Semantics to compute the checkpoint in: 'original' (the published training code: "
+    "MONAI < 1.5 patch merging, the original SMIT window merge) or 'current'. Default: what the checkpoint "
+    "records; 'original' for checkpoints attnprobe did not write.")]
+
+
+def load_checkpoint_quietly(path: Any, arch: str | None, **options: Any):
+    """``load_checkpoint``, with its compat notice printed as one line on rank 0 instead of a warning."""
+    import warnings
+
+    from attnprobe.models import CompatNotice, load_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompatNotice)
+        model, report = load_checkpoint(path, arch, **options)
+    if report.notice and _rank() == 0:
+        err_console.print(f"note: {Path(report.path).name}: {report.notice}", highlight=False, markup=False)
+    return model, report
+
+
+def load_model_ref(name_or_path: str, *, arch: str | None = None, allow_partial: bool = False,
+                   compat: str | None = None):
     """Resolve a model name from attnprobe.toml or a checkpoint path, and load it.
 
     Returns ``(model, report, roi)`` where ``roi`` is the workspace's ROI for that model,
     else the ROI in the checkpoint's config, else None.
     """
-    from attnprobe.models import load_checkpoint
     from attnprobe.workspace import resolve_model
 
     ref = resolve_model(name_or_path)
-    model, report = load_checkpoint(ref.checkpoint, arch or ref.arch, allow_partial=allow_partial)
+    model, report = load_checkpoint_quietly(ref.checkpoint, arch or ref.arch, allow_partial=allow_partial,
+                                            compat=compat)
     roi = ref.roi or model.attnprobe_config.get("roi")
     return model, report, (tuple(roi) if roi else None)
 

@@ -24,11 +24,13 @@ import numpy as np
 import typer
 
 from attnprobe.cli.common import (
+    CompatOption,
     check_device,
     check_limit,
     console,
     ensure_dir,
     err_console,
+    load_checkpoint_quietly,
     one_line_errors,
     parse_roi,
     progress_bar,
@@ -124,18 +126,18 @@ def _check_preprocessing(stored: dict[str, Any] | None, requested: dict[str, Any
 def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | None, roi: str | None,
                        intensity: str | None, a_min: float | None, a_max: float | None, spacing: float | None,
                        pad_mode: str | None, allow: bool, tta: bool, device: str, limit: int | None,
-                       write: bool, out: Path, metric_options: dict[str, Any]) -> tuple[list, dict[str, Any]]:
+                       write: bool, out: Path, metric_options: dict[str, Any],
+                       compat: str | None = None) -> tuple[list, dict[str, Any]]:
     from attnprobe.data.arrays import affine_spacing
     from attnprobe.data.io import load_volume
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.errors import ConfigError
-    from attnprobe.models import load_checkpoint
     from attnprobe.train.evaluate import evaluate_case
     from attnprobe.train.inference import InferenceConfig, predict_case, write_prediction
     from attnprobe.workspace import list_data, resolve_data, resolve_model
 
     ref = resolve_model(model)
-    net, report = load_checkpoint(ref.checkpoint, arch or ref.arch)
+    net, report = load_checkpoint_quietly(ref.checkpoint, arch or ref.arch, compat=compat)
     err_console.print(f"loaded {report.summary()}", highlight=False)
     stored = report.metadata.get("train") if isinstance(report.metadata.get("train"), dict) else None
     crop = parse_roi(roi)
@@ -178,7 +180,7 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
             bar.update(task, advance=1, status=case_ref.case_id)
     if unlabeled:
         err_console.print(f"{len(unlabeled)} case(s) without a label were predicted but not scored", highlight=False)
-    info = {"model": str(ref.checkpoint), "data": str(source.path), "split": split, "roi": list(window),
+    info = {"model": str(ref.checkpoint), "compat": report.compat, "data": str(source.path), "split": split, "roi": list(window),
             "tta": tta, "preprocessing": {k: v for k, v in pre.items() if k != "roi"}}
     return results, info
 
@@ -218,6 +220,7 @@ def evaluate(
     min_component_voxels: Annotated[int, typer.Option(help="Drop predicted components this small or smaller.")] = 10,
     iou_threshold: Annotated[float, typer.Option(help="IoU above which a lesion counts as detected.")] = 0.1,
     tolerance_mm: Annotated[float, typer.Option(help="Surface Dice tolerance in mm.")] = 2.0,
+    compat: CompatOption = None,
 ) -> None:
     """Score a model on data (--model/--data) or existing segmentations (--pred/--labels)."""
     import pandas as pd
@@ -242,7 +245,7 @@ def evaluate(
         results, info = _predict_and_score(
             model, data, arch=arch, split=split, roi=roi, intensity=intensity, a_min=a_min,  # type: ignore[arg-type]
             a_max=a_max, spacing=spacing, pad_mode=pad_mode, allow=allow_roi_mismatch, tta=tta, device=device,
-            limit=limit, write=write_predictions, out=out, metric_options=metric_options)
+            limit=limit, write=write_predictions, out=out, metric_options=metric_options, compat=compat)
     frame = pd.DataFrame([{c: getattr(r, c) for c in CASE_COLUMNS} for r in results], columns=list(CASE_COLUMNS))
     frame.to_csv(out / "cases.csv", index=False)
     summary = {k: _plain(v) for k, v in summarize(results).items()}

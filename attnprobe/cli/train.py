@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    Compat,
     console,
     err_console,
     init_distributed,
@@ -52,6 +53,9 @@ def train(
     model_preset: Annotated[str | None, typer.Option(help="Architecture preset, e.g. tiny.")] = None,
     init: Annotated[str | None, typer.Option(
         help="Initial weights: model name from attnprobe.toml, checkpoint path, or 'none'.")] = None,
+    init_compat: Annotated[Compat | None, typer.Option(
+        "--compat", help="Semantics of the --init checkpoint: 'original' (its published training code) or "
+        "'current'. Default: what it records; 'original' for checkpoints attnprobe did not write.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (scratch trains twice as many).")] = 100,
     roi: Annotated[str | None, typer.Option(help="Crop x,y,z overriding the preset's (e.g. 96,96,64).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (AMP on cuda).")] = "cpu",
@@ -78,8 +82,11 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace the run files in an existing --out.")] = False,
 ) -> None:
     """Train a segmentation model with a preset (see the command help)."""
+    import warnings
+
     from attnprobe import dist
     from attnprobe.errors import ConfigError
+    from attnprobe.models import CompatNotice
     from attnprobe.train.presets import resolve_train_config
     from attnprobe.train.trainer import train as run_training
 
@@ -104,7 +111,8 @@ def train(
         raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")
     config = resolve_train_config(
         preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
-        init=init_ref, declared_roi=declared_roi, val_every=val_every, seed=seed, batch_size=batch_size,
+        init=init_ref, init_compat=init_compat, declared_roi=declared_roi, val_every=val_every, seed=seed,
+        batch_size=batch_size,
         num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing, intensity=intensity,
         a_min=a_min, a_max=a_max, pad_mode=pad_mode)
     if main:
@@ -129,12 +137,14 @@ def train(
             bar.update(task, status=f"epoch {info.epoch} loss {info.mean_loss:.4f}"
                                     + (f" dice {last_dice[0]:.3f}" if last_dice[0] is not None else ""))
 
-        result = run_training(
-            config, data, out, split=split, val_data=val_data,
-            val_split=None if val_split.lower() == "none" else val_split, device=device, overwrite=overwrite,
-            resume=resume, allow_random_init=random_init, checkpoint_every=checkpoint_every,
-            stop_after_steps=max_steps, on_step=on_step, on_epoch=on_epoch,
-            log=lambda msg: err_console.print(msg, highlight=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CompatNotice)  # the trainer logs the notice as one line
+            result = run_training(
+                config, data, out, split=split, val_data=val_data,
+                val_split=None if val_split.lower() == "none" else val_split, device=device, overwrite=overwrite,
+                resume=resume, allow_random_init=random_init, checkpoint_every=checkpoint_every,
+                stop_after_steps=max_steps, on_step=on_step, on_epoch=on_epoch,
+                log=lambda msg: err_console.print(msg, highlight=False, markup=False))
     if not main:
         return
     state = "finished" if result.finished else f"stopped after step {result.steps_done} (resume with --resume)"

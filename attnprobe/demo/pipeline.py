@@ -318,7 +318,9 @@ def save_supervised_layout(model: nn.Module, path: str | os.PathLike[str], *,
             tensor = shared.setdefault((tensor.dtype, tuple(tensor.shape), digest), tensor)
         state[key] = tensor
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "info": dict(info or {})}, tmp)
+    # the compat mode it computes goes with the weights (attnprobe.models.compat)
+    info = {"compat": model.attnprobe_config.get("compat", "current"), **dict(info or {})}
+    torch.save({"state_dict": state, "info": info}, tmp)
     tmp.replace(path)
     return path
 
@@ -445,8 +447,9 @@ def check_ssl_layout(ssl_path: str | os.PathLike[str], source: str | os.PathLike
     from attnprobe.models.checkpoints import load_checkpoint, read_checkpoint
     from attnprobe.models.registry import build_model, get_adapter
 
-    model, report = load_checkpoint(ssl_path, arch, preset=model_preset)
-    reference, _ = load_checkpoint(source, arch, preset=model_preset)
+    # the re-exported encoder carries no record of its mode: it is the source's
+    reference, ref_report = load_checkpoint(source, arch, preset=model_preset)
+    model, report = load_checkpoint(ssl_path, arch, preset=model_preset, compat=ref_report.compat)
     adapter = get_adapter(arch)
     own, ref = model.state_dict(), reference.state_dict()
     encoder = [k for k in ref if adapter.is_backbone_key(k)]

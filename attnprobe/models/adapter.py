@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnprobe.models.compat import BUILD_DEFAULT, check_compat
+
 TapKind = Literal["attn", "out"]
 
 ATTN_DIMS: tuple[str, ...] = ("sample", "window", "head", "query", "key")
@@ -139,6 +141,7 @@ class Adapter(ABC):
         """Instantiate the model from a complete config."""
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
+        config = {**config, "compat": check_compat(config.get("compat", BUILD_DEFAULT))}
         model = self._construct(config)
         model.attnprobe_arch = self.name  # type: ignore[attr-defined]
         model.attnprobe_config = dict(config)  # type: ignore[attr-defined]
@@ -165,10 +168,24 @@ class Adapter(ABC):
     def is_backbone_key(self, key: str) -> bool:
         """True for keys of the pretrained encoder (the ones a load must not miss)."""
 
+    def is_known_extra_key(self, key: str) -> bool:
+        """True for keys of known heads the model has no place for (self-supervised heads).
+
+        They are listed in the load report as ignored; any other key the model lacks is an error.
+        """
+        return False
+
     # ---- structure ------------------------------------------------------------------
     @abstractmethod
     def blocks(self, model: nn.Module) -> list[BlockRef]:
         """All attention blocks in forward order."""
+
+    def merge_offsets(self, model: nn.Module, stage: int) -> tuple[Triple, ...] | None:
+        """Sub-voxel offsets the patch merging after ``stage`` reads; ``None`` means all eight.
+
+        Token kinds follow it: a merged token is real iff a child it reads is real.
+        """
+        return None
 
     def block_hparams(self, model: nn.Module, ref: BlockRef) -> tuple[Triple, int, int]:
         """(nominal window, heads, channels) of one block.
@@ -208,6 +225,15 @@ class Adapter(ABC):
             x = F.pad(x, (0, 0, 0, pz, 0, py, 0, px), value=value)
         return x
 
+    def block_window(self, model: nn.Module, ref: BlockRef, grid: Triple) -> tuple[Triple, Triple]:
+        """(window, shift) one block of this model uses on a token grid.
+
+        Default: the nominal window with :meth:`effective_window`; adapters whose blocks know
+        their own rule (it may depend on the compat mode) ask the block.
+        """
+        nominal, _, _ = self.block_hparams(model, ref)
+        return self.effective_window(grid, nominal, ref.block % 2 == 1)
+
     def stage_grid(self, spatial_shape: Triple, stage: int) -> Triple:
         """Token grid of a stage for an input of ``spatial_shape`` voxels."""
         grid = tuple(math.ceil(s / self.patch_size) for s in spatial_shape)
@@ -220,8 +246,8 @@ class Adapter(ABC):
         out = []
         for ref in self.blocks(model):
             grid = self.stage_grid(spatial_shape, ref.stage)
-            nominal, heads, channels = self.block_hparams(model, ref)
-            window, shift = self.effective_window(grid, nominal, ref.block % 2 == 1)
+            _, heads, channels = self.block_hparams(model, ref)
+            window, shift = self.block_window(model, ref, grid)
             out.append(BlockGeometry(ref.stage, ref.block, grid, window, shift, heads, channels))
         return out
 

@@ -9,6 +9,7 @@ silently); the user may opt in to a partial backbone with ``allow_partial=True``
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +19,15 @@ import torch
 from torch import nn
 
 from attnprobe.errors import CheckpointError
+from attnprobe.models.compat import choose_compat
 from attnprobe.models.registry import available_architectures, get_adapter, resolve_config
 
 #: key under which attnprobe's own checkpoints keep their metadata
 META_KEY = "attnprobe"
+
+
+class CompatNotice(UserWarning):
+    """A checkpoint is computed in a compat mode chosen by default; the message says how to change it."""
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,23 @@ class LoadReport:
     missing_backbone: tuple[str, ...]
     shape_mismatch: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: keys of known heads the model has no place for (self-supervised heads), not loaded
+    ignored: tuple[str, ...] = ()
+    #: semantics the model computes (``original`` or ``current``) and why (models/compat.py)
+    compat: str = "current"
+    compat_reason: str = ""
+    #: one line for the user when the compat mode was a default they may want to change
+    notice: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
+        ignored = f", {len(self.ignored)} ignored (known heads)" if self.ignored else ""
         return (
-            f"{self.arch} ({self.format}): {len(self.matched)} matched, {len(self.missing)} missing "
-            f"({len(self.missing_backbone)} of them backbone), {len(self.unexpected)} unexpected"
+            f"{self.arch} ({self.format}, compat={self.compat}): {len(self.matched)} matched, "
+            f"{len(self.missing)} missing ({len(self.missing_backbone)} of them backbone), "
+            f"{len(self.unexpected)} unexpected{ignored}"
         )
 
 
@@ -140,6 +155,7 @@ def load_checkpoint(
     *,
     preset: str | None = None,
     allow_partial: bool = False,
+    compat: str | None = None,
     **overrides: Any,
 ) -> tuple[nn.Module, LoadReport]:
     """Build the model a checkpoint describes and load its weights.
@@ -153,7 +169,12 @@ def load_checkpoint(
     preset
         Preset filling the hyper-parameters the keys do not determine.
     allow_partial
-        Accept a load that leaves backbone keys missing (they stay randomly initialised).
+        Accept a load that leaves backbone keys missing (they stay randomly initialised) or
+        brings keys the model does not have (they are not loaded).
+    compat
+        ``"original"`` (the semantics of the code that trained published checkpoints) or
+        ``"current"``. Default: what the checkpoint records; ``"original"`` for a checkpoint
+        attnprobe did not write, with a :class:`CompatNotice` warning naming the choice.
     **overrides
         Config values that win over both the preset and the inferred values.
 
@@ -172,12 +193,14 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path.name} contains no tensors", expected="a state dict of tensors", got="an empty mapping"
         )
+    choice = choose_compat(raw, meta, compat)
     base = dict(meta.get("config", {})) if meta.get("arch") == arch else {}
     inferred = adapter.infer_config(sd)
     config = resolve_config(arch, preset)
     config.update({k: v for k, v in base.items() if k in config})
     config.update(inferred)
     config.update(overrides)
+    config["compat"] = choice.mode
     model = adapter.build(resolve_config(arch, preset, **config))
 
     own = model.state_dict()
@@ -185,7 +208,8 @@ def load_checkpoint(
     for key, value in sd.items():
         if key in own:
             (matched if tuple(own[key].shape) == tuple(value.shape) else mismatch).append(key)
-    unexpected = sorted(k for k in sd if k not in own)
+    ignored = sorted(k for k in sd if k not in own and adapter.is_known_extra_key(k))
+    unexpected = sorted(k for k in sd if k not in own and not adapter.is_known_extra_key(k))
     missing = sorted(k for k in own if k not in sd)
     missing_backbone = [k for k in missing if adapter.is_backbone_key(k)]
     backbone_matched = [k for k in matched if adapter.is_backbone_key(k)]
@@ -213,14 +237,25 @@ def load_checkpoint(
             fix="use a complete checkpoint, the right --arch/depths, or allow_partial=True to keep "
             "those weights random",
         )
+    if unexpected and not allow_partial:
+        raise CheckpointError(
+            f"{len(unexpected)} weight(s) of {path.name} have no place in the {arch} built from its keys",
+            expected="only keys of the model (and known self-supervised heads)",
+            got=f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}",
+            fix="the checkpoint may be of another layout or architecture; check --arch, or pass "
+            "--allow-partial (allow_partial=True) to load the rest and ignore them",
+        )
     model.load_state_dict({k: sd[k] for k in matched}, strict=False)
     model.eval()
     report = LoadReport(
         path=str(path), sha256=sha256_of(path), arch=arch, format=fmt, config=dict(model.attnprobe_config),
         matched=tuple(sorted(matched)), missing=tuple(missing), unexpected=tuple(unexpected),
         missing_backbone=tuple(missing_backbone), shape_mismatch=tuple(mismatch),
-        metadata={k: v for k, v in meta.items() if k != "config"},
+        metadata={k: v for k, v in meta.items() if k != "config"}, ignored=tuple(ignored),
+        compat=choice.mode, compat_reason=choice.reason, notice=choice.notice,
     )
+    if choice.notice:
+        warnings.warn(f"{path.name}: {choice.notice}", CompatNotice, stacklevel=2)
     model.attnprobe_checkpoint = report  # type: ignore[attr-defined]
     return model, report
 

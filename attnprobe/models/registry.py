@@ -9,6 +9,7 @@ from torch import nn
 
 from attnprobe.errors import ConfigError
 from attnprobe.models.adapter import Adapter
+from attnprobe.models.compat import BUILD_DEFAULT
 
 _ADAPTERS: dict[str, Adapter] = {}
 
@@ -68,7 +69,8 @@ def resolve_config(arch: str, preset: str | None = None, **overrides: Any) -> di
             expected=f"one of {sorted(adapter.presets)}",
             got=repr(preset),
         )
-    config = dict(adapter.presets[preset])
+    # every architecture takes ``compat`` (models/compat.py), presets need not list it
+    config = {"compat": BUILD_DEFAULT, **adapter.presets[preset]}
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ConfigError(
@@ -82,6 +84,9 @@ def resolve_config(arch: str, preset: str | None = None, **overrides: Any) -> di
 
 def build_model(arch: str, *, preset: str | None = None, **overrides: Any) -> nn.Module:
     """Build a model of a registered architecture from a preset plus overrides.
+
+    ``compat="original"`` builds the semantics of the code that trained published checkpoints,
+    ``compat="current"`` (the default) today's; see :mod:`attnprobe.models.compat`.
 
     Examples
     --------

@@ -20,6 +20,7 @@ Layout
       encoder4(h2), h2 = norm2(stage 2)   4C   at 1/8
       encoder10(h4), h4 = stage-3 merge   16C  at 1/32 (no norm: none in the checkpoint)
       decoder5(enc10, h3 = norm3(stage 3))  -> 8C at 1/16
+        (with ``encoder5=True``, the paper's ``SMIT_3D_Seg``: decoder5(enc10, encoder5(h3)))
       decoder4(., enc4) -> 4C, decoder3(., enc3) -> 2C, decoder2(., enc2) -> C,
       decoder1(., enc1) -> C at full resolution, out -> out_channels
 
@@ -42,11 +43,18 @@ Window geometry
 ---------------
 Each block: ``norm1`` -> :func:`pad_to_window` (zeros at the END of each axis) ->
 :func:`roll_shift` (``-shift``, odd blocks) -> :func:`window_partition` -> attention (shifted
-windows masked with -100) -> :func:`window_reverse` -> roll back -> crop. On an axis whose
-token grid is <= the window, the window shrinks to the grid and the shift on that axis becomes
-0 (:func:`effective_window`). The block calls exactly these functions (through
-:func:`to_windows` / :func:`from_windows`), so geometry code that calls them too cannot drift
-from the model; :func:`window_token_index` and :meth:`SMIT.block_geometry` are built on them.
+windows masked with -100) -> :func:`window_reverse` -> roll back -> crop. The block calls exactly
+these functions (through :func:`to_windows` / :func:`from_windows`), so geometry code that calls
+them too cannot drift from the model.
+
+Two compat modes (``SMITConfig.compat``, see ``docs/compat.md``):
+
+- ``current``: on an axis whose token grid is <= the window, the window shrinks to the grid and
+  the shift on that axis becomes 0 (:func:`effective_window`, MONAI's rule); windows merge back
+  through the true inverse of the partition (:data:`MERGE`).
+- ``original``: the original SMIT code, which every SMIT checkpoint was trained with: window and
+  shift never change (:func:`original_window`), and windows merge back through
+  :data:`MERGE_ORIGINAL`, which is not the inverse of the partition.
 
 When a window shrinks, the relative position bias is read from the full-window table with the
 offsets of the smaller window (the smaller window sits in a corner of the full one). MONAI
@@ -62,11 +70,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.layers import DropPath
 from torch import nn
 
 from attnprobe.errors import CheckpointError, ConfigError, ShapeError
+from attnprobe.models.compat import check_compat
 
 __all__ = [
     "MASK_VALUE",
@@ -155,6 +165,29 @@ def effective_window(grid: Sequence[int], window: int | Sequence[int],
     return tuple(win_out), tuple(sh_out)  # type: ignore[return-value]
 
 
+def original_window(grid: Sequence[int], window: int | Sequence[int],
+                    shift: int | Sequence[int]) -> tuple[Triple, Triple]:
+    """Window and shift of a block in the original SMIT code (``compat="original"``).
+
+    The original never shrinks a window nor drops a shift on small grids. It pads the first axis
+    by the last axis's amount and the last by the first's; where those differ its window
+    partition fails, so this raises a :class:`ShapeError` saying so. Where they agree, the
+    padding equals :func:`pad_to_window`'s.
+    """
+    grid3, win3, sh3 = _triple(grid, "grid"), _triple(window, "window"), _triple(shift, "shift")
+    pads = window_padding(grid3, win3)
+    if pads[0] != pads[2]:
+        raise ShapeError(
+            f"the original SMIT code cannot run a token grid of {grid3} with window {win3}: it pads "
+            f"the first axis by the last axis's amount and vice versa ({pads[0]} vs {pads[2]}), and its "
+            "window partition then fails",
+            expected="an input whose token grid has the same remainder modulo the window on its first and "
+            "last axes at every stage (e.g. 128x128x64 or 96x96x96)",
+            got=f"grid {grid3}", fix="use such an input size, or compat='current' (a correct padding)",
+        )
+    return win3, sh3
+
+
 def window_padding(grid: Sequence[int], window: Sequence[int]) -> Triple:
     """Number of window-padding tokens added at the END of each axis."""
     return tuple((-g) % w for g, w in zip(grid, window))  # type: ignore[return-value]
@@ -186,29 +219,41 @@ def roll_shift(x: torch.Tensor, shift: Sequence[int], *, inverse: bool = False) 
     return torch.roll(x, shifts=tuple(sign * s for s in shift), dims=(1, 2, 3))
 
 
+#: Window geometry as einops patterns (``d, h, w`` are the three spatial axes, ``n*`` the window
+#: grid, ``w*`` the offsets inside a window). Partition and its true inverse:
+PARTITION = "b (nd wd) (nh wh) (nw ww) c -> (b nd nh nw) (wd wh ww) c"
+MERGE = "(b nd nh nw) (wd wh ww) c -> b (nd wd) (nh wh) (nw ww) c"
+#: The original SMIT merge-back (``compat="original"``): it reads the windows as
+#: ``(b, nd, nh, nw, wd, wh, ww, c)``, permutes them to ``(b, nd, nw, wh, nh, wd, ww, c)`` and views
+#: that as the grid -- not the inverse of :data:`PARTITION`, so most tokens land elsewhere. Every
+#: SMIT checkpoint was trained through it (docs/compat.md).
+MERGE_ORIGINAL = "(b nd nh nw) (wd wh ww) c -> b (nd nw wh nh wd ww) c"
+
+
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     """Cut a padded channel-last grid ``(B, Dp, Hp, Wp, C)`` into windows ``(B*nW, N, C)``.
 
     Windows are batch-major and row-major over the window grid; inside a window the token
-    index is ``n = (i_d*wh + i_h)*ww + i_w``.
+    index is ``n = (i_d*wh + i_h)*ww + i_w`` (:data:`PARTITION`).
     """
-    b, d, h, w, c = x.shape
     wd, wh, ww = window
-    x = x.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c)
-    # window-grid axes first, then the within-window axes
-    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(-1, wd * wh * ww, c)
+    return rearrange(x, PARTITION, wd=wd, wh=wh, ww=ww)
 
 
 def window_reverse(windows: torch.Tensor, window: Sequence[int], *, batch: int,
-                   padded: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: ``(B*nW, N, C)`` -> ``(B, Dp, Hp, Wp, C)``."""
+                   padded: Sequence[int], compat: str = "current") -> torch.Tensor:
+    """Windows ``(B*nW, N, C)`` back to the grid ``(B, Dp, Hp, Wp, C)``.
+
+    ``compat="current"`` is the inverse of :func:`window_partition` (:data:`MERGE`);
+    ``compat="original"`` is the original SMIT merge-back (:data:`MERGE_ORIGINAL`).
+    """
     wd, wh, ww = window
     dp, hp, wp = padded
-    c = windows.shape[-1]
-    x = windows.reshape(batch, dp // wd, hp // wh, wp // ww, wd, wh, ww, c)
-    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7)
-    return x.reshape(batch, dp, hp, wp, c)
+    sizes = dict(b=batch, nd=dp // wd, nh=hp // wh, nw=wp // ww, wd=wd, wh=wh, ww=ww)
+    if compat == "original":
+        flat = rearrange(windows, MERGE_ORIGINAL, **sizes)
+        return flat.reshape(batch, dp, hp, wp, windows.shape[-1])
+    return rearrange(windows, MERGE, **sizes)
 
 
 def to_windows(x: torch.Tensor, window: Sequence[int], shift: Sequence[int], *,
@@ -237,9 +282,12 @@ def to_windows(x: torch.Tensor, window: Sequence[int], shift: Sequence[int], *,
 
 
 def from_windows(windows: torch.Tensor, window: Sequence[int], shift: Sequence[int], *,
-                 batch: int, grid: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`to_windows`: reverse the partition, roll back, crop the padding."""
-    x = window_reverse(windows, window, batch=batch, padded=padded_grid(grid, window))
+                 batch: int, grid: Sequence[int], compat: str = "current") -> torch.Tensor:
+    """Merge windows back (:func:`window_reverse` in ``compat``'s way), roll back, crop the padding.
+
+    With ``compat="current"`` this is the inverse of :func:`to_windows`.
+    """
+    x = window_reverse(windows, window, batch=batch, padded=padded_grid(grid, window), compat=compat)
     x = roll_shift(x, shift, inverse=True)
     d, h, w = grid
     if tuple(x.shape[1:4]) == (d, h, w):
@@ -442,13 +490,17 @@ class SMITBlock(nn.Module):
         Nominal window and shift (shift 0 for even blocks, window//2 for odd ones).
     mlp_ratio, qkv_bias, drop, attn_drop, drop_path
         The usual Swin options.
+    compat
+        ``"current"``: MONAI's window rules and a true inverse merge; ``"original"``: the original
+        SMIT code's (:func:`original_window`, :data:`MERGE_ORIGINAL`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Triple, shift_size: Triple, *,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+                 attn_drop: float = 0.0, drop_path: float = 0.0, compat: str = "current") -> None:
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
+        self.compat = check_compat(compat)
         self.window_size = _triple(window_size, "window_size")
         self.shift_size = _triple(shift_size, "shift_size")
         self.norm1 = nn.LayerNorm(dim)
@@ -459,7 +511,9 @@ class SMITBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def window_for(self, grid: Sequence[int]) -> tuple[Triple, Triple]:
-        """Effective ``(window, shift)`` of this block on a token grid."""
+        """Effective ``(window, shift)`` of this block on a token grid (the compat mode's rule)."""
+        if self.compat == "original":
+            return original_window(grid, self.window_size, self.shift_size)
         return effective_window(grid, self.window_size, self.shift_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -472,7 +526,8 @@ class SMITBlock(nn.Module):
         windows, padded = to_windows(self.norm1(x), window, shift)
         mask = shifted_window_mask(padded, window, shift, device=x.device, dtype=windows.dtype)
         attended = self.attn(windows, mask=mask, window=window)
-        x = x + self.drop_path(from_windows(attended, window, shift, batch=batch, grid=grid))
+        merged = from_windows(attended, window, shift, batch=batch, grid=grid, compat=self.compat)
+        x = x + self.drop_path(merged)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -518,13 +573,13 @@ class SMITStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: Triple, *,
                  mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: Sequence[float]) -> None:
+                 drop_path: Sequence[float], compat: str = "current") -> None:
         super().__init__()
         shift = tuple(w // 2 for w in window_size)
         self.blocks = nn.ModuleList(
             SMITBlock(dim, num_heads, window_size, (0, 0, 0) if j % 2 == 0 else shift,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                      drop_path=drop_path[j])
+                      drop_path=drop_path[j], compat=compat)
             for j in range(depth)
         )
         self.downsample = PatchMerging(dim)
@@ -593,6 +648,12 @@ class SMITConfig:
         ``embed_dim`` because the stage-3 output feeds ``decoder5`` unchanged.
     drop_rate, attn_drop_rate, drop_path_rate
         Dropout after linears, on attention probabilities, and max stochastic depth.
+    compat
+        ``"current"`` or ``"original"`` (the original SMIT code's window merge and rules); see
+        :mod:`attnprobe.models.compat`.
+    encoder5
+        The paper's ``SMIT_3D_Seg`` decoder: an ``encoder5`` block on the stage-3 skip before
+        ``decoder5``. ``False`` is the layout of ``reference/smit_2282_state_dict.json``.
     """
 
     in_channels: int = 1
@@ -609,9 +670,12 @@ class SMITConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    compat: str = "current"
+    encoder5: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise fields once, here
+        check_compat(self.compat)
         try:
             set_(self, "depths", tuple(int(d) for d in self.depths))
             set_(self, "num_heads", tuple(int(h) for h in self.num_heads))
@@ -686,7 +750,7 @@ class SMITEncoder(nn.Module):
             self.layers.append(SMITStage(
                 config.stage_dims[i], depth, heads, window, mlp_ratio=config.mlp_ratio,
                 qkv_bias=config.qkv_bias, drop=config.drop_rate, attn_drop=config.attn_drop_rate,
-                drop_path=rates[start:start + depth]))
+                drop_path=rates[start:start + depth], compat=config.compat))
             start += depth
         for i, dim in enumerate(config.stage_dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
@@ -818,6 +882,8 @@ class SMIT(nn.Module):
         self.encoder3 = basic(dims[1], 2 * f)
         self.encoder4 = basic(dims[2], 4 * f)
         self.encoder10 = basic(2 * dims[3], 16 * f)
+        if config.encoder5:
+            self.encoder5 = basic(dims[3], 8 * f)
         self.decoder5 = up(16 * f, 8 * f)
         self.decoder4 = up(8 * f, 4 * f)
         self.decoder3 = up(4 * f, 2 * f)
@@ -850,7 +916,8 @@ class SMIT(nn.Module):
         enc2 = self.encoder2(h0)
         enc3 = self.encoder3(h1)
         enc4 = self.encoder4(h2)
-        dec = self.decoder5(self.encoder10(h4), h3)
+        skip4 = self.encoder5(h3) if self.config.encoder5 else h3
+        dec = self.decoder5(self.encoder10(h4), skip4)
         dec = self.decoder4(dec, enc4)
         dec = self.decoder3(dec, enc3)
         dec = self.decoder2(dec, enc2)
@@ -957,4 +1024,5 @@ def smit_config_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]
     if len(out_keys) == 1 and len(enc_keys) == 1:
         config["out_channels"] = _shape(state_dict[out_keys[0]])[0]
         config["feature_size"] = _shape(state_dict[enc_keys[0]])[0]
+        config["encoder5"] = any(".encoder5." in f".{k}" for k in state_dict)
     return config

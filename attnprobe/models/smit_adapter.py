@@ -31,10 +31,13 @@ _BASE = {
     "mlp_ratio": 4.0,
     "qkv_bias": True,
     "norm_name": "instance",
+    "encoder5": False,
     "roi": (128, 128, 128),
 }
 
 SSL_PREFIX = "module.backbone."
+#: Heads of SMIT's self-supervised student that a segmentation model has no place for.
+SSL_HEADS = ("head.", "head_cls.", "head_group.", "module.head.", "module.head_cls.", "module.head_group.")
 
 
 @register_adapter
@@ -74,10 +77,16 @@ class SMITAdapter(Adapter):
         if out is not None:
             inferred["out_channels"] = int(out.shape[0])
         inferred.pop("feature_size", None)  # always equals embed_dim in this architecture
+        # the paper's SMIT_3D_Seg adds encoder5 on the stage-3 skip; the reference layout has none
+        inferred["encoder5"] = any(k.startswith("encoder5.") for k in state_dict)
         return inferred
 
     def is_backbone_key(self, key: str) -> bool:
         return key.startswith("transformer.")
+
+    def is_known_extra_key(self, key: str) -> bool:
+        # self-supervised (iBOT-style) heads and the masked-image token of the SSL student
+        return key.startswith(SSL_HEADS) or key in ("transformer.mask_token", "mask_token")
 
     # ---- structure ------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> list[BlockRef]:
@@ -90,6 +99,10 @@ class SMITAdapter(Adapter):
 
     def shrink_window(self, grid: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
         return smit.effective_window(grid, window, shift)
+
+    def block_window(self, model: nn.Module, ref: BlockRef, grid: Triple) -> tuple[Triple, Triple]:
+        # the block's own rule: it depends on the compat mode the model was built with
+        return model.get_submodule(ref.block_path).window_for(grid)
 
     def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:
         return smit.window_partition(x, window)

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets import swin_unetr as monai_swin
 from torch import nn
 
 from attnprobe.errors import CheckpointError
 from attnprobe.models.adapter import Adapter, BlockRef, Triple, unwrap_state_dict
+from attnprobe.models.compat import check_compat
 from attnprobe.models.registry import register_adapter
 
 _MODEL_KEYS = (
@@ -41,6 +43,35 @@ _BASE = {
     "qkv_bias": True,
     "roi": (96, 96, 96),
 }
+
+#: Sub-voxel offsets (x, y, z) that MONAI < 1.5's ``PatchMerging`` concatenated: (0,1,0) and (0,0,1)
+#: twice, (1,1,0) and (0,1,1) never (MONAI issue #8284, fixed in 1.5). Every Swin UNETR checkpoint
+#: trained before 1.5 needs it (docs/compat.md).
+LEGACY_MERGE_OFFSETS: tuple[Triple, ...] = (
+    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1),
+)
+
+#: Heads of MONAI's self-supervised model that a segmentation model has no place for.
+SSL_HEADS = ("rotation_pre.", "rotation_head.", "contrastive_pre.", "contrastive_head.", "conv.")
+
+
+class LegacyPatchMerging(monai_swin.PatchMergingV2):
+    """MONAI's 3D ``PatchMerging`` as it computed before 1.5 (``compat="original"``).
+
+    Same parameters (``norm``, ``reduction``) as MONAI's, so checkpoints load unchanged; only the
+    concatenation order differs: :data:`LEGACY_MERGE_OFFSETS`.
+    """
+
+    merge_offsets: tuple[Triple, ...] = LEGACY_MERGE_OFFSETS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        _, d, h, w, _ = x.shape
+        if d % 2 or h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in self.merge_offsets], dim=-1)
+        return self.reduction(self.norm(x))
 
 _BLOCK_KEY = re.compile(r"^swinViT\.layers(\d)\.0\.blocks\.(\d+)\.")
 _TABLE_KEY = re.compile(r"^swinViT\.layers(\d)\.0\.blocks\.0\.attn\.relative_position_bias_table$")
@@ -66,6 +97,8 @@ class SwinUNETRAdapter(Adapter):
         kwargs = {k: config[k] for k in _MODEL_KEYS if k in config}
         kwargs["depths"] = tuple(kwargs["depths"])
         kwargs["num_heads"] = tuple(kwargs["num_heads"])
+        if check_compat(config.get("compat", "current")) == "original" and kwargs.get("downsample") == "merging":
+            kwargs["downsample"] = LegacyPatchMerging  # the order pre-1.5 checkpoints were trained with
         return SwinUNETR(spatial_dims=3, **kwargs)
 
     # ---- checkpoints ----------------------------------------------------------------
@@ -116,6 +149,15 @@ class SwinUNETRAdapter(Adapter):
         if out is not None:
             cfg["out_channels"] = int(out.shape[0])
         return cfg
+
+    def is_known_extra_key(self, key: str) -> bool:
+        return key.startswith(SSL_HEADS)
+
+    def merge_offsets(self, model: nn.Module, stage: int) -> tuple[Triple, ...] | None:
+        # the merging sits beside the stage's blocks: ``...layers{s+1}.0.downsample``
+        first = next(ref for ref in self.blocks(model) if ref.stage == stage)
+        layer = model.get_submodule(first.block_path.rsplit(".blocks.", 1)[0])
+        return getattr(getattr(layer, "downsample", None), "merge_offsets", None)
 
     def is_backbone_key(self, key: str) -> bool:
         # v2's residual conv blocks (layers{i}c) are new in v2 and absent from CT pretraining.

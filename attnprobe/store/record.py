@@ -16,6 +16,7 @@ from attnprobe import dist
 from attnprobe.capture.probe import Probe
 from attnprobe.capture.sinks import SampleCollector
 from attnprobe.errors import AttnprobeError, ShapeError, StoreError
+from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.schema import StoreDType
 from attnprobe.store.writer import StoreWriter
@@ -38,6 +39,7 @@ def model_attrs(model: nn.Module) -> dict[str, Any]:
     report = getattr(model, "attnprobe_checkpoint", None)
     return {
         "arch": adapter_for(model).name,
+        "compat": compat_of(model),
         "model_config": getattr(model, "attnprobe_config", {}),
         "checkpoint": getattr(report, "path", None),
         "checkpoint_sha256": getattr(report, "sha256", None),

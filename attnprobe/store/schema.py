@@ -30,4 +30,4 @@ CASE = "case"
 DONE = "done"
 
 #: root attributes that must agree for a capture to resume into an existing store
-RESUME_KEYS = ("arch", "model_config", "checkpoint_sha256", "roi", "taps", "dtype", "cases", "padding")
+RESUME_KEYS = ("arch", "compat", "model_config", "checkpoint_sha256", "roi", "taps", "dtype", "cases", "padding")

@@ -201,6 +201,8 @@ class TrainConfig:
     epochs: int = 100
     base_epochs: int = 100
     init: str | None = None
+    #: compat mode of ``init`` (None: what the checkpoint records, see attnprobe.models.compat)
+    init_compat: str | None = None
     tumor_aware: bool = False
     batch_size: int = 1
     num_samples: int = 4

@@ -315,8 +315,11 @@ def initial_model(config: TrainConfig, *, allow_random_init: bool = False,
         from attnprobe.workspace import resolve_model
 
         ref = resolve_model(config.init)
-        model, report = load_checkpoint(ref.checkpoint, config.arch, preset=config.model_preset)
+        model, report = load_checkpoint(ref.checkpoint, config.arch, preset=config.model_preset,
+                                        compat=config.init_compat)
         log(f"init {ref.name}: {report.summary()}")
+        if report.notice:
+            log(f"note: {report.notice}")
         if int(model.attnprobe_config.get("out_channels", config.n_classes)) != config.n_classes:
             model = _replace_head(model, config, log)
     model.attnprobe_config = {**model.attnprobe_config, "roi": tuple(config.roi)}  # type: ignore[attr-defined]

@@ -123,3 +123,36 @@ def test_store_of_another_schema_version(swin_ckpt, datalist, tmp_path):
     assert run(*args).exit_code == 0
     zarr.open_group(str(out), mode="r+").attrs["attnprobe_schema"] = 0
     assert_one_line_error(run(*args), "schema")
+
+
+def test_inspect_says_which_compat_and_why(swin_ckpt, tmp_path):
+    import torch
+
+    result = run("inspect", swin_ckpt)
+    assert "compat" in result.output and "current (recorded in the checkpoint)" in " ".join(result.output.split())
+    # a checkpoint attnprobe did not write: 'original', one notice line saying how to change it
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": torch.load(swin_ckpt, weights_only=True)["state_dict"]}, foreign)
+    result = run("inspect", foreign)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "original (checkpoint not written by attnprobe" in text
+    assert "note: foreign.pt: computing this checkpoint with compat='original'" in text and "--compat current" in text
+    assert "CompatNotice" not in result.output  # a line, not a Python warning
+    result = run("inspect", foreign, "--compat", "current")
+    assert "current (requested)" in " ".join(result.output.split()) and "note:" not in result.output
+    result = run("inspect", foreign, "--compat", "legacy")
+    assert result.exit_code == 2 and "original" in result.output and "current" in result.output
+
+
+def test_capture_records_the_compat_and_refuses_to_mix_modes(smit_ckpt, datalist, tmp_path):
+    # 128x64x64 is an input the original SMIT code can run (docs/compat.md); 64x64x32 is not
+    out = tmp_path / "s.zarr"
+    args = ("capture", "--model", smit_ckpt, "--data", datalist, "--out", out, "--taps", "stage3.*.out",
+            "--limit", "1")
+    result = run(*args, "--roi", "128,64,64", "--compat", "original")
+    assert result.exit_code == 0, result.output
+    assert open_store(out).attrs["compat"] == "original"
+    assert_one_line_error(run(*args, "--roi", "128,64,64"), "compat differs")  # the checkpoint records 'current'
+    assert_one_line_error(run(*args, "--roi", "64,64,32", "--compat", "original", "--overwrite"),
+                          "original SMIT code cannot run", fold_whitespace=True)

@@ -31,13 +31,13 @@ class Case:
     mask: torch.Tensor
 
 
-def make_cases() -> list[Case]:
+def make_cases(shape=SHAPE) -> list[Case]:
     g = torch.Generator().manual_seed(7)
     cases = []
     for i, extent in enumerate((40, 20)):
-        mask = torch.zeros(1, *SHAPE, dtype=torch.bool)
+        mask = torch.zeros(1, *shape, dtype=torch.bool)
         mask[..., :extent] = True
-        cases.append(Case(f"c{i}", torch.randn(1, *SHAPE, generator=g) * mask, mask))
+        cases.append(Case(f"c{i}", torch.randn(1, *shape, generator=g) * mask, mask))
     return cases
 
 
@@ -67,11 +67,13 @@ def run(tmp_path_factory):
     """Online frames (both head modes) and a float32 store, all from the same forwards."""
     torch.manual_seed(0)
     model = build_model("swin_unetr", preset="tiny").eval()
-    cases = make_cases()
-    path = tmp_path_factory.mktemp("offline") / "s.zarr"
+    return online_and_store(model, make_cases(), SHAPE, tmp_path_factory.mktemp("offline") / "s.zarr")
+
+
+def online_and_store(model, cases, shape, path):
     mean_red, head_red = FlowReducer(), FlowReducer(heads="per-head")
     with torch.no_grad(), Probe(model, TAPS, sinks=[mean_red, head_red], keep=False) as probe:
-        geometry = {g.name: g for g in probe.adapter.geometry(model, SHAPE)}
+        geometry = {g.name: g for g in probe.adapter.geometry(model, shape)}
         blocks = {t.block.name: (geometry[t.block.name], {"attn"}) for t in probe.taps}
         # The store writer of attnprobe capture, fed by the very forwards the reducers see.
         writer = StoreWriter(path, cases=[c.case_id for c in cases], blocks=blocks, dtype="float32",
@@ -92,6 +94,24 @@ def assert_same_rows(offline: pd.DataFrame, online: pd.DataFrame, *, atol: float
     ids = [c for c in ID_COLUMNS + ["head"] if c in online.columns]
     pd.testing.assert_frame_equal(offline[ids].reset_index(drop=True), online[ids].reset_index(drop=True))
     np.testing.assert_allclose(offline["value"].to_numpy(), online["value"].to_numpy(), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize(("arch", "compat"), [("smit", "original"), ("swin_unetr", "original")])
+def test_offline_equals_online_in_the_original_mode(arch, compat, tmp_path):
+    """The window geometry of the original code (SMIT: no shrinking, shift kept on small grids;
+    Swin UNETR: MONAI < 1.5's merging) reaches both the online reducer and the store's kinds."""
+    torch.manual_seed(0)
+    model = build_model(arch, preset="tiny", compat=compat).eval()
+    shape = (32, 64, 32) if arch == "smit" else SHAPE  # the original SMIT cannot run 32x32x64
+    run = online_and_store(model, make_cases(shape), shape, tmp_path / "s.zarr")
+    assert_same_rows(store_flow(run["store"]), run["mean"], atol=1e-5)
+    if arch == "smit":  # stage 3 (grid 1x2x1): window 4 and shift 2 kept, so window padding is seen
+        geom = {g.name: g for g in get_adapter(arch).geometry(model, shape)}["stage3.block1"]
+        assert geom.window == (4, 4, 4) and geom.shift == (2, 2, 2)
+        # unshifted, real queries attend to the window padding; shifted, the -100 mask hides it
+        window_adi = run["mean"].query("stage == 3 and kind == 'window' and metric == 'adi'")
+        assert (window_adi.query("block == 0")["value"] > 0.01).all()
+        assert (window_adi.query("block == 1")["value"] < 1e-6).all()
 
 
 @pytest.mark.parametrize("heads", ["mean", "per-head"])

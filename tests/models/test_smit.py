@@ -150,7 +150,7 @@ def test_reference_config_is_the_default(reference_model):
     assert S.SMITConfig(**inferred) == S.SMITConfig()
     assert inferred == {"in_channels": 1, "embed_dim": 48, "patch_size": 2, "depths": (2, 2, 8, 2),
                         "num_heads": (4, 4, 8, 16), "window_size": 4, "mlp_ratio": 4.0,
-                        "qkv_bias": True, "out_channels": 2, "feature_size": 48}
+                        "qkv_bias": True, "out_channels": 2, "feature_size": 48, "encoder5": False}
     path = _reference_json()
     if path is not None:  # shapes alone (the JSON) are enough
         assert S.smit_config_from_state_dict(json.loads(path.read_text())) == inferred

@@ -94,6 +94,24 @@ def test_another_capture_cannot_resume_into_a_store(model, tmp_path):
     assert block_names(open_store(path)) == ["stage2.block0", "stage2.block1"]
 
 
+def test_a_store_records_its_compat_and_refuses_the_other_mode(tmp_path):
+    torch.manual_seed(0)
+    current = build_model("swin_unetr", preset="tiny").eval()
+    original = build_model("swin_unetr", preset="tiny", compat="original").eval()
+    original.load_state_dict(current.state_dict())
+    path = capture_to_store(original, make_cases(2), tmp_path / "s.zarr", taps=["stage1.block0.out"])
+    tree = open_store(path)
+    assert tree.attrs["compat"] == "original" and tree.attrs["model_config"]["compat"] == "original"
+    with pytest.raises(StoreError, match="compat differs") as info:
+        capture_to_store(current, make_cases(2), path, taps=["stage1.block0.out"])
+    assert "compat = original" in str(info.value) and "compat = current" in str(info.value)
+    # the same weights give other stage-1 outputs in the other mode (MONAI < 1.5's merge order)
+    other = capture_to_store(current, make_cases(2), tmp_path / "c.zarr", taps=["stage1.block0.out"])
+    a = open_store(path)["stage1.block0"]["out"].values
+    b = open_store(other)["stage1.block0"]["out"].values
+    assert not np.allclose(a, b)
+
+
 def test_other_schema_versions_and_non_stores_are_refused(model, tmp_path):
     path = capture_to_store(model, make_cases(1), tmp_path / "s.zarr", taps=["stage3.*"])
     zarr.open_group(str(path), mode="r+").attrs["attnprobe_schema"] = 99
