@@ -25,6 +25,7 @@ from attnprobe.cli.common import (
 KernelOpt = Literal["linear", "rbf"]
 EstimatorOpt = Literal["biased", "unbiased", "minibatch"]
 UnitOpt = Literal["pooled", "tokens"]
+BaselineOpt = Literal["random-init", "none"]
 PadMode = Literal["end", "symmetric"]
 Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
@@ -122,6 +123,13 @@ def cka_command(
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    baseline: Annotated[BaselineOpt, typer.Option(
+        help="Also compare with randomly initialised models of the target's architecture (models only): "
+             "the CKA that unrelated weights reach on these inputs.")] = "random-init",
+    baseline_seeds: Annotated[int, typer.Option(help="Random initialisations for --baseline.")] = 3,
+    bootstrap: Annotated[int, typer.Option(help="Case-bootstrap resamples for 95% intervals (0: none; pooled, "
+                                               "biased/unbiased).")] = 1000,
+    permutations: Annotated[int, typer.Option(help="Pairing permutations for p-values (0: none).")] = 1000,
     compat: CompatOption = None,
     tgt_compat: Annotated[Compat | None, typer.Option(
         "--tgt-compat", help="--compat of the target model (default: --compat).")] = None,
@@ -133,7 +141,10 @@ def cka_command(
 
     # options first: bad input fails before anything is loaded
     config = CKAConfig(unit=unit, kernel=kernel, estimator=estimator, pool=pool, batch_size=batch_size,
-                       threshold=threshold)
+                       threshold=threshold, bootstrap=bootstrap, permutations=permutations)
+    if baseline_seeds < 1:
+        raise ConfigError("bad --baseline-seeds", expected="an integer >= 1", got=str(baseline_seeds),
+                          fix="use --baseline none to skip the baseline")
     if crops < 1:
         raise ConfigError("bad --crops", expected="an integer >= 1", got=str(crops))
     check_limit(limit)
@@ -162,6 +173,9 @@ def cka_command(
                               got=f"--crops {crops}", fix="pass checkpoints to compare on crops")
         if tgt is None:
             raise ConfigError("--tgt is needed with a store", expected="--tgt OTHER.zarr", got="no --tgt")
+        if main and baseline != "none":
+            err_console.print("note: no random-init baseline for capture stores (it needs the models); "
+                              "compare checkpoints to get one", highlight=False)
         da = _stores(ref_store, tgt_store, config=config, limit=limit, device=dev, names=names, main=main)
     else:
         if data is None:
@@ -173,7 +187,7 @@ def cka_command(
         da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
                      seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
                      spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
-                     compat=(compat, tgt_compat or compat))
+                     compat=(compat, tgt_compat or compat), baseline=baseline, baseline_seeds=baseline_seeds)
     if da is not None:  # rank 0 only
         paths = write_results(da, out)
         _print_diagonal(da)
@@ -186,12 +200,14 @@ def cka_command(
 def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
     from attnprobe import dist
     from attnprobe.metrics.features import store_case_ids
-    from attnprobe.metrics.reuse import compare_stores, pair_by_case_id
+    from attnprobe.metrics.reuse import check_examples, compare_stores, pair_by_case_id
     from attnprobe.store import open_store
 
     ref_tree, tgt_tree = open_store(ref_store), open_store(tgt_store)
     ids = store_case_ids(ref_tree)
     pair_by_case_id(ids, store_case_ids(tgt_tree), what="stores")  # before the progress bar
+    check_examples(len(ids[:limit] if limit else ids), config,
+                   warn=lambda msg: main and err_console.print(f"warning: {msg}", highlight=False))
     total = len(dist.shard(ids[:limit] if limit else ids))
     with progress_bar(disable=not main) as bar:
         task = bar.add_task("cka (stores)", total=total, status="")
@@ -203,11 +219,11 @@ def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
 
 
 def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, roi, split, pad_mode,
-            spacing, intensity, a_min, a_max, names, main, compat=(None, None)):
+            spacing, intensity, a_min, a_max, names, main, compat=(None, None), baseline="none", baseline_seeds=3):
     from attnprobe import dist
     from attnprobe.cli.capture import lazy_cases
     from attnprobe.data.preprocess import PreprocessConfig
-    from attnprobe.metrics.reuse import compare_models, pair_by_case_id
+    from attnprobe.metrics.reuse import check_examples, compare_models, pair_by_case_id
 
     config_roi = parse_roi(roi)
     ref_net, ref_report, ref_roi = load_model_ref(ref, compat=compat[0])
@@ -236,12 +252,19 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
     if limit is not None:
         ref_cases = ref_cases[:limit]
         tgt_cases = None if tgt_cases is None else tgt_cases[:limit]
+    # before any forward pass: an estimator undefined for this n is refused, a small n is flagged
+    check_examples(len(ref_cases) * crops, config,
+                   warn=lambda msg: main and err_console.print(f"warning: {msg}", highlight=False))
     attrs = {"ref_path": str(ref_report.path), "tgt_path": str(tgt_report.path), "ref_arch": ref_report.arch,
              "tgt_arch": tgt_report.arch, "ref_compat": ref_report.compat, "tgt_compat": tgt_report.compat,
              "data": data, "tgt_data": tgt_data or data,
              "roi": use_roi if isinstance(use_roi, str) else ",".join(map(str, use_roi))}
     with progress_bar(disable=not main) as bar:
         task = bar.add_task("cka", total=len(dist.shard(ref_cases)), status="")
+        per_pass = len(dist.shard(ref_cases))
+        if baseline != "none":
+            bar.update(task, total=per_pass * (1 + baseline_seeds))
         return compare_models(ref_net, None if same_model else tgt_net, ref_cases, tgt_cases, config=config,
                               crops=crops, crop_size=crop_size, seed=seed, device=device, names=names,
-                              attrs=attrs, on_case=lambda c: bar.update(task, advance=1, status=c))
+                              attrs=attrs, on_case=lambda c: bar.update(task, advance=1, status=c),
+                              baseline=baseline, baseline_seeds=baseline_seeds)

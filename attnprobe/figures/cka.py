@@ -33,6 +33,22 @@ _ANNOTATE_MAX = 10  # annotate cells when both sides have at most this many bloc
 
 
 @styled
+def _mark_baseline(axis: Axes, m: xr.DataArray) -> str:
+    """Hatch the cells whose interval does not clear the random-init baseline (coordinate
+    ``distinct_from_baseline`` of :func:`attnprobe.metrics.reuse.compare_models`)."""
+    if "distinct_from_baseline" not in m.coords:
+        return ""
+    from matplotlib.patches import Rectangle
+
+    same = ~np.asarray(m.coords["distinct_from_baseline"].values, dtype=bool)
+    for r, c in zip(*np.nonzero(same)):
+        axis.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="////", edgecolor="white",
+                                 linewidth=0, gid="cka-not-above-baseline"))
+    seeds = m.attrs.get("baseline_seeds", "?")
+    return (f"hatched: 95% CI not above the random-init baseline\n({seeds} seeds; "
+            f"{int(same.sum())} of {same.size} cells)")
+
+
 def cka_heatmap(
     matrix: xr.DataArray,
     *,
@@ -108,11 +124,12 @@ def cka_heatmap(
         for (r, c), v in np.ndenumerate(values):
             axis.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize="x-small",
                       color="black" if v > 0.6 else "white")
+    note = _mark_baseline(axis, m)
     axis.set_xticks(np.arange(len(tgts)), labels=tgts, rotation=45, ha="right", rotation_mode="anchor")
     axis.set_yticks(np.arange(len(refs)), labels=refs)
     axis.tick_params(length=0)
     axis.grid(False)
-    axis.set_xlabel(f"{tgt_label} block")
+    axis.set_xlabel(f"{tgt_label} block" + (f"\n{note}" if note else ""))
     axis.set_ylabel(f"{ref_label} block")
     text = title if title is not None else f"CKA: {ref_label} vs {tgt_label}"
     if ax is None:

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -45,14 +45,17 @@ from attnprobe.metrics.cka import (
     MinibatchCKA,
     StreamingLinearCKA,
     _check_threshold,
-    cka_matrix,
+    cka_matrix_from_grams,
     cka_summary,
+    gram,
 )
+from attnprobe.metrics.cka_stats import bootstrap_cka, permutation_pvalues
 from attnprobe.metrics.features import (
     UNITS,
     BlockOutputs,
     CaseLike,
     Unit,
+    live_outputs,
     model_blocks,
     model_channels,
     paired_live_outputs,
@@ -84,6 +87,7 @@ __all__ = [
 ]
 
 ReuseEstimator = Literal["biased", "unbiased", "minibatch"]
+Baseline = Literal["none", "random-init"]
 OUTPUT_FILES = ("cka.nc", "cka.csv", "summary.json")
 _MIN_BATCH = 4  # the unbiased HSIC of a minibatch needs n >= 4
 
@@ -113,6 +117,15 @@ class CKAConfig:
     gemm_dtype : {"float32", "float64"}
         Dtype of the large products (sums are float64 either way; see
         :mod:`attnprobe.metrics.cka`).
+    bootstrap : int
+        Case-bootstrap resamples for the interval of every CKA value (0: none). Pooled unit
+        with the biased or unbiased estimator only (:mod:`attnprobe.metrics.cka_stats`).
+    permutations : int
+        Pairing permutations for the p-value of every CKA value (0: none); same scope.
+    level : float
+        Coverage of the bootstrap interval.
+    stats_seed : int
+        Seed of the resampling and the permutations.
     """
 
     unit: Unit = "pooled"
@@ -122,6 +135,19 @@ class CKAConfig:
     batch_size: int = 32
     threshold: float = 1.0
     gemm_dtype: GemmDtype = "float32"
+    bootstrap: int = 1000
+    permutations: int = 1000
+    level: float = 0.95
+    stats_seed: int = 0
+
+    @property
+    def has_stats(self) -> bool:
+        """True when intervals / p-values are computed for this configuration."""
+        return self.unit == "pooled" and self.estimator != "minibatch" and (self.bootstrap or self.permutations) > 0
+
+    def min_examples(self) -> int:
+        """Fewest examples the estimator is defined for (checked before any forward pass)."""
+        return _MIN_BATCH if self.estimator in ("unbiased", "minibatch") else 2
 
     def __post_init__(self) -> None:
         for name, options in (("unit", UNITS), ("kernel", get_args(Kernel)),
@@ -148,6 +174,13 @@ class CKAConfig:
             raise ConfigError("bad minibatch size", expected=f"an integer >= {_MIN_BATCH}",
                               got=repr(self.batch_size), fix="use e.g. --batch-size 32")
         _check_threshold(self.threshold)
+        for name in ("bootstrap", "permutations"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 0 or 0 < value < 10:
+                raise ConfigError(f"bad --{name} count", expected="0 (off) or an integer >= 10, e.g. 1000",
+                                  got=repr(value))
+        if not 0 < self.level < 1:
+            raise ConfigError("bad interval level", expected="a coverage in (0, 1), e.g. 0.95", got=repr(self.level))
 
     def as_attrs(self) -> dict[str, Any]:
         """The options as netCDF-friendly attributes."""
@@ -159,6 +192,9 @@ class CKAConfig:
             out["batch_size"] = int(self.batch_size)
         if self.kernel == "rbf":
             out["threshold"] = float(self.threshold)
+        if self.has_stats:
+            out.update(bootstrap=int(self.bootstrap), permutations=int(self.permutations),
+                       level=float(self.level), stats_seed=int(self.stats_seed))
         return out
 
 
@@ -207,11 +243,32 @@ class PooledPairs:
         self.config = config
         self.device = torch.device(device)
         self._items: list[tuple[tuple[int, int], list[torch.Tensor], list[torch.Tensor]]] = []
+        #: after :meth:`compute` on rank 0 (biased/unbiased): per-layer Grams and example keys
+        self.grams: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.keys: list[tuple[int, int]] = []
 
     @property
     def n(self) -> int:
         """Examples added on this rank."""
         return len(self._items)
+
+    def with_targets(self, targets: Iterable[BlockOutputs]) -> PooledPairs:
+        """A copy that keeps this accumulator's reference features and takes new target outputs
+        (same examples, by case and crop): another target costs its forwards only."""
+        ref = {key: xs for key, xs, _ in self._items}
+        other = PooledPairs(self.ref_blocks, self.tgt_blocks, config=self.config, device=self.device)
+        grid = self.config.pool
+        for tgt in targets:
+            if tgt.key not in ref:
+                raise DataError("a target example has no reference example", expected="the same (case, crop)",
+                                got=f"({tgt.case_id!r}, crop {tgt.crop})")
+            _check_blocks(tgt, self.tgt_blocks, "target")
+            ys = [pooled_features(tgt.outputs[b], grid=grid).float().cpu() for b in self.tgt_blocks]
+            other._items.append((tgt.key, ref[tgt.key], ys))
+        if len(other._items) != len(self._items):
+            raise DataError("the new targets do not cover every reference example",
+                            expected=f"{len(self._items)} examples", got=f"{len(other._items)}")
+        return other
 
     def update(self, ref: BlockOutputs, tgt: BlockOutputs) -> None:
         """Add one example: the pooled features of every block of both sides."""
@@ -243,8 +300,10 @@ class PooledPairs:
         n = xs[0].shape[0]
         cfg = self.config
         if cfg.estimator != "minibatch":
-            return cka_matrix(xs, ys, kernel=cfg.kernel, estimator=cfg.estimator,
-                              threshold=cfg.threshold, gemm_dtype=cfg.gemm_dtype), n
+            kw = dict(kernel=cfg.kernel, threshold=cfg.threshold, gemm_dtype=cfg.gemm_dtype)
+            gx, gy = [gram(x, **kw) for x in xs], [gram(y, **kw) for y in ys]
+            self.grams, self.keys = (gx, gy), keys  # kept for intervals and permutation tests
+            return cka_matrix_from_grams(gx, gy, estimator=cfg.estimator), n
         acc = MinibatchCKA(kernel=cfg.kernel, threshold=cfg.threshold, gemm_dtype=cfg.gemm_dtype)
         for lo, hi in _batches(n, cfg.batch_size):
             acc.update([x[lo:hi] for x in xs], [y[lo:hi] for y in ys])
@@ -403,8 +462,24 @@ def summarize(da: xr.DataArray) -> dict[str, Any]:
     values = np.asarray(m.values, dtype=np.float64)
     out: dict[str, Any] = {k: (None if math.isnan(v) else v) for k, v in cka_summary(values).items()}
     refs = [str(r) for r in m["ref"].values]
-    out["diagonal"] = {refs[i]: float(values[i, i]) for i in range(min(values.shape))}
+    diag = range(min(values.shape))
+    out["diagonal"] = {refs[i]: float(values[i, i]) for i in diag}
+    # uncertainty and baseline, where computed: per diagonal cell, plus the baseline's own summary
+    for name in STAT_COORDS:
+        if name in m.coords:
+            cell = np.asarray(m.coords[name].values)
+            out[f"diagonal_{name}"] = {refs[i]: (bool(cell[i, i]) if cell.dtype == bool else float(cell[i, i]))
+                                      for i in diag}
+    if "baseline_mean" in m.coords:
+        base = np.asarray(m.coords["baseline_mean"].values, dtype=np.float64)
+        out["baseline_diagonal_mean"] = float(np.mean([base[i, i] for i in diag]))
+        out["diagonal_mean_above_baseline"] = out["diagonal_mean"] - out["baseline_diagonal_mean"]
     return out
+
+
+#: per-cell coordinates a CKA result may carry (see :func:`compare` and :func:`compare_models`)
+STAT_COORDS = ("ci_low", "ci_high", "p_value", "baseline_mean", "baseline_sd", "above_baseline",
+               "distinct_from_baseline")
 
 
 def write_results(da: xr.DataArray, out: str | Path) -> dict[str, Path]:
@@ -430,8 +505,9 @@ def write_results(da: xr.DataArray, out: str | Path) -> dict[str, Path]:
     paths = {name: folder / name for name in OUTPUT_FILES}
     m.to_netcdf(paths["cka.nc"], engine="h5netcdf")
     refs, tgts = np.meshgrid(m["ref"].values.astype(str), m["tgt"].values.astype(str), indexing="ij")
-    pd.DataFrame({"ref": refs.ravel(), "tgt": tgts.ravel(), "value": m.values.ravel()}).to_csv(
-        paths["cka.csv"], index=False)
+    columns = {"ref": refs.ravel(), "tgt": tgts.ravel(), "value": m.values.ravel()}
+    columns.update({name: np.asarray(m.coords[name].values).ravel() for name in STAT_COORDS if name in m.coords})
+    pd.DataFrame(columns).to_csv(paths["cka.csv"], index=False)
     summary = {**summarize(m), "attrs": {k: (v.item() if isinstance(v, np.generic) else v)
                                          for k, v in m.attrs.items()}}
     paths["summary.json"].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -469,7 +545,8 @@ def pair_by_case_id(ref_ids: Sequence[str], tgt_ids: Sequence[str], *, what: str
 def compare(pairs: Iterable[tuple[BlockOutputs, BlockOutputs]], *, ref_channels: Mapping[str, int],
             tgt_channels: Mapping[str, int], config: CKAConfig, device: torch.device | str = "cpu",
             attrs: Mapping[str, Any] | None = None,
-            on_example: Callable[[BlockOutputs], None] | None = None) -> xr.DataArray | None:
+            on_example: Callable[[BlockOutputs], None] | None = None,
+            accumulator: PooledPairs | TokenPairs | None = None) -> xr.DataArray | None:
     """CKA of every block pair over paired examples.
 
     Parameters
@@ -485,6 +562,8 @@ def compare(pairs: Iterable[tuple[BlockOutputs, BlockOutputs]], *, ref_channels:
         Extra attributes of the result (model names, sources ...).
     on_example : callable, optional
         Called with the reference outputs after each example (progress).
+    accumulator : PooledPairs or TokenPairs, optional
+        An empty accumulator to fill (the caller keeps it, e.g. to reuse its features).
 
     Returns
     -------
@@ -493,7 +572,7 @@ def compare(pairs: Iterable[tuple[BlockOutputs, BlockOutputs]], *, ref_channels:
         the pooled unit; for tokens, inputs are ``n_inputs`` and the token counts per pair
         ``n_tokens_min``/``n_tokens_max``); ``None`` on ranks other than 0.
     """
-    acc = pair_accumulator(ref_channels, tgt_channels, config=config, device=device)
+    acc = accumulator or pair_accumulator(ref_channels, tgt_channels, config=config, device=device)
     for ref, tgt in pairs:
         acc.update(ref, tgt)
         if on_example is not None:
@@ -509,7 +588,26 @@ def compare(pairs: Iterable[tuple[BlockOutputs, BlockOutputs]], *, ref_channels:
     else:
         matrix, n = result  # type: ignore[misc]
         meta.update(n=n, n_inputs=n)
-    return cka_dataarray(matrix, list(ref_channels), list(tgt_channels), attrs={**(attrs or {}), **meta})
+    da = cka_dataarray(matrix, list(ref_channels), list(tgt_channels), attrs={**(attrs or {}), **meta})
+    if isinstance(acc, PooledPairs) and acc.grams is not None and config.has_stats:
+        _add_uncertainty(da, acc, config)
+    return da
+
+
+def _add_uncertainty(da: xr.DataArray, acc: PooledPairs, config: CKAConfig) -> None:
+    """Bootstrap interval and permutation p-value of every cell, as 2-D coords of ``da``."""
+    gx, gy = acc.grams  # type: ignore[misc]
+    groups = [key[0] for key in acc.keys]  # the case, not the crop, is the independent unit
+    da.attrs["n_groups"] = len(set(groups))
+    if config.bootstrap:
+        low, high = bootstrap_cka(gx, gy, groups=groups, estimator=config.estimator,  # type: ignore[arg-type]
+                                  resamples=config.bootstrap, level=config.level, seed=config.stats_seed)
+        da.coords["ci_low"] = (("ref", "tgt"), low)
+        da.coords["ci_high"] = (("ref", "tgt"), high)
+    if config.permutations:
+        p = permutation_pvalues(gx, gy, groups=groups, estimator=config.estimator,  # type: ignore[arg-type]
+                                permutations=config.permutations, seed=config.stats_seed, observed=da.values)
+        da.coords["p_value"] = (("ref", "tgt"), p)
 
 
 def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases: Sequence[CaseLike],
@@ -517,7 +615,8 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
                    crops: int = 1, crop_size: Sequence[int] | None = None, seed: int = 0,
                    device: torch.device | str = "cpu", names: tuple[str, str] = ("ref", "tgt"),
                    attrs: Mapping[str, Any] | None = None,
-                   on_case: Callable[[str], None] | None = None) -> xr.DataArray | None:
+                   on_case: Callable[[str], None] | None = None,
+                   baseline: Baseline = "none", baseline_seeds: int = 3) -> xr.DataArray | None:
     """CKA between the blocks of two models on identical inputs, or of one model on two input sets.
 
     Parameters
@@ -547,6 +646,14 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
         Extra attributes.
     on_case : callable, optional
         Called with the case id after all crops of a case (progress).
+    baseline : {"none", "random-init"}
+        ``"random-init"``: also compare the reference with ``baseline_seeds`` randomly
+        initialised models of the target's architecture and configuration on the same inputs,
+        and add ``baseline_mean``, ``baseline_sd``, ``above_baseline`` (and, with intervals,
+        ``distinct_from_baseline``) as coordinates. CKA of pooled features on few examples is
+        high even between unrelated networks; the baseline says how high (``docs/cka.md``).
+    baseline_seeds : int
+        Random initialisations averaged for the baseline.
 
     Returns
     -------
@@ -555,6 +662,7 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
         sharded across ranks (:func:`attnprobe.dist.shard`).
     """
     config = config or CKAConfig()
+    check_examples(len(ref_cases) * crops, config)
     tgt_model = ref_model if tgt_model is None else tgt_model
     if tgt_cases is not None:
         order = pair_by_case_id([c.case_id for c in ref_cases], [c.case_id for c in tgt_cases])
@@ -577,8 +685,87 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
     ref_all, tgt_all = model_channels(ref_model), model_channels(tgt_model)
     ref_ch = {b: ref_all[b] for b in model_blocks(ref_model)}
     tgt_ch = {b: tgt_all[b] for b in model_blocks(tgt_model)}
-    return compare(pairs, ref_channels=ref_ch, tgt_channels=tgt_ch, config=config, device=device,
-                   attrs=meta, on_example=example_done)
+    acc = pair_accumulator(ref_ch, tgt_ch, config=config, device=device)
+    da = compare(pairs, ref_channels=ref_ch, tgt_channels=tgt_ch, config=config, device=device,
+                 attrs=meta, on_example=example_done, accumulator=acc)
+    if baseline == "none":
+        return da
+    if baseline != "random-init" or baseline_seeds < 1:
+        raise ConfigError("bad baseline", expected="'none' or 'random-init' with at least one seed",
+                          got=f"{baseline!r} with {baseline_seeds} seed(s)")
+    plain = replace(config, bootstrap=0, permutations=0)
+    runs = []
+    for k in range(baseline_seeds):
+        random_model = _random_init(tgt_model, seed=k)
+        if isinstance(acc, PooledPairs):  # the reference features are kept: only the random model runs
+            outputs = live_outputs(random_model, tgt_cases or ref_cases, crops=crops, crop_size=crop_size,
+                                   seed=seed, indices=indices, device=device)
+            result = acc.with_targets(_progress(outputs, example_done)).compute()
+            runs.append(None if result is None else result[0].cpu().numpy())
+        else:
+            pairs = paired_live_outputs(ref_model, random_model, ref_cases, tgt_cases, crops=crops,
+                                        crop_size=crop_size, seed=seed, indices=indices, device=device)
+            run = compare(pairs, ref_channels=ref_ch, tgt_channels=tgt_ch, config=plain, device=device,
+                          on_example=example_done)
+            runs.append(None if run is None else run.values)
+    if da is not None:  # rank 0
+        _add_baseline(da, np.stack(runs))  # type: ignore[arg-type]
+    return da
+
+
+def _progress(outputs: Iterable[BlockOutputs], done: Callable[[BlockOutputs], None]) -> Iterator[BlockOutputs]:
+    for out in outputs:
+        yield out
+        done(out)
+
+
+#: torch seed of the first random-init baseline model (then +1, +2 ...)
+BASELINE_SEED = 0xBA5E
+
+
+def _random_init(model: nn.Module, *, seed: int) -> nn.Module:
+    """A model of the same architecture, configuration and compat mode, randomly initialised."""
+    from attnprobe.models import adapter_for, build_model
+
+    config = getattr(model, "attnprobe_config", None)
+    if config is None:
+        raise ConfigError("a random-init baseline needs a model built by attnprobe",
+                          expected="a model from attnprobe.models.build_model/load_checkpoint",
+                          got=type(model).__name__, fix="pass baseline='none' (--baseline none)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BASELINE_SEED + seed)  # offset: seed 0 would recreate many a trained model's init
+        return build_model(adapter_for(model).name, **config).eval()
+
+
+def _add_baseline(da: xr.DataArray, runs: np.ndarray) -> None:
+    """Baseline mean/sd over random initialisations, the reuse above it, and (with intervals)
+    whether a value is distinct from it: its interval lies above every baseline run."""
+    mean, sd = runs.mean(axis=0), (runs.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(runs.shape[1:]))
+    da.coords["baseline_mean"] = (("ref", "tgt"), mean)
+    da.coords["baseline_sd"] = (("ref", "tgt"), sd)
+    da.coords["above_baseline"] = (("ref", "tgt"), da.values - mean)
+    if "ci_low" in da.coords:
+        da.coords["distinct_from_baseline"] = (("ref", "tgt"), da.coords["ci_low"].values > runs.max(axis=0))
+    da.attrs.update(baseline="random-init", baseline_seeds=len(runs))
+
+
+#: advisory minimum: below it pooled CKA mostly reflects the inputs' own similarity structure
+RECOMMENDED_EXAMPLES = 10
+
+
+def check_examples(n: int, config: CKAConfig, *, warn: Callable[[str], None] | None = None) -> None:
+    """Refuse (before any forward pass) an example count the estimator is not defined for, and
+    warn below :data:`RECOMMENDED_EXAMPLES`."""
+    if config.unit != "pooled":  # tokens: every token is an example, counted only after the forwards
+        return
+    need = config.min_examples()
+    if n < need:
+        raise ConfigError(f"{n} example(s) are too few for the {config.estimator} CKA estimator",
+                          expected=f"at least {need} examples (cases x --crops)", got=f"{n}",
+                          fix="add cases, raise --crops, or use --estimator biased")
+    if n < RECOMMENDED_EXAMPLES and warn is not None:
+        warn(f"only {n} examples: CKA of so few is dominated by the inputs' own similarity; "
+             f"use {RECOMMENDED_EXAMPLES}+ (more cases or --crops) and read it against the baseline")
 
 
 def compare_stores(ref_store: str | Path | xr.DataTree, tgt_store: str | Path | xr.DataTree, *,

@@ -72,7 +72,7 @@ def test_the_app_registers_cka():
 def test_pretrained_vs_fine_tuned_end_to_end(swin_ckpt, perturbed_swin, datalist, tmp_path):
     out = tmp_path / "cka"
     result = run("cka", "--ref", swin_ckpt, "--tgt", perturbed_swin, "--data", datalist, "--limit", 2,
-                 "--crops", 2, "--crop-size", "32,64,32", "--out", out)
+                 "--crops", 2, "--crop-size", "32,64,32", "--baseline-seeds", 2, "--out", out)
     assert result.exit_code == 0, result.output
     da = xr.open_dataarray(out / "cka.nc", engine="h5netcdf")
     assert da.name == "cka" and da.dims == ("ref", "tgt") and da.shape == (8, 8)
@@ -84,17 +84,24 @@ def test_pretrained_vs_fine_tuned_end_to_end(swin_ckpt, perturbed_swin, datalist
     assert np.isfinite(da.values).all() and (np.abs(da.values) <= 1 + 1e-9).all()
     assert not np.allclose(diag, 1.0, rtol=0, atol=1e-9)  # another model (itself: see below)
     table = pd.read_csv(out / "cka.csv")
-    assert list(table.columns) == ["ref", "tgt", "value"] and len(table) == 64
+    assert list(table.columns) == ["ref", "tgt", "value", "ci_low", "ci_high", "p_value", "baseline_mean",
+                                   "baseline_sd", "above_baseline", "distinct_from_baseline"] and len(table) == 64
     summary = json.loads((out / "summary.json").read_text())
     for key in ("diagonal_mean", "band_mean", "off_diagonal_mean", "mean_row_max", "mean_best_match_shift"):
         assert isinstance(summary[key], float)
     assert list(summary["diagonal"]) == BLOCKS
     assert summary["diagonal_mean"] == pytest.approx(diag.mean())
     assert "diagonal (same block)" in result.output and "stage3.block1" in result.output
+    # on by default: the random-init baseline, intervals over the 2 cases, permutation p-values
+    assert da.attrs["baseline"] == "random-init" and da.attrs["baseline_seeds"] == 2 and da.attrs["n_groups"] == 2
+    assert summary["diagonal_mean_above_baseline"] == pytest.approx(
+        summary["diagonal_mean"] - summary["baseline_diagonal_mean"])
+    assert set(summary["diagonal_ci_low"]) == set(BLOCKS)
+    assert "warning: only 4 examples" in " ".join(result.output.split())
 
 
 def test_a_model_against_itself(smit_ckpt, datalist, tmp_path):
-    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased",
+    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased", "--baseline", "none",
                  "--kernel", "rbf", "--pool", 2, "--out", tmp_path)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -104,7 +111,7 @@ def test_a_model_against_itself(smit_ckpt, datalist, tmp_path):
 
 def test_one_model_on_two_input_sets(smit_ckpt, datalist, other_rendering, tmp_path):
     full, part = other_rendering
-    result = run("cka", "--ref", smit_ckpt, "--data", datalist, "--tgt-data", full, "--unit", "tokens",
+    result = run("cka", "--ref", smit_ckpt, "--data", datalist, "--tgt-data", full, "--unit", "tokens", "--baseline", "none",
                  "--out", tmp_path)
     assert result.exit_code == 0, result.output
     da = xr.open_dataarray(tmp_path / "cka.nc", engine="h5netcdf")
@@ -146,6 +153,10 @@ def test_stores(smit_ckpt, swin_ckpt, datalist, tmp_path):
     (["--batch-size", "2", "--estimator", "minibatch"], "minibatch size"),
     (["--crops", "0"], "bad --crops"),
     (["--crop-size", "32,y,2"], "cannot read --crop-size"),
+    (["--bootstrap", "5"], "bad --bootstrap count"),
+    (["--baseline-seeds", "0"], "bad --baseline-seeds"),
+    # 3 cases x 1 crop: the unbiased estimator needs 4 -- refused before any forward pass
+    ([], "too few for the unbiased CKA estimator"),
 ])
 def test_bad_options_are_one_line_errors(smit_ckpt, datalist, tmp_path, extra, pattern):
     result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, *extra, "--out", tmp_path)
