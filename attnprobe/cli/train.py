@@ -17,15 +17,18 @@ from attnprobe.cli.common import (
     progress_bar,
 )
 
-Preset = Literal["base", "ta", "act", "scratch"]
-PadMode = Literal["end", "symmetric"]
+Preset = Literal["base", "ta", "act", "scratch", "paper-base", "paper-ta", "paper-act", "paper-scratch"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 Intensity = Literal["percentile", "fixed"]
 
 HELP = """Train a segmentation model with a preset.
 
 Presets: base (pretrained ROI, standard augmentation), ta (+ tumor-aware intensity augmentation),
 act (anisotropic crop + tumor-aware; swin_unetr 96x96x64, smit 128x128x64, tiny presets 64x64x32),
-scratch (random weights, pretrained ROI, twice --epochs).
+scratch (random weights, pretrained ROI, twice --epochs). paper-base, paper-ta, paper-act and
+paper-scratch add the paper's recipe (batch 2, DiceCE with squared predictions, warm-up from lr 0
+per epoch then cosine, MRI clipped to 0-800, in-plane symmetric padding, its augmentation with
+tumor-aware before the intensity transforms); run them with --epochs 500 as the paper did.
 
 --init names a model in attnprobe.toml or a checkpoint path (its load report is printed);
 --init none trains from random weights with any preset. --model-preset picks the
@@ -61,8 +64,9 @@ def train(
     device: Annotated[str, typer.Option(help="cpu or cuda (AMP on cuda).")] = "cpu",
     val_every: Annotated[int, typer.Option(help="Validate every K epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")] = 0,
-    batch_size: Annotated[int, typer.Option(
-        help="Volumes per step, over all ranks under torchrun (each gives --num-samples crops).")] = 1,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Volumes per step, over all ranks under torchrun (each gives --num-samples crops); "
+             "default 1 (paper presets 2).")] = None,
     num_samples: Annotated[int, typer.Option(help="Pos/neg-balanced crops per volume.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
@@ -70,10 +74,12 @@ def train(
     val_split: Annotated[str, typer.Option(help="Validation split ('none' to skip validation).")] = "validation",
     val_data: Annotated[str | None, typer.Option(help="Validation data (default: --data).")] = None,
     spacing: Annotated[float, typer.Option(help="Isotropic spacing in mm.")] = 1.0,
-    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
+    intensity: Annotated[Intensity | None, typer.Option(
+        help="Intensity scaling (default percentile; paper presets: fixed 0-800).")] = None,
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
-    pad_mode: Annotated[PadMode, typer.Option(help="Where padding goes.")] = "end",
+    pad_mode: Annotated[PadMode | None, typer.Option(
+        help="Where padding goes (default end; paper presets: inplane-symmetric).")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         help="Also write last.pt every N steps (default: end of each epoch).")] = None,
     max_steps: Annotated[int | None, typer.Option(
@@ -112,9 +118,10 @@ def train(
     config = resolve_train_config(
         preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
         init=init_ref, init_compat=init_compat, declared_roi=declared_roi, val_every=val_every, seed=seed,
-        batch_size=batch_size,
-        num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing, intensity=intensity,
-        a_min=a_min, a_max=a_max, pad_mode=pad_mode)
+        num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing,
+        # options left unset take the preset's recipe (attnprobe's or the paper's)
+        **{k: v for k, v in (("batch_size", batch_size), ("intensity", intensity), ("a_min", a_min),
+                             ("a_max", a_max), ("pad_mode", pad_mode)) if v is not None})
     if main:
         ranks = f", {dist.world_size()} ranks" if dist.is_distributed() else ""
         err_console.print(f"preset {config.preset}: {config.arch}{f' ({model_preset})' if model_preset else ''}, "

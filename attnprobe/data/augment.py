@@ -27,6 +27,7 @@ the three is available, the call raises :class:`~attnprobe.errors.ConfigError`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -324,6 +325,51 @@ def standard_augmentation(keys: Sequence[str] = ("image", "label"), *, label_key
                                        allow_missing_keys=allow_missing_keys))
         ops.append(RandShiftIntensityd(image_keys, offsets=shift_offset, prob=shift_prob,
                                        allow_missing_keys=allow_missing_keys))
+    comp = Compose(ops)
+    if seed is not None:
+        comp.set_random_state(seed=int(seed))
+    return comp
+
+
+def paper_augmentation(keys: Sequence[str] = ("image", "label"), *, label_keys: Sequence[str] = ("label",),
+                       seed: int | None = 0, rot90_prob: float = 0.2, tumor: Any = None,
+                       allow_missing_keys: bool = False) -> Compose:
+    """The paper's fine-tuning augmentation (``augmentation="paper"``, ``docs/conventions.md``).
+
+    Spatial, on every key (labels with nearest interpolation): ``RandAffined`` (p 0.3; rotation
+    up to 15 degrees and scaling up to 10 % per axis), flips along x, y, z (p 0.2 each),
+    in-plane 90-degree rotations (``rot90_prob``). Then ``tumor`` (a
+    :class:`RandTumorIntensityd`, or None) -- *before* the intensity transforms, as in the
+    paper -- then, on image keys: Gaussian noise (p 0.15, std 0.01), Gaussian smoothing (p 0.15,
+    sigma 0.5-1.0 voxel), intensity scaling by ``1 + U(-0.2, 0.2)`` (p 0.3), shift by
+    ``U(-0.2, 0.2)`` (p 0.1), contrast (gamma 0.7-1.5, p 0.15). The probabilities and the
+    scale/shift strengths are the paper's; the affine ranges, noise std, smoothing sigmas and
+    gamma range are not given there and are attnprobe's choices.
+    """
+    from monai.transforms import (
+        RandAdjustContrastd,
+        RandAffined,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+    )
+
+    keys, labels = tuple(keys), tuple(label_keys)
+    image_keys = [k for k in keys if k not in labels]
+    modes = ["nearest" if k in labels else "bilinear" for k in keys]
+    kw = {"allow_missing_keys": allow_missing_keys}
+    ops: list[Any] = [RandAffined(keys, prob=0.3, rotate_range=(math.radians(15),) * 3, scale_range=(0.1,) * 3,
+                                  mode=modes, padding_mode="zeros", **kw)]
+    ops += [RandFlipd(keys, prob=0.2, spatial_axis=axis, **kw) for axis in (0, 1, 2)]
+    ops.append(RandRotate90d(keys, prob=_check_prob(rot90_prob), max_k=3, spatial_axes=(0, 1), **kw))
+    if tumor is not None:
+        ops.append(tumor)
+    if image_keys:
+        ops += [RandGaussianNoised(image_keys, prob=0.15, mean=0.0, std=0.01, **kw),
+                RandGaussianSmoothd(image_keys, prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
+                                    sigma_z=(0.5, 1.0), **kw),
+                RandScaleIntensityd(image_keys, factors=0.2, prob=0.3, **kw),
+                RandShiftIntensityd(image_keys, offsets=0.2, prob=0.1, **kw),
+                RandAdjustContrastd(image_keys, prob=0.15, gamma=(0.7, 1.5), **kw)]
     comp = Compose(ops)
     if seed is not None:
         comp.set_random_state(seed=int(seed))

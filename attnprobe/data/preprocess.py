@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -66,7 +66,37 @@ ROI_MULTIPLE = 32
 """Every model input size must be divisible by this (patch 2 x four 2x merges, SPEC §2)."""
 
 Roi = tuple[int, int, int] | Literal["full"]
-PadMode = Literal["end", "symmetric"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
+"""Where padding goes: after the content, split on both sides, or split in-plane (x, y) and after
+the content along z (the paper's fine-tuning code)."""
+
+
+def pad_methods(pad_mode: str) -> tuple[str, str, str]:
+    """MONAI's pad ``method`` of each axis (x, y, z) for a :data:`PadMode`."""
+    if pad_mode == "inplane-symmetric":
+        return ("symmetric", "symmetric", "end")
+    return (pad_mode, pad_mode, pad_mode)
+
+
+def pad_transforms(keys: Sequence[str], pad_mode: str, *, roi: Sequence[int] | None = None,
+                   multiple: int = 32) -> list[Any]:
+    """Dictionary pad transforms: to ``roi`` (or to a ``multiple`` of each size), per-axis method.
+
+    One MONAI pad per method; the axes of the other method are left as they are (size -1 / k 1).
+    """
+    from monai.transforms import DivisiblePadd, SpatialPadd
+
+    methods = pad_methods(pad_mode)
+    steps = []
+    for method in dict.fromkeys(methods):
+        mine = [m == method for m in methods]
+        if roi is not None:
+            size = tuple(int(r) if on else -1 for r, on in zip(roi, mine))
+            steps.append(SpatialPadd(keys=keys, spatial_size=size, method=method, mode="constant"))
+        else:
+            k = tuple(multiple if on else 1 for on in mine)
+            steps.append(DivisiblePadd(keys=keys, k=k, method=method, mode="constant"))
+    return steps
 IntensityMode = Literal["percentile", "fixed"]
 AXES = ("x", "y", "z")
 
@@ -175,7 +205,8 @@ class PreprocessConfig:
         # Normalise lists (from TOML/JSON) to tuples so configs stay hashable and comparable.
         object.__setattr__(self, "roi", validate_roi(self.roi))
         if self.pad_mode not in get_args(PadMode):
-            raise ConfigError("Unknown pad_mode", expected="'end' or 'symmetric'", got=repr(self.pad_mode))
+            raise ConfigError("Unknown pad_mode", expected="'end', 'symmetric' or 'inplane-symmetric'",
+                              got=repr(self.pad_mode))
         object.__setattr__(self, "spacing", _normalise_spacing(self.spacing))
         if self.intensity not in get_args(IntensityMode):
             raise ConfigError(
@@ -559,14 +590,12 @@ def _prepare(
     source: Path | None,
 ) -> PreparedCase:
     from monai.transforms import (
-        DivisiblePadd,
         EnsureChannelFirstd,
         Orientationd,
         ScaleIntensityRanged,
         ScaleIntensityRangePercentilesd,
         Spacingd,
         SpatialCropd,
-        SpatialPadd,
     )
 
     native_shape = tuple(int(s) for s in image.shape)
@@ -624,11 +653,9 @@ def _prepare(
             start += lo_idx
     kept_shape = np.asarray(data["image"].shape[1:], dtype=int)
 
-    if config.roi == "full":
-        data = DivisiblePadd(keys=keys, k=ROI_MULTIPLE, method=config.pad_mode, mode="constant")(data)
-    else:
-        data = SpatialPadd(keys=keys, spatial_size=tuple(int(r) for r in config.roi),
-                           method=config.pad_mode, mode="constant")(data)
+    roi_or_none = None if config.roi == "full" else tuple(int(r) for r in config.roi)
+    for pad in pad_transforms(keys, config.pad_mode, roi=roi_or_none, multiple=ROI_MULTIPLE):
+        data = pad(data)
 
     out_affine = np.asarray(data["image"].affine, dtype=np.float64).copy()
     out_shape = np.asarray(data["image"].shape[1:], dtype=int)

@@ -42,13 +42,18 @@ __all__ = [
     "TRAIN_PRESETS",
     "ANISOTROPIC_CROPS",
     "TrainConfig",
+    "PAPER_RECIPE",
     "get_preset",
     "pretrained_roi",
     "anisotropic_roi",
     "resolve_train_config",
 ]
 
-PresetName = Literal["base", "ta", "act", "scratch"]
+PresetName = Literal["base", "ta", "act", "scratch", "paper-base", "paper-ta", "paper-act", "paper-scratch"]
+Recipe = Literal["attnprobe", "paper"]
+LossName = Literal["dicece", "dicece-paper"]
+Schedule = Literal["step", "epoch-paper"]
+Augmentation = Literal["standard", "paper"]
 Roi3 = tuple[int, int, int]
 
 
@@ -70,6 +75,8 @@ class TrainPreset:
         Start from pretrained weights (``init``); ``False`` means random initialisation.
     epoch_factor
         Multiplier of the base number of epochs.
+    recipe
+        ``"paper"``: the paper's fine-tuning recipe (:data:`PAPER_RECIPE`) as defaults.
     """
 
     name: PresetName
@@ -78,6 +85,7 @@ class TrainPreset:
     tumor_aware: bool
     pretrained: bool
     epoch_factor: int
+    recipe: Recipe = "attnprobe"
 
 
 TRAIN_PRESETS: Mapping[str, TrainPreset] = MappingProxyType({
@@ -87,6 +95,23 @@ TRAIN_PRESETS: Mapping[str, TrainPreset] = MappingProxyType({
                        True, 1),
     "scratch": TrainPreset("scratch", "random initialisation, pretrained ROI, twice the epochs", False, False,
                            False, 2),
+    "paper-base": TrainPreset("paper-base", "base with the paper's recipe", False, False, True, 1, "paper"),
+    "paper-ta": TrainPreset("paper-ta", "ta with the paper's recipe", False, True, True, 1, "paper"),
+    "paper-act": TrainPreset("paper-act", "act with the paper's recipe", True, True, True, 1, "paper"),
+    "paper-scratch": TrainPreset("paper-scratch", "scratch with the paper's recipe", False, False, False, 2,
+                                 "paper"),
+})
+
+#: The paper's fine-tuning recipe: the defaults of the ``paper-*`` presets (``docs/conventions.md``).
+#: Its 500 epochs with a 50-epoch warm-up are ``--epochs 500`` with this warm-up fraction.
+PAPER_RECIPE: Mapping[str, Any] = MappingProxyType({
+    "batch_size": 2,
+    "loss": "dicece-paper",          # DiceCE(squared_pred=True, smooth_nr=0, smooth_dr=1e-6)
+    "schedule": "epoch-paper",       # warm-up from lr 0, stepped per epoch, then cosine
+    "warmup_fraction": 0.1,          # 50 of 500 epochs
+    "augmentation": "paper",         # RandAffine, flips/rot90, noise/smoothing, scale/shift/contrast
+    "intensity": "fixed", "a_min": 0.0, "a_max": 800.0,  # MRI clipped to 0-800, then scaled
+    "pad_mode": "inplane-symmetric",  # symmetric in x, y; at the end along z
 })
 
 #: Paper crops, keyed by (architecture, side of the pretrained cubic ROI).
@@ -204,6 +229,9 @@ class TrainConfig:
     #: compat mode of ``init`` (None: what the checkpoint records, see attnprobe.models.compat)
     init_compat: str | None = None
     tumor_aware: bool = False
+    loss: LossName = "dicece"
+    schedule: Schedule = "step"
+    augmentation: Augmentation = "standard"
     batch_size: int = 1
     num_samples: int = 4
     lr: float = 3e-4
@@ -246,6 +274,10 @@ class TrainConfig:
             raise ConfigError("bad overlap", expected="0 <= overlap < 1", got=repr(self.overlap))
         if not 0.0 <= self.tumor_prob <= 1.0:
             raise ConfigError("bad tumor_prob", expected="a probability in [0, 1]", got=repr(self.tumor_prob))
+        for name, options in (("loss", get_args(LossName)), ("schedule", get_args(Schedule)),
+                              ("augmentation", get_args(Augmentation))):
+            if getattr(self, name) not in options:
+                raise ConfigError(f"unknown {name}", expected=f"one of {list(options)}", got=repr(getattr(self, name)))
         if self.intensity not in get_args(IntensityMode):
             raise ConfigError("unknown intensity mode", expected="'percentile' or 'fixed'", got=repr(self.intensity))
         # Fails early (here, not after minutes of loading) on a bad window or spacing.
@@ -322,6 +354,8 @@ def resolve_train_config(
         crop = anisotropic_roi(arch, model_preset, pretrained=declared_roi)
     else:
         crop = pretrained_roi(arch, model_preset, declared=declared_roi)
+    if spec.recipe == "paper":
+        options = {**PAPER_RECIPE, **options}  # explicit options win over the recipe
     return TrainConfig(preset=spec.name, arch=arch, model_preset=model_preset, roi=crop,
                        epochs=base_epochs * spec.epoch_factor, base_epochs=base_epochs,
                        init=init if spec.pretrained else None, tumor_aware=spec.tumor_aware, **options)

@@ -56,6 +56,7 @@ one up to floating-point summation order (gradients summed per rank, then across
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -174,6 +175,42 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def paper_lr_factor(epoch: int, *, epochs: int, warmup_epochs: int) -> float:
+    """Learning-rate multiplier of the paper's schedule in epoch ``epoch`` (0-based).
+
+    Linear warm-up from 0 over ``warmup_epochs`` epochs (``epoch / (warmup_epochs - 1)``, so
+    epoch 0 has lr 0), then cosine decay to 0 at ``epochs``; stepped once per epoch (the
+    ``LinearWarmupCosineAnnealingLR`` of the Swin UNETR fine-tuning code with
+    ``warmup_start_lr=0, eta_min=0``).
+    """
+    if epoch < warmup_epochs:
+        return epoch / max(1, warmup_epochs - 1)
+    span = max(1, epochs - warmup_epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (epoch - warmup_epochs) / span)))
+
+
+def _step_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    return lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps)
+
+
+def _epoch_paper_factor(step: int, *, n_batches: int, epochs: int, warmup_epochs: int) -> float:
+    # LambdaLR steps once per optimisation step; the factor only changes between epochs
+    return paper_lr_factor(step // n_batches, epochs=epochs, warmup_epochs=warmup_epochs)
+
+
+def make_loss(name: str) -> nn.Module:
+    """The segmentation loss of a :class:`TrainConfig` (``docs/conventions.md``).
+
+    ``"dicece"``: MONAI ``DiceCELoss`` with its defaults (softmax, one-hot target);
+    ``"dicece-paper"``: the paper's ``DiceCELoss(squared_pred=True, smooth_nr=0, smooth_dr=1e-6)``.
+    """
+    from monai.losses import DiceCELoss
+
+    if name == "dicece-paper":
+        return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
 def dice_score(pred: torch.Tensor, ref: torch.Tensor) -> float:
     """Foreground Dice of two label maps (nonzero = foreground); 1 when both are empty."""
     p, r = pred != 0, ref != 0
@@ -217,7 +254,7 @@ class _CropDataset(torch.utils.data.Dataset):
     def __init__(self, volumes: Sequence[dict[str, torch.Tensor]], config: TrainConfig) -> None:
         from monai.transforms import Compose, RandCropByPosNegLabeld
 
-        from attnprobe.data.augment import RandTumorIntensityd, standard_augmentation
+        from attnprobe.data.augment import RandTumorIntensityd, paper_augmentation, standard_augmentation
 
         self.volumes = list(volumes)
         self.seed = config.seed
@@ -226,13 +263,18 @@ class _CropDataset(torch.utils.data.Dataset):
                                               pos=1.0, neg=1.0, num_samples=config.num_samples, image_key="image",
                                               image_threshold=0.0)
         # In-plane 90-degree turns swap x and y: only safe when the crop is square in-plane.
-        rot = 0.1 if config.roi[0] == config.roi[1] else 0.0
-        ops: list[Any] = [standard_augmentation(("image", "label"), label_keys=("label",), seed=None,
-                                                rot90_prob=rot)]
-        if config.tumor_aware:
-            ops.append(RandTumorIntensityd("image", label_key="label", prob=config.tumor_prob,
-                                           keep_first=config.keep_first_crop))
-        self.augment = Compose(ops)
+        square = config.roi[0] == config.roi[1]
+        tumor = (RandTumorIntensityd("image", label_key="label", prob=config.tumor_prob,
+                                     keep_first=config.keep_first_crop) if config.tumor_aware else None)
+        if config.augmentation == "paper":  # tumor-aware before the intensity augmentations
+            self.augment = paper_augmentation(("image", "label"), label_keys=("label",), seed=None,
+                                              rot90_prob=0.2 if square else 0.0, tumor=tumor)
+        else:
+            ops: list[Any] = [standard_augmentation(("image", "label"), label_keys=("label",), seed=None,
+                                                    rot90_prob=0.1 if square else 0.0)]
+            if tumor is not None:
+                ops.append(tumor)
+            self.augment = Compose(ops)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -263,7 +305,7 @@ def _collate(items: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tens
 
 
 def _pad_to_roi(case: PreparedCase, config: TrainConfig) -> dict[str, torch.Tensor]:
-    from monai.transforms import SpatialPad
+    from attnprobe.data.preprocess import pad_transforms
 
     if case.label is None:
         raise DataError(f"training case {case.case_id!r} has no label", expected="a label for every training case",
@@ -273,10 +315,10 @@ def _pad_to_roi(case: PreparedCase, config: TrainConfig) -> dict[str, torch.Tens
         raise DataError(f"label of case {case.case_id!r} has class {top}",
                         expected=f"classes 0..{config.n_classes - 1} (n_classes={config.n_classes})",
                         got=f"max label {top}", fix="relabel, or build the model with more output channels")
-    pad = SpatialPad(spatial_size=config.roi, method=config.pad_mode, mode="constant")
-    image = _plain_tensor(pad(case.image))
-    label = _plain_tensor(pad(case.label.to(torch.float32)))
-    return {"image": image, "label": label}
+    data = {"image": case.image, "label": case.label.to(torch.float32)}
+    for pad in pad_transforms(("image", "label"), config.pad_mode, roi=config.roi):
+        data = pad(data)
+    return {"image": _plain_tensor(data["image"]), "label": _plain_tensor(data["label"])}
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -567,19 +609,22 @@ def train(
                 raise DataError(f"validation case {case.case_id!r} has no label",
                                 expected="labels for validation", got="label missing")
 
-        from monai.losses import DiceCELoss
-
         dataset = _CropDataset(volumes, config)
         net = dist.data_parallel(model, device=dev)
         n_batches = math.ceil(len(volumes) / config.batch_size)
         total_steps = n_batches * config.epochs
-        warmup = max(1, round(config.warmup_fraction * total_steps)) if config.warmup_fraction > 0 else 0
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_steps=total_steps, warmup_steps=warmup))
+        if config.schedule == "epoch-paper":
+            warmup = round(config.warmup_fraction * config.epochs)
+            factor = functools.partial(_epoch_paper_factor, n_batches=n_batches, epochs=config.epochs,
+                                       warmup_epochs=warmup)
+        else:
+            warmup = max(1, round(config.warmup_fraction * total_steps)) if config.warmup_fraction > 0 else 0
+            factor = functools.partial(_step_factor, total_steps=total_steps, warmup_steps=warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         use_amp = config.amp and dev.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        loss_fn = make_loss(config.loss)
         infer = InferenceConfig(roi=config.roi, overlap=config.overlap, sw_batch_size=config.sw_batch_size,
                                 amp=config.amp)
         workers = num_workers if num_workers is not None else (2 if dev.type == "cuda" else 0)

@@ -307,7 +307,7 @@ def test_bad_roi(roi: object, needles: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"pad_mode": "middle"}, "'end' or 'symmetric'"),
+        ({"pad_mode": "middle"}, "'end', 'symmetric' or 'inplane-symmetric'"),
         ({"intensity": "zscore"}, "'percentile' or 'fixed'"),
         ({"intensity": "fixed"}, "a_min < a_max"),
         ({"intensity": "fixed", "a_min": 5.0, "a_max": 5.0}, "a_min < a_max"),
