@@ -31,6 +31,7 @@ from attnprobe.metrics.flow import (
     FlowAccumulator,
     FlowResult,
     HeadMode,
+    PadQueries,
     accumulators_to,
     check_reduction_options,
 )
@@ -105,6 +106,7 @@ def reduce_block(
     padding_kinds: Iterable[PaddingKind] = PADDING_KINDS,
     max_chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
     trusted_kinds: bool = False,
+    pad_queries: PadQueries = "all-windows",
 ) -> dict[str, FlowResult]:
     """Attention flow of one block for several padding kinds in one pass over its windows.
 
@@ -124,6 +126,9 @@ def reduce_block(
     trusted_kinds
         The kinds come from the probe's geometry: skip re-checking their codes (a device
         sync per chunk inside the hook).
+    pad_queries
+        ``"all-windows"`` (the paper's) or ``"real-windows"``: which padding queries
+        ``a_pr``/``a_pp`` average over (see :func:`~attnprobe.metrics.flow.attention_flow`).
 
     Returns
     -------
@@ -131,7 +136,7 @@ def reduce_block(
         Padding kind -> :class:`~attnprobe.metrics.flow.FlowResult` on ``probs``' device.
     """
     acc = _accumulate(probs, kinds, heads=heads, max_chunk_bytes=max_chunk_bytes, trusted_kinds=trusted_kinds)
-    return {kind: acc.result(padding=kind) for kind in padding_kinds}
+    return {kind: acc.result(padding=kind, pad_queries=pad_queries) for kind in padding_kinds}
 
 
 def _accumulate(probs: torch.Tensor, kinds: torch.Tensor, *, heads: HeadMode, max_chunk_bytes: int | None,
@@ -148,7 +153,7 @@ def _accumulate(probs: torch.Tensor, kinds: torch.Tensor, *, heads: HeadMode, ma
 def result_to_cpu(result: FlowResult) -> FlowResult:
     """A copy of ``result`` with every tensor on the CPU."""
     moved = {name: t.detach().to("cpu") for name, t in result.as_dict().items()}
-    return FlowResult(**moved, padding=result.padding, heads=result.heads)
+    return FlowResult(**moved, padding=result.padding, heads=result.heads, pad_queries=result.pad_queries)
 
 
 class FlowReducer:
@@ -160,6 +165,9 @@ class FlowReducer:
         ``"mean"``: average heads first (SPEC §3 default); ``"per-head"``: keep a head axis.
     padding_kinds
         Padding kinds to report; all three come from one pass over each map.
+    pad_queries
+        ``"all-windows"`` (default, the paper's) or ``"real-windows"``: which padding
+        queries ``a_pr``/``a_pp`` average over (``docs/conventions.md``).
     max_chunk_bytes
         Extra device memory allowed per reduction step (windows are chunked to fit).
 
@@ -176,13 +184,15 @@ class FlowReducer:
     """
 
     def __init__(self, *, heads: HeadMode = "mean", padding_kinds: Sequence[PaddingKind] = PADDING_KINDS,
+                 pad_queries: PadQueries = "all-windows",
                  max_chunk_bytes: int | None = DEFAULT_CHUNK_BYTES) -> None:
-        check_reduction_options(heads, padding_kinds)
+        check_reduction_options(heads, padding_kinds, pad_queries)
         if max_chunk_bytes is not None and max_chunk_bytes <= 0:
             raise ConfigError("max_chunk_bytes must be positive", expected="bytes > 0 or None",
                               got=repr(max_chunk_bytes))
         self.heads: HeadMode = heads
         self.padding_kinds: tuple[PaddingKind, ...] = tuple(padding_kinds)
+        self.pad_queries: PadQueries = pad_queries
         self.max_chunk_bytes = max_chunk_bytes
         self.records: list[ForwardFlow] = []
         self._pending: dict[str, tuple[int, int, FlowAccumulator]] = {}
@@ -215,7 +225,8 @@ class FlowReducer:
         # One move for the state of every block of the forward (one sync), then metrics on the CPU.
         on_cpu = accumulators_to([acc for _, _, acc in pending.values()], "cpu")
         blocks = {
-            name: BlockFlow(stage, block, {k: acc.result(padding=k) for k in self.padding_kinds})
+            name: BlockFlow(stage, block, {k: acc.result(padding=k, pad_queries=self.pad_queries)
+                                           for k in self.padding_kinds})
             for (name, (stage, block, _)), acc in zip(pending.items(), on_cpu)
         }
         self.records.append(ForwardFlow(tag, blocks))

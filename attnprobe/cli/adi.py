@@ -28,6 +28,7 @@ Axis = Literal["x", "y", "z"]
 PadMode = Literal["end", "symmetric"]
 SweepModeOpt = Literal["fixed-roi", "grow"]
 Heads = Literal["mean", "per-head"]
+PadQueriesOpt = Literal["all-windows", "real-windows"]
 Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 
@@ -112,6 +113,9 @@ def adi(
     sweep_mode: Annotated[SweepModeOpt, typer.Option(help="fixed-roi: content shrinks inside the ROI; "
                                                      "grow: input grows by p.")] = "fixed-roi",
     heads: Annotated[Heads, typer.Option(help="Average heads first, or keep one value per head.")] = "mean",
+    pad_queries: Annotated[PadQueriesOpt, typer.Option(
+        help="Padding queries behind A_pr and A_pp: those of every window (the paper's), or only of "
+             "windows holding a real token (see docs/conventions.md).")] = "all-windows",
     store: Annotated[Path | None, typer.Option(help="Compute offline from this capture store "
                                                "(no model needed).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -149,13 +153,14 @@ def adi(
             raise ConfigError("--compat applies to a model, a store was captured in one mode already",
                               expected="--store without --compat", got=f"--compat {compat}",
                               fix="drop --compat; the store's attrs say which mode it was captured in")
-        frame, attrs = _offline(store_path, heads=heads, device=dev, limit=limit)
+        frame, attrs = _offline(store_path, heads=heads, pad_queries=pad_queries, device=dev, limit=limit)
     else:
         if model is None or data is None:
             raise ConfigError("a model and data are needed", expected="--model and --data (or --store STORE.zarr)",
                               got=f"--model {model!r} --data {data!r}")
         frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
-                               sweep_mode=sweep_mode, heads=heads, device=dev, limit=limit, arch=arch, roi=roi,
+                               sweep_mode=sweep_mode, heads=heads, pad_queries=pad_queries, device=dev, limit=limit,
+                               arch=arch, roi=roi,
                                split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
                                compat=compat)
     if not dist.is_main():
@@ -166,7 +171,7 @@ def adi(
     console.print(f"wrote {', '.join(str(out / f) for f in OUTPUT_FILES)}", highlight=False)
 
 
-def _offline(store_path: Path, *, heads: str, device, limit: int | None):
+def _offline(store_path: Path, *, heads: str, pad_queries: str, device, limit: int | None):
     """ADI of a capture store, chunk by chunk."""
     from attnprobe.metrics.offline import OfflineStats
     from attnprobe.store import open_store
@@ -181,22 +186,25 @@ def _offline(store_path: Path, *, heads: str, device, limit: int | None):
         def advance(case_id: str) -> None:
             bar.update(task, advance=1, status=case_id)
 
-        frame = _limited_store_flow(tree, heads=heads, device=device, stats=stats, on_sample=advance, limit=limit)
+        frame = _limited_store_flow(tree, heads=heads, pad_queries=pad_queries, device=device, stats=stats,
+                                    on_sample=advance, limit=limit)
     if stats.skipped_samples:
         err_console.print(f"left out {len(stats.skipped_samples)} unfinished sample(s) of the store", highlight=False)
     err_console.print(f"read {stats.attn_bytes / 1e9:.3f} GB of attention in {stats.seconds:.1f} s "
                       f"({stats.gb_per_s:.3f} GB/s)", highlight=False)
-    attrs = {"source": "store", "store": str(store_path), "heads": heads, "arch": tree.attrs.get("arch"),
+    attrs = {"source": "store", "store": str(store_path), "heads": heads, "pad_queries": pad_queries,
+             "arch": tree.attrs.get("arch"),
              "compat": tree.attrs.get("compat", "current"),
              "roi": tree.attrs.get("roi")}
     return frame, attrs
 
 
-def _limited_store_flow(tree, *, heads, device, stats, on_sample, limit):
+def _limited_store_flow(tree, *, heads, pad_queries, device, stats, on_sample, limit):
     from attnprobe.capture.reducers import flows_to_frame
     from attnprobe.metrics.offline import store_flow_records
 
-    records = store_flow_records(tree, heads=heads, device=device, stats=stats, on_sample=on_sample)
+    records = store_flow_records(tree, heads=heads, pad_queries=pad_queries, device=device, stats=stats,
+                                 on_sample=on_sample)
     return flows_to_frame(list(islice(records, limit)))
 
 
@@ -216,7 +224,8 @@ def _gather_in_case_order(frame, case_ids: list[str]):
 
 
 def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
-            heads: str, device, limit: int | None, arch: str | None, roi: str | None, split: str | None,
+            heads: str, pad_queries: str, device, limit: int | None, arch: str | None, roi: str | None,
+            split: str | None,
             spacing: float | None, intensity: str, a_min: float | None, a_max: float | None,
             compat: str | None = None):
     """Prepare the cases and run them (swept or as prepared) with online reduction."""
@@ -264,12 +273,15 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
             bar.update(task, advance=1, status=f"{case_id} p={p}")
 
         if spec is None:
-            frame = prepared_flow(net, prepared(), heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
+            frame = prepared_flow(net, prepared(), heads=heads, pad_queries=pad_queries,  # type: ignore[arg-type]
+                                  device=device, on_step=advance)
         else:
-            frame = run_sweep(net, prepared(), spec, heads=heads, device=device, on_step=advance)  # type: ignore[arg-type]
+            frame = run_sweep(net, prepared(), spec, heads=heads, pad_queries=pad_queries,  # type: ignore[arg-type]
+                              device=device, on_step=advance)
     frame = _gather_in_case_order(frame, [r.case_id for r in all_refs])
     attrs = {"source": "model", "model": model, "checkpoint": report.path, "arch": report.arch,
              "compat": report.compat,
-             "roi": str(config.roi), "heads": heads, "padding_sweep": ",".join(map(str, levels)),
+             "roi": str(config.roi), "heads": heads, "pad_queries": pad_queries,
+             "padding_sweep": ",".join(map(str, levels)),
              "axis": axis, "pad_mode": pad_mode, "sweep_mode": sweep_mode if spec is not None else "none"}
     return frame, attrs

@@ -26,6 +26,9 @@ KernelOpt = Literal["linear", "rbf"]
 EstimatorOpt = Literal["biased", "unbiased", "minibatch"]
 UnitOpt = Literal["pooled", "tokens"]
 BaselineOpt = Literal["random-init", "none"]
+MedianOpt = Literal["pairs", "kornblith"]
+PoolingOpt = Literal["correct", "paper-swin-axes"]
+SmallGridOpt = Literal["keep", "stretch"]
 PadMode = Literal["end", "symmetric"]
 Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
@@ -113,6 +116,14 @@ def cka_command(
                                                   "axis).")] = None,
     seed: Annotated[int, typer.Option(help="Crop seed.")] = 0,
     threshold: Annotated[float, typer.Option(help="RBF bandwidth factor (x median distance).")] = 1.0,
+    median: Annotated[MedianOpt, typer.Option(
+        help="RBF median: over distinct pairs, or Kornblith et al.'s (all n² squared distances, zero "
+             "diagonal included); see docs/conventions.md.")] = "pairs",
+    pooling: Annotated[PoolingOpt, typer.Option(
+        help="Pool x, y, z (correct), or reproduce the paper's wrong-axis pooling of channel-last "
+             "outputs (paper-swin-axes).")] = "correct",
+    small_grid: Annotated[SmallGridOpt, typer.Option(
+        help="An axis shorter than --pool keeps its size, or is stretched to it as the paper did.")] = "keep",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
     roi: Annotated[str | None, typer.Option(help="Input ROI x,y,z for both sides (default: the reference "
@@ -141,7 +152,8 @@ def cka_command(
 
     # options first: bad input fails before anything is loaded
     config = CKAConfig(unit=unit, kernel=kernel, estimator=estimator, pool=pool, batch_size=batch_size,
-                       threshold=threshold, bootstrap=bootstrap, permutations=permutations)
+                       threshold=threshold, median=median, pooling=pooling, small_grid=small_grid,
+                       bootstrap=bootstrap, permutations=permutations)
     if baseline_seeds < 1:
         raise ConfigError("bad --baseline-seeds", expected="an integer >= 1", got=str(baseline_seeds),
                           fix="use --baseline none to skip the baseline")

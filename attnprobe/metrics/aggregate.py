@@ -15,6 +15,11 @@ One row per (case, padding, stage, block, kind, metric)::
 Aggregations, per case: block -> stage (unweighted mean over the blocks of the stage),
 stage -> model (mean over stages, or token-weighted), and sweeps over cases (mean, std, n).
 :func:`to_xarray` turns any of these frames into an ``xarray.Dataset`` with named dims.
+
+Missing values: ``a_pr``/``a_pp`` of a block without padding queries are NaN (there is no
+value, see :mod:`attnprobe.metrics.flow`). Every aggregation skips NaN (nanmean semantics)
+rather than averaging 0 placeholders in; a group whose values are all NaN is NaN, and the
+``n_blocks``/``n_stages``/``n`` columns count only the values behind the mean.
 """
 
 from __future__ import annotations
@@ -173,7 +178,8 @@ def stage_means(frame: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per (case, padding, pad_fraction, stage, [head], kind, metric) with ``value``
-        (mean over blocks), ``n_blocks`` and the count columns summed over blocks.
+        (mean over the blocks with a value: NaN skipped), ``n_blocks`` (those blocks) and the
+        count columns summed over blocks.
     """
     _require(frame, TIDY_COLUMNS, "stage_means")
     keys = _ids(frame, drop=("block",))
@@ -195,14 +201,15 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
         ``a_pp``, which are means over padding queries and so are weighted by padding-query
         counts; a stage's weight is its count summed over its blocks. As a stage's blocks see
         the same real tokens (roll only permutes them), for real-query metrics this is the
-        mean over every (block, real query) of the model. A group whose weights are all 0
-        gets 0, like an empty query set in :mod:`attnprobe.metrics.flow`.
+        mean over every (block, real query) of the model. NaN values carry no weight. A
+        group whose weights are all 0 gets NaN for ``a_pr``/``a_pp`` (no padding query: no
+        value) and 0 for the real-query metrics, as in :mod:`attnprobe.metrics.flow`.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (case, padding, pad_fraction, [head], kind, metric) with ``value``,
-        ``n_stages`` and the count columns summed over stages.
+        One row per (case, padding, pad_fraction, [head], kind, metric) with ``value`` (NaN
+        skipped), ``n_stages`` (stages with a value) and the count columns summed over stages.
     """
     if weighting not in ("stages", "tokens"):
         raise ConfigError("unknown weighting", expected="'stages' | 'tokens'", got=repr(weighting))
@@ -213,11 +220,14 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
     if weighting == "tokens":
         _require(frame, COUNTS, "token-weighted model_means")
         pad_rows = frame["metric"].isin(_PAD_QUERY_METRICS).to_numpy()
+        value = frame["value"].to_numpy(dtype=np.float64)
         weight = np.where(pad_rows, frame["n_pad_queries"], frame["n_real_queries"]).astype(np.float64)
-        frame = frame.assign(_w=weight, _wv=weight * frame["value"].to_numpy(dtype=np.float64))
+        weight = np.where(np.isnan(value), 0.0, weight)  # a missing value carries no weight
+        frame = frame.assign(_w=weight, _wv=np.where(weight > 0, weight * value, 0.0))
         grouped = _group(frame, keys)
         total, weighted = grouped["_w"].sum(), grouped["_wv"].sum()
-        out = (weighted / total.where(total > 0, 1.0)).where(total > 0, 0.0).to_frame("value")
+        empty = np.where(total.index.get_level_values("metric").isin(_PAD_QUERY_METRICS), np.nan, 0.0)
+        out = (weighted / total.where(total > 0, 1.0)).where(total > 0, empty).to_frame("value")
     else:
         grouped = _group(frame, keys)
         out = grouped["value"].mean().to_frame("value")
@@ -225,8 +235,9 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
 
 
 def _with_counts(out: pd.DataFrame, grouped: Any, frame: pd.DataFrame, *, n_column: str) -> pd.DataFrame:
-    """Add the number of rows behind each value and the count columns summed per group."""
-    out[n_column] = grouped["value"].size()
+    """Add the number of values behind each mean (NaN not counted) and the count columns summed
+    per group."""
+    out[n_column] = grouped["value"].count()
     for c in COUNTS:
         if c in frame.columns:
             out[c] = grouped[c].sum()
@@ -247,8 +258,8 @@ def sweep_summary(frame: pd.DataFrame, *, ddof: int = 1) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per (padding, [stage], [block], [head], kind, metric) — the identifier
-        columns present, without ``case`` — with ``mean``, ``std``, ``n`` (cases) and
-        ``pad_fraction`` (mean over cases).
+        columns present, without ``case`` — with ``mean``, ``std``, ``n`` (cases with a value:
+        NaN is skipped, not counted) and ``pad_fraction`` (mean over cases).
     """
     _require(frame, ("case", "padding", "kind", "metric", "value"), "sweep_summary")
     keys = _ids(frame, drop=("case", "pad_fraction"))

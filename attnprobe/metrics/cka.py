@@ -14,7 +14,8 @@ Forms
   HSIC averaged over minibatches, then the ratio.
 - :class:`StreamingLinearCKA` -- exact linear CKA over huge ``n`` from float64 sufficient
   statistics, mergeable and all-reducible with ``torch.distributed``.
-- :func:`cka_summary` -- scalar summaries of an ``L1 x L2`` CKA matrix.
+- :func:`cka_summary` -- scalar summaries of an ``L1 x L2`` CKA matrix; :func:`paper_cka_summary`
+  -- the paper's definitions of three of them (``docs/conventions.md``).
 
 Precision
 ---------
@@ -44,6 +45,7 @@ __all__ = [
     "Kernel",
     "Estimator",
     "GemmDtype",
+    "Median",
     "cka",
     "linear_cka",
     "cka_from_grams",
@@ -59,11 +61,13 @@ __all__ = [
     "minibatch_cka",
     "StreamingLinearCKA",
     "cka_summary",
+    "paper_cka_summary",
 ]
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["biased", "unbiased"]
 GemmDtype = Literal["float32", "float64"]
+Median = Literal["pairs", "kornblith"]
 
 F64 = torch.float64
 _ROW_CHUNK = 8192  # rows per float32 GEMM before the partial sum moves to float64
@@ -243,17 +247,27 @@ def linear_gram(x: Any, *, gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
     return 0.5 * (k + k.T)  # exact symmetry keeps the U-centred Gram symmetric too
 
 
-def _median_distance(sq_dist: torch.Tensor) -> torch.Tensor:
-    n = sq_dist.shape[0]
-    iu = torch.triu_indices(n, n, offset=1, device=sq_dist.device)
-    d = sq_dist[iu[0], iu[1]].sqrt()
-    m = d.numel()
-    lo = torch.kthvalue(d, (m + 1) // 2).values
-    hi = torch.kthvalue(d, m // 2 + 1).values
-    return 0.5 * (lo + hi)  # the usual median: mean of the two middle values when m is even
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The usual median of a 1-D tensor: the mean of the two middle values when the count is even."""
+    m = values.numel()
+    lo = torch.kthvalue(values, (m + 1) // 2).values
+    hi = torch.kthvalue(values, m // 2 + 1).values
+    return 0.5 * (lo + hi)
 
 
-def rbf_gram(x: Any, *, threshold: float = 1.0, gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
+def _bandwidth_scale(sq_dist: torch.Tensor, median: Median) -> torch.Tensor:
+    """The distance ``d`` that ``sigma = threshold * d`` scales (see :func:`rbf_gram`)."""
+    if median == "pairs":
+        n = sq_dist.shape[0]
+        iu = torch.triu_indices(n, n, offset=1, device=sq_dist.device)
+        return _median(sq_dist[iu[0], iu[1]].sqrt())
+    # Kornblith et al.'s reference code: the median of the squared distances over all n² entries,
+    # zero diagonal included; sigma² = threshold² x that median.
+    return _median(sq_dist.reshape(-1)).sqrt()
+
+
+def rbf_gram(x: Any, *, threshold: float = 1.0, median: Median = "pairs",
+             gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
     """RBF Gram matrix ``exp(-|xi - xj|² / (2 sigma²))``.
 
     Parameters
@@ -261,8 +275,13 @@ def rbf_gram(x: Any, *, threshold: float = 1.0, gemm_dtype: GemmDtype = "float32
     x : array or tensor, shape (n, p)
         Features, one row per example; ``n >= 2``.
     threshold : float
-        ``sigma = threshold * median pairwise distance`` (median over the ``n(n-1)/2`` pairs
-        ``i < j``; Kornblith et al.'s reference code also counts the zero diagonal).
+        ``sigma = threshold * d`` with ``d`` the median distance chosen by ``median``.
+    median : {"pairs", "kornblith"}
+        ``"pairs"`` (default): ``d`` = median of the distances ``|xi - xj|`` over the
+        ``n(n-1)/2`` pairs ``i < j``. ``"kornblith"``: ``d² = `` median of the squared distances
+        over all ``n²`` entries, the ``n`` zeros of the diagonal included, as in Kornblith et
+        al.'s reference code (``sigma² = threshold² * median(|xi - xj|²)``); a slightly
+        smaller bandwidth. See ``docs/conventions.md``.
     gemm_dtype : {"float32", "float64"}
         Dtype of the GEMM behind the distances.
 
@@ -271,27 +290,32 @@ def rbf_gram(x: Any, *, threshold: float = 1.0, gemm_dtype: GemmDtype = "float32
     torch.Tensor, shape (n, n), float64
     """
     threshold = _check_threshold(threshold)
+    _choice(median, "median", get_args(Median))
     k = linear_gram(x, gemm_dtype=gemm_dtype)
     _need_n(k.shape[0], "biased")
     diag = k.diagonal()
     sq = (diag[:, None] + diag[None, :] - 2 * k).clamp_min(0)
     sq.fill_diagonal_(0)
-    med = _median_distance(sq)
-    if float(med) <= 0:
+    scale = _bandwidth_scale(sq, median)
+    if float(scale) <= 0:
         raise DataError("RBF bandwidth is zero", expected="a positive median pairwise distance",
                         got="more than half of all example pairs are identical",
                         fix="deduplicate examples or use kernel='linear'")
-    sigma = threshold * med
+    sigma = threshold * scale
     return torch.exp(-sq / (2 * sigma * sigma))
 
 
-def gram(x: Any, *, kernel: Kernel = "linear", threshold: float = 1.0,
+def gram(x: Any, *, kernel: Kernel = "linear", threshold: float = 1.0, median: Median = "pairs",
          gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
-    """Gram matrix of ``x`` (shape (n, p)) for ``kernel`` in {"linear", "rbf"}; (n, n) float64."""
+    """Gram matrix of ``x`` (shape (n, p)) for ``kernel`` in {"linear", "rbf"}; (n, n) float64.
+
+    ``threshold`` and ``median`` set the RBF bandwidth (:func:`rbf_gram`); the linear kernel
+    ignores them."""
     _choice(kernel, "kernel", get_args(Kernel))
+    _choice(median, "median", get_args(Median))
     if kernel == "linear":
         return linear_gram(x, gemm_dtype=gemm_dtype)
-    return rbf_gram(x, threshold=threshold, gemm_dtype=gemm_dtype)
+    return rbf_gram(x, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
 
 
 def _square(k: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -593,7 +617,7 @@ def linear_cka(x: Any, y: Any, *, estimator: Estimator = "biased",
 
 
 def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "biased",
-        threshold: float = 1.0, gemm_dtype: GemmDtype = "float32") -> float:
+        threshold: float = 1.0, median: Median = "pairs", gemm_dtype: GemmDtype = "float32") -> float:
     """Centered kernel alignment between two feature matrices of the same examples.
 
     Parameters
@@ -607,6 +631,9 @@ def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "bi
         Biased HSIC ``tr(KHLH)/(n-1)²`` or unbiased U-centred HSIC (``n >= 4``).
     threshold : float
         RBF bandwidth factor (ignored for the linear kernel).
+    median : {"pairs", "kornblith"}
+        Which median distance the RBF bandwidth scales (:func:`rbf_gram`); ``"kornblith"``
+        reproduces Kornblith et al.'s reference values.
     gemm_dtype : {"float32", "float64"}
         Dtype of the GEMMs on centred features; sums are float64 either way.
 
@@ -623,13 +650,14 @@ def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "bi
     """
     _choice(kernel, "kernel", get_args(Kernel))
     _choice(estimator, "estimator", get_args(Estimator))
+    _choice(median, "median", get_args(Median))
     xt, yt = _feature_pair(x, y)
     n = xt.shape[0]
     _need_n(n, estimator)
     if kernel == "linear" and n > max(xt.shape[1], yt.shape[1]):
         return linear_cka(xt, yt, estimator=estimator, gemm_dtype=gemm_dtype)
-    gx = gram(xt, kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
-    gy = gram(yt, kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
+    gx = gram(xt, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    gy = gram(yt, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     return cka_from_grams(gx, gy, estimator=estimator)
 
 
@@ -710,7 +738,7 @@ def cka_matrix_from_grams(grams_x: Sequence[Any], grams_y: Sequence[Any], *,
 
 
 def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear",
-               estimator: Estimator = "biased", threshold: float = 1.0,
+               estimator: Estimator = "biased", threshold: float = 1.0, median: Median = "pairs",
                gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
     """CKA of every layer pair of two models, e.g. pretrained vs fine-tuned blocks.
 
@@ -720,7 +748,7 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
         Per-layer features of model 1 on n examples.
     ys : sequence of L2 arrays or tensors, shapes (n, q_j)
         Per-layer features of model 2 on the same n examples.
-    kernel, estimator, threshold, gemm_dtype
+    kernel, estimator, threshold, median, gemm_dtype
         As in :func:`cka`.
 
     Returns
@@ -733,15 +761,15 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
     stacked flattened centred Grams. Memory ``O((L1 + L2) n²)``.
     """
     _choice(kernel, "kernel", get_args(Kernel))
-    gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
+    gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     return cka_matrix_from_grams(gx, gy, estimator=estimator)
 
 
-def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, threshold: float,
+def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, threshold: float, median: Median,
                  gemm_dtype: GemmDtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One Gram per layer of each side (features named ``xs[i]`` / ``ys[j]``), all on one device."""
     dev = _device_of(*xs, *ys)
-    kw = dict(kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
+    kw = dict(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(xs)]
     gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ys)]
     return gx, gy
@@ -770,13 +798,16 @@ class MinibatchCKA:
         RBF bandwidth is set per minibatch from its median distance.
     threshold : float
         RBF bandwidth factor.
+    median : {"pairs", "kornblith"}
+        Which median distance the RBF bandwidth scales (:func:`rbf_gram`).
     gemm_dtype : {"float32", "float64"}
     """
 
-    def __init__(self, *, kernel: Kernel = "linear", threshold: float = 1.0,
+    def __init__(self, *, kernel: Kernel = "linear", threshold: float = 1.0, median: Median = "pairs",
                  gemm_dtype: GemmDtype = "float32") -> None:
         self.kernel = _choice(kernel, "kernel", get_args(Kernel))
         self.threshold = _check_threshold(threshold)
+        self.median: Median = _choice(median, "median", get_args(Median))  # type: ignore[assignment]
         _gemm_torch_dtype(gemm_dtype)
         self.gemm_dtype = gemm_dtype
         self.batches = 0
@@ -795,7 +826,8 @@ class MinibatchCKA:
         """
         lx, ly = _layers(xs), _layers(ys)
         dev = _device_of(*lx, *ly)
-        gx, gy = _layer_grams(lx, ly, kernel=self.kernel, threshold=self.threshold, gemm_dtype=self.gemm_dtype)
+        gx, gy = _layer_grams(lx, ly, kernel=self.kernel, threshold=self.threshold, median=self.median,
+                              gemm_dtype=self.gemm_dtype)
         xy, xx, yy = _hsic_stack(gx, gy, "unbiased", dev, False)
         b = gx[0].shape[0]
         s = _hsic_scale(b, "unbiased")
@@ -826,14 +858,14 @@ class MinibatchCKA:
 
 
 def minibatch_cka(batches: Iterable[tuple[Any, Any]], *, kernel: Kernel = "linear",
-                  threshold: float = 1.0, gemm_dtype: GemmDtype = "float32") -> float:
+                  threshold: float = 1.0, median: Median = "pairs", gemm_dtype: GemmDtype = "float32") -> float:
     """Minibatch CKA of one pair of taps.
 
     Parameters
     ----------
     batches : iterable of (x, y)
         ``x`` of shape (b, p) and ``y`` of shape (b, q) for the same ``b >= 4`` examples.
-    kernel, threshold, gemm_dtype
+    kernel, threshold, median, gemm_dtype
         As in :class:`MinibatchCKA`.
 
     Returns
@@ -841,7 +873,7 @@ def minibatch_cka(batches: Iterable[tuple[Any, Any]], *, kernel: Kernel = "linea
     float
         Ratio of the batch-averaged unbiased HSICs.
     """
-    acc = MinibatchCKA(kernel=kernel, threshold=threshold, gemm_dtype=gemm_dtype)
+    acc = MinibatchCKA(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     for x, y in batches:
         acc.update(x, y)
     return float(acc.compute()[0, 0])
@@ -1003,6 +1035,15 @@ class StreamingLinearCKA:
 # --------------------------------------------------------------------------- summaries
 
 
+def _summary_matrix(matrix: Any) -> torch.Tensor:
+    c = _as_tensor(matrix, "matrix").to(F64).cpu()
+    if c.ndim != 2 or c.numel() == 0:
+        raise ShapeError("a CKA matrix must be 2-D and non-empty", expected="shape (L1, L2)",
+                         got=f"shape {tuple(c.shape)}", fix="pass the output of cka_matrix")
+    _check_finite(c, "matrix")
+    return c
+
+
 def cka_summary(matrix: Any) -> dict[str, float]:
     """Summaries of an ``L1 x L2`` CKA matrix (rows: model 1 layers, columns: model 2).
 
@@ -1019,11 +1060,7 @@ def cka_summary(matrix: Any) -> dict[str, float]:
         ``mean_row_max`` (mean over i of ``max_j C[i, j]``) and ``mean_best_match_shift``
         (mean over i of ``|argmax_j C[i, j] - i|``).
     """
-    c = _as_tensor(matrix, "matrix").to(F64).cpu()
-    if c.ndim != 2 or c.numel() == 0:
-        raise ShapeError("a CKA matrix must be 2-D and non-empty", expected="shape (L1, L2)",
-                         got=f"shape {tuple(c.shape)}", fix="pass the output of cka_matrix")
-    _check_finite(c, "matrix")
+    c = _summary_matrix(matrix)
     i = torch.arange(c.shape[0])[:, None]
     j = torch.arange(c.shape[1])[None, :]
     off = c[i != j]
@@ -1034,4 +1071,47 @@ def cka_summary(matrix: Any) -> dict[str, float]:
         "off_diagonal_mean": float(off.mean()) if off.numel() else float("nan"),
         "mean_row_max": float(c.max(1).values.mean()),
         "mean_best_match_shift": float((best - torch.arange(c.shape[0])).abs().to(F64).mean()),
+    }
+
+
+def paper_cka_summary(matrix: Any) -> dict[str, float]:
+    """The paper's definitions of three summaries of an ``L1 x L2`` CKA matrix.
+
+    They differ from :func:`cka_summary` in two ways. The off-diagonal mean leaves out the
+    whole band ``|i - j| <= 1``, not only ``i = j``. On a rectangular matrix, row ``i`` is
+    matched against its "ideal" column ``i* = min(i, L2 - 1)`` (``i`` clipped into the column
+    range) instead of ``i`` itself, so rows past the last column still have a band and a
+    finite shift; the off-diagonal entries are the rest of the matrix (``|j - i*| > 1``), so
+    band and off-diagonal split it. On a square matrix ``i* = i``: the band mean and the
+    shift equal :func:`cka_summary`'s.
+
+    Parameters
+    ----------
+    matrix : array or tensor, shape (L1, L2)
+        Rows: blocks of model 1; columns: blocks of model 2.
+
+    Returns
+    -------
+    dict
+        ``paper_off_diagonal_mean`` (mean of ``C[i, j]`` with ``|j - i*| > 1``; NaN when no
+        entry is that far off, e.g. 2x2), ``paper_band_mean`` (mean of ``C[i, j]`` with
+        ``|j - i*| <= 1``) and ``paper_mean_best_match_shift`` (mean over ``i`` of
+        ``|argmax_j C[i, j] - i*|``).
+
+    Notes
+    -----
+    The paper also reports "drift" and "diagonal contrast"; their definitions could not be
+    found in public code, so they are not computed here (``docs/conventions.md``).
+    """
+    c = _summary_matrix(matrix)
+    rows, cols = c.shape
+    i = torch.arange(rows)[:, None]
+    j = torch.arange(cols)[None, :]
+    ideal = i.clamp(max=cols - 1)
+    band = (j - ideal).abs() <= 1
+    off = c[~band]
+    return {
+        "paper_off_diagonal_mean": float(off.mean()) if off.numel() else float("nan"),
+        "paper_band_mean": float(c[band].mean()),
+        "paper_mean_best_match_shift": float((c.argmax(1) - ideal[:, 0]).abs().to(F64).mean()),
     }

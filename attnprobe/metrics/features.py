@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from attnprobe.errors import ConfigError, ShapeError, StoreError
-from attnprobe.metrics.pooling import pool_examples, tokens_as_examples
+from attnprobe.metrics.pooling import Pooling, SmallGrid, pool_examples, tokens_as_examples
 from attnprobe.models.adapter import OUT_DIMS
 from attnprobe.store import as_tree, block_names
 from attnprobe.store.record import CaseLike
@@ -492,7 +492,8 @@ def paired_live_outputs(ref_model: nn.Module, tgt_model: nn.Module | None, ref_c
 # --------------------------------------------------------------------------- units
 
 
-def pooled_features(out: torch.Tensor, *, grid: int | Sequence[int] = 8) -> torch.Tensor:
+def pooled_features(out: torch.Tensor, *, grid: int | Sequence[int] = 8, pooling: Pooling = "correct",
+                    small_grid: SmallGrid = "keep") -> torch.Tensor:
     """One feature vector per sample of a block output.
 
     Parameters
@@ -500,14 +501,19 @@ def pooled_features(out: torch.Tensor, *, grid: int | Sequence[int] = 8) -> torc
     out : torch.Tensor, shape (sample, x, y, z, channel)
         A channel-last block output.
     grid : int or sequence of int
-        Adaptive average pooling of ``x, y, z`` to this grid (an axis shorter than its grid
-        keeps its size), found by name, never by position.
+        Adaptive average pooling of ``x, y, z`` to this grid, found by name, never by position.
+    pooling : {"correct", "paper-swin-axes"}
+        ``"paper-swin-axes"`` reproduces the paper's wrong-axis pooling on request
+        (:func:`attnprobe.metrics.pooling.pool_examples`).
+    small_grid : {"keep", "stretch"}
+        An axis shorter than its grid keeps its size, or is stretched to it as the paper did.
 
     Returns
     -------
-    torch.Tensor, shape (sample, channel * gx * gy * gz)
+    torch.Tensor, shape (sample, features)
+        ``channel * gx * gy * gz`` features for ``pooling="correct"``.
     """
-    return pool_examples(out, OUT_DIMS, grid=grid)
+    return pool_examples(out, OUT_DIMS, grid=grid, pooling=pooling, small_grid=small_grid)
 
 
 def token_features(out: torch.Tensor, *, grid: Sequence[int] | None = None) -> torch.Tensor:

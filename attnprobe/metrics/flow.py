@@ -2,7 +2,9 @@
 
 Inputs are the attention probabilities of one block and the token kinds in the same window
 order (:mod:`attnprobe.tokens`). Everything is vectorised over windows and any leading batch
-dims, runs on the device of the probabilities, and never returns NaN.
+dims and runs on the device of the probabilities. The only NaN it returns is ``a_pr``/``a_pp``
+of a sample without padding queries (see below); definition choices are listed in
+``docs/conventions.md``.
 
 Token classes
 -------------
@@ -19,22 +21,29 @@ keys). Consequences, all exact: ``A_rr + A_rp = 1 - (attention of real queries t
 ``"input"`` and ``"window"`` values of ``a_rp``, ``h_rp`` and ``adi`` add up to the ``"all"``
 value; ``a_rr``, ``h`` and ``n_real_queries`` do not depend on ``padding``.
 
-Definitions (one sample; windows with no real token are dropped first)
-----------------------------------------------------------------------
+Definitions (one sample)
+-----------------------
 With ``ᾱ`` the head-averaged probabilities (or one head's, for ``heads="per-head"``):
 
 - ``a_qk = mean_{i in q} sum_{j in k, same window} ᾱ_ij`` for q, k in {r, p}, queries of all
-  windows pooled; ``sfr = a_rr``.
+  windows pooled; ``sfr = a_rr``. Real queries only exist in windows that hold a real token.
+  Padding queries (``a_pr``, ``a_pp``) are those of every window for
+  ``pad_queries="all-windows"`` (the paper's definition, the default), or only those of
+  windows that hold a real token for ``pad_queries="real-windows"`` (attnprobe's earlier
+  definition: a window without a real token then drops out of every average).
 - ``H_i = -sum_j ᾱ_ij log ᾱ_ij`` and ``H^rp_i = -sum_{j in P} ᾱ_ij log ᾱ_ij`` (natural log,
   0 log 0 = 0); ``h = mean_{i in R} H_i``, ``h_rp = mean_{i in R} H^rp_i``.
 - ``adi = sum_{i in R} H^rp_i / sum_{i in R} H_i`` (ratio of means).
 
-Conventions where the SPEC is silent
-------------------------------------
-- A mean over an empty query set is 0, not NaN: ``a_pr = a_pp = 0`` when a sample has no
-  padding query (in a window with a real token), and ``a_rr = a_rp = h = h_rp = 0`` when it
-  has no real query. ``adi = 0`` when ``sum H`` is 0 (no padding, or one-hot attention).
-  ``n_real_queries`` / ``n_pad_queries`` say which values are placeholders and serve as
+Empty query sets
+----------------
+- ``a_pr = a_pp = NaN`` when a sample has no padding query (under the ``pad_queries`` rule):
+  there is no value, and a 0 would pull stage and model means down
+  (:mod:`attnprobe.metrics.aggregate` skips NaN).
+- ``adi = 0`` when ``sum H`` is 0 (no padding, or one-hot attention): a block that sees no
+  padding spends no attention on it. ``a_rr = a_rp = h = h_rp = 0`` when a sample has no real
+  query at all (an input without a real voxel), kept as 0 so real-query metrics never NaN.
+- ``n_real_queries`` / ``n_pad_queries`` count the queries behind the values and serve as
   token weights.
 - Precision: element-wise work in float32 (float64 if the input is float64), sums over
   queries and windows in float64 (float32 on MPS, which has no float64). Results are float64.
@@ -42,6 +51,7 @@ Conventions where the SPEC is silent
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -55,6 +65,8 @@ __all__ = [
     "METRICS",
     "COUNTS",
     "HeadMode",
+    "PadQueries",
+    "PAD_QUERY_MODES",
     "FlowResult",
     "FlowAccumulator",
     "accumulators_to",
@@ -63,6 +75,8 @@ __all__ = [
 
 HeadMode = Literal["mean", "per-head"]
 HEAD_MODES: tuple[HeadMode, ...] = ("mean", "per-head")
+PadQueries = Literal["all-windows", "real-windows"]
+PAD_QUERY_MODES: tuple[PadQueries, ...] = ("all-windows", "real-windows")
 
 METRICS: tuple[str, ...] = ("adi", "sfr", "a_rr", "a_rp", "a_pr", "a_pp", "h", "h_rp")
 """Names of the metric fields of :class:`FlowResult`, in report order."""
@@ -72,6 +86,8 @@ COUNTS: tuple[str, ...] = ("n_real_queries", "n_pad_queries")
 
 # Token classes are indexed by their kind code: column c of a one-hot is kind c.
 _N_CLASSES = 3
+# Queries are summed in two window groups, so one pass serves both pad_queries rules.
+_WITH_REAL, _WITHOUT_REAL = 0, 1
 _PAD_CLASSES: dict[str, list[int]] = {
     "input": [INPUT_PAD],
     "window": [WINDOW_PAD],
@@ -91,7 +107,8 @@ class FlowResult:
     ----------
     a_rr, a_rp, a_pr, a_pp
         Flow matrix entries: mean over queries of the first class of the attention mass on
-        keys of the second class (r = real, p = padding).
+        keys of the second class (r = real, p = padding). ``a_pr``/``a_pp`` are NaN where
+        ``n_pad_queries`` is 0.
     sfr
         Signal fidelity ratio, equal to ``a_rr``.
     h, h_rp
@@ -101,8 +118,9 @@ class FlowResult:
     n_real_queries
         Real queries counted (all windows).
     n_pad_queries
-        Padding queries counted (only windows that hold a real token).
-    padding, heads
+        Padding queries counted: of every window (``pad_queries="all-windows"``) or only of
+        windows that hold a real token (``"real-windows"``).
+    padding, heads, pad_queries
         The options the result was computed with.
     """
 
@@ -118,10 +136,14 @@ class FlowResult:
     n_pad_queries: torch.Tensor
     padding: PaddingKind
     heads: HeadMode
+    pad_queries: PadQueries = "all-windows"
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """Metric and count tensors by name (keys of :data:`METRICS` then the counts)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("padding", "heads")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTION_FIELDS}
+
+
+_OPTION_FIELDS = ("padding", "heads", "pad_queries")
 
 
 def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -135,9 +157,12 @@ def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
         )
 
 
-def check_reduction_options(heads: object, padding_kinds: Sequence[object]) -> None:
-    """Check the ``heads`` and ``padding_kinds`` options shared by the flow reducers (online and offline)."""
+def check_reduction_options(heads: object, padding_kinds: Sequence[object],
+                            pad_queries: object = "all-windows") -> None:
+    """Check the ``heads``, ``padding_kinds`` and ``pad_queries`` options shared by the flow
+    reducers (online and offline)."""
     check_option("heads", heads, HEAD_MODES)
+    check_option("pad_queries", pad_queries, PAD_QUERY_MODES)
     bad = [k for k in padding_kinds if k not in PADDING_KINDS]
     if bad or not padding_kinds:
         raise ConfigError("unknown padding kinds", expected=f"a non-empty subset of {PADDING_KINDS}",
@@ -219,12 +244,13 @@ def _block_sums(
 
     Returns
     -------
-    flow : (*batch, head', 3, 3)
-        Sum over queries of class c (windows with a real token) of the mass on keys of class d.
+    flow : (*batch, head', group, 3, 3)
+        Sum over queries of class c of the mass on keys of class d, per window group
+        (``group`` 0: windows holding a real token, 1: windows holding none).
     ent : (*batch, head', 3)
         Sum over real queries of ``-sum_{j in class d} a_ij log a_ij``.
-    count : (*batch, 3)
-        Queries of class c in windows with a real token (int64).
+    count : (*batch, group, 3)
+        Queries of class c per window group (int64).
 
     ``head'`` is 1 for ``heads="mean"``. Class index = kind code.
     """
@@ -244,12 +270,15 @@ def _block_sums(
     classes = torch.arange(_N_CLASSES, device=probs.device, dtype=kinds.dtype)
     key_onehot = kinds.unsqueeze(-1) == classes  # (*batch, window, N, 3) bool
     has_real = key_onehot[..., REAL].any(dim=-1, keepdim=True)  # (*batch, window, 1)
-    # Windows without a real token drop out of every average (SPEC §3).
-    query_onehot = key_onehot & has_real.unsqueeze(-1)
-    count = query_onehot.sum(dim=(-3, -2))  # int64 (*batch, 3)
+    # Queries of windows with and without a real token are kept apart: the pad_queries rule
+    # decides at result() time whether the second group counts.
+    groups = torch.stack([has_real, ~has_real], dim=-1)  # (*batch, window, 1, group)
+    query_onehot = key_onehot.unsqueeze(-2) & groups.unsqueeze(-1)  # (*batch, window, N, group, 3)
+    count = query_onehot.sum(dim=(-4, -3))  # int64 (*batch, group, 3)
 
     key_w = key_onehot.to(work)
     query_w = query_onehot.to(sum_dtype)
+    real_w = key_onehot[..., REAL].to(sum_dtype)  # every real query sits in a window with a real token
 
     def per_class(mat: torch.Tensor) -> torch.Tensor:
         # (.., window, head', N, N) @ (.., window, N, 3): heads folded into rows so the
@@ -258,11 +287,11 @@ def _block_sums(
         return torch.matmul(rows, key_w).reshape(*lead, n_win, hh, n_tok, _N_CLASSES).to(sum_dtype)
 
     mass = per_class(attn)  # (*batch, window, head', N, 3)
-    flow = torch.einsum("...wnc,...whnd->...hcd", query_w, mass)
+    flow = torch.einsum("...wngc,...whnd->...hgcd", query_w, mass)
 
     # x log x in place when we own the buffer: keeps peak memory at one copy of the block.
     xlx = torch.special.xlogy(attn, attn, out=attn) if owned else torch.special.xlogy(attn, attn)
-    ent = -torch.einsum("...wn,...whnd->...hd", query_w[..., REAL], per_class(xlx))
+    ent = -torch.einsum("...wn,...whnd->...hd", real_w, per_class(xlx))
     return flow, ent, count
 
 
@@ -272,7 +301,7 @@ class FlowAccumulator:
     Feed the windows of one block in any split and order with :meth:`update`; :meth:`result`
     then equals :func:`attention_flow` on all windows at once (up to float64 summation order,
     ~1e-15 relative). The state holds all three token classes, so one pass serves every
-    ``padding`` kind: call ``result(padding=...)`` once per kind.
+    ``padding`` kind and both ``pad_queries`` rules: call ``result(padding=...)`` once per kind.
 
     Parameters
     ----------
@@ -280,6 +309,10 @@ class FlowAccumulator:
         Default padding kind for :meth:`result`.
     heads
         ``"mean"``: average heads first; ``"per-head"``: keep a trailing head dim.
+    pad_queries
+        Default padding-query rule for :meth:`result`: ``"all-windows"`` (the paper's: the
+        padding queries of every window) or ``"real-windows"`` (only windows holding a real
+        token). Only ``a_pr``, ``a_pp`` and ``n_pad_queries`` depend on it.
 
     Examples
     --------
@@ -289,11 +322,14 @@ class FlowAccumulator:
     >>> {k: acc.result(padding=k).adi for k in ("input", "window", "all")}  # doctest: +SKIP
     """
 
-    def __init__(self, *, padding: PaddingKind = "all", heads: HeadMode = "mean") -> None:
+    def __init__(self, *, padding: PaddingKind = "all", heads: HeadMode = "mean",
+                 pad_queries: PadQueries = "all-windows") -> None:
         check_option("padding", padding, PADDING_KINDS)
         check_option("heads", heads, HEAD_MODES)
+        check_option("pad_queries", pad_queries, PAD_QUERY_MODES)
         self.padding: PaddingKind = padding
         self.heads: HeadMode = heads
+        self.pad_queries: PadQueries = pad_queries
         self._flow: torch.Tensor | None = None
         self._ent: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
@@ -325,8 +361,8 @@ class FlowAccumulator:
         if flow.shape != self._flow.shape:
             raise ShapeError(
                 "chunk does not match the chunks accumulated so far",
-                expected=f"batch/head dims {tuple(self._flow.shape[:-2])}",
-                got=str(tuple(flow.shape[:-2])),
+                expected=f"batch/head dims {tuple(self._flow.shape[:-3])}",
+                got=str(tuple(flow.shape[:-3])),
                 fix="split a block along the window axis only",
             )
         dev = self._flow.device
@@ -347,49 +383,60 @@ class FlowAccumulator:
             return self
         if other._flow.shape != self._flow.shape:
             raise ShapeError("accumulators have different batch/head dims",
-                             expected=str(tuple(self._flow.shape[:-2])), got=str(tuple(other._flow.shape[:-2])))
+                             expected=str(tuple(self._flow.shape[:-3])), got=str(tuple(other._flow.shape[:-3])))
         dev = self._flow.device
         self._flow = self._flow + other._flow.to(dev)
         self._ent = self._ent + other._ent.to(dev)
         self._count = self._count + other._count.to(dev)
         return self
 
-    def result(self, *, padding: PaddingKind | None = None) -> FlowResult:
+    def result(self, *, padding: PaddingKind | None = None, pad_queries: PadQueries | None = None) -> FlowResult:
         """Finalise the sums into per-sample metrics.
 
         Parameters
         ----------
         padding
             Which tokens count as padding; defaults to the constructor's.
+        pad_queries
+            Which padding queries ``a_pr``/``a_pp`` average over (``"all-windows"`` or
+            ``"real-windows"``); defaults to the constructor's.
 
         Returns
         -------
         FlowResult
             Metrics of shape ``(*batch)`` or ``(*batch, head)``; see the module docstring
-            for the 0 conventions on empty query sets.
+            for empty query sets (NaN ``a_pr``/``a_pp``, 0 elsewhere).
         """
         padding = self.padding if padding is None else padding
+        pad_queries = self.pad_queries if pad_queries is None else pad_queries
         check_option("padding", padding, PADDING_KINDS)
+        check_option("pad_queries", pad_queries, PAD_QUERY_MODES)
         if self._flow is None:
             raise DataError("no windows were accumulated", fix="call update() before result()")
-        flow, ent, count = self._flow, self._ent, self._count
+        ent = self._ent
+        flow, count = self._flow[..., _WITH_REAL, :, :], self._count[..., _WITH_REAL, :]
+        if pad_queries == "all-windows":
+            pad_flow, pad_count = self._flow.sum(dim=-3), self._count.sum(dim=-2)
+        else:
+            pad_flow, pad_count = flow, count
         pad = _PAD_CLASSES[padding]
 
         n_real = count[..., REAL]
-        n_pad = count[..., pad].sum(dim=-1)
+        n_pad = pad_count[..., pad].sum(dim=-1)
 
-        def mean(total: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        def mean(total: torch.Tensor, n: torch.Tensor, empty: float) -> torch.Tensor:
             n = n.unsqueeze(-1).to(total.dtype)  # broadcast over the head' dim
-            return torch.where(n > 0, total / n.clamp_min(1), torch.zeros_like(total))
+            return torch.where(n > 0, total / n.clamp_min(1), torch.full_like(total, empty))
 
-        a_rr = mean(flow[..., REAL, REAL], n_real)
-        a_rp = mean(flow[..., REAL, pad].sum(dim=-1), n_real)
-        a_pr = mean(flow[..., pad, REAL].sum(dim=-1), n_pad)
-        a_pp = mean(flow[..., pad, :][..., pad].sum(dim=(-2, -1)), n_pad)
+        a_rr = mean(flow[..., REAL, REAL], n_real, 0.0)
+        a_rp = mean(flow[..., REAL, pad].sum(dim=-1), n_real, 0.0)
+        # No padding query: A_pr and A_pp have no value (NaN), not 0.
+        a_pr = mean(pad_flow[..., pad, REAL].sum(dim=-1), n_pad, math.nan)
+        a_pp = mean(pad_flow[..., pad, :][..., pad].sum(dim=(-2, -1)), n_pad, math.nan)
         h_all = ent.sum(dim=-1)
         h_pad = ent[..., pad].sum(dim=-1)
-        h = mean(h_all, n_real)
-        h_rp = mean(h_pad, n_real)
+        h = mean(h_all, n_real, 0.0)
+        h_rp = mean(h_pad, n_real, 0.0)
         # Ratio of sums == ratio of means over the same real queries; 0 where H vanishes.
         positive = h_all > 0
         adi = torch.where(positive, h_pad / torch.where(positive, h_all, torch.ones_like(h_all)),
@@ -402,6 +449,7 @@ class FlowAccumulator:
             a_rr=out(a_rr), a_rp=out(a_rp), a_pr=out(a_pr), a_pp=out(a_pp), sfr=out(a_rr),
             h=out(h), h_rp=out(h_rp), adi=out(adi),
             n_real_queries=n_real, n_pad_queries=n_pad, padding=padding, heads=self.heads,
+            pad_queries=pad_queries,
         )
 
 
@@ -414,7 +462,7 @@ def accumulators_to(accumulators: Sequence[FlowAccumulator], device: str | torch
     are unchanged, so :meth:`FlowAccumulator.result` gives the same numbers.
     """
     device = torch.device(device)
-    out = [FlowAccumulator(padding=a.padding, heads=a.heads) for a in accumulators]
+    out = [FlowAccumulator(padding=a.padding, heads=a.heads, pad_queries=a.pad_queries) for a in accumulators]
     states = [(a._flow, a._ent, a._count) if a._flow is not None else None for a in accumulators]
     groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, int]]] = {}
     for i, state in enumerate(states):
@@ -442,6 +490,7 @@ def attention_flow(
     *,
     padding: PaddingKind = "all",
     heads: HeadMode = "mean",
+    pad_queries: PadQueries = "all-windows",
 ) -> FlowResult:
     """Attention flow and ADI of one block, per sample (SPEC §3).
 
@@ -460,12 +509,17 @@ def attention_flow(
     heads
         ``"mean"`` averages the probabilities over heads first; ``"per-head"`` keeps a
         trailing head dim on every metric.
+    pad_queries
+        ``"all-windows"`` (default, the paper's definition): ``a_pr``/``a_pp`` average over
+        the padding queries of every window, windows without a real token included;
+        ``"real-windows"``: only over windows that hold a real token. ``adi``, ``a_rr``,
+        ``a_rp``, ``h``, ``h_rp`` and ``sfr`` do not depend on it.
 
     Returns
     -------
     FlowResult
         float64 metrics ``(*batch)`` or ``(*batch, head)`` and int64 counts ``(*batch)``, on
-        ``probs``' device.
+        ``probs``' device; ``a_pr``/``a_pp`` NaN where there is no padding query.
 
     Raises
     ------
@@ -474,7 +528,7 @@ def attention_flow(
     DataError
         Kind codes outside {0, 1, 2}.
     ConfigError
-        Unknown ``padding`` or ``heads``.
+        Unknown ``padding``, ``heads`` or ``pad_queries``.
 
     Notes
     -----
@@ -482,4 +536,4 @@ def attention_flow(
     about one float32 copy of the head-averaged (or, per-head, the full) block. To get all
     three padding kinds from one pass use :class:`FlowAccumulator` and call ``result`` per kind.
     """
-    return FlowAccumulator(padding=padding, heads=heads).update(probs, kinds).result()
+    return FlowAccumulator(padding=padding, heads=heads, pad_queries=pad_queries).update(probs, kinds).result()

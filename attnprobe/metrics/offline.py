@@ -26,7 +26,13 @@ import xarray as xr
 
 from attnprobe.capture.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.errors import ConfigError, StoreError
-from attnprobe.metrics.flow import FlowAccumulator, HeadMode, check_kind_codes, check_reduction_options
+from attnprobe.metrics.flow import (
+    FlowAccumulator,
+    HeadMode,
+    PadQueries,
+    check_kind_codes,
+    check_reduction_options,
+)
 from attnprobe.store import as_tree, block_names
 from attnprobe.store.writer import CHUNK_BYTES
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
@@ -143,6 +149,7 @@ def store_flow_records(
     *,
     heads: HeadMode = "mean",
     padding_kinds: Sequence[PaddingKind] = PADDING_KINDS,
+    pad_queries: PadQueries = "all-windows",
     blocks: Sequence[str] | None = None,
     padding: float | None = None,
     pad_fraction: float | Sequence[float] | None = None,
@@ -162,7 +169,7 @@ def store_flow_records(
         Tag ``FlowTag(cases=(case,), padding, pad_fraction)`` and the flow of every block
         holding attention maps, metrics on the CPU.
     """
-    check_reduction_options(heads, padding_kinds)
+    check_reduction_options(heads, padding_kinds, pad_queries)
     # chunks={} keeps the store's own chunking (one sample x a few windows) as dask chunks.
     tree = as_tree(store, chunks={})
     names = [n for n in block_names(tree) if "attn" in tree[n].dataset]
@@ -229,7 +236,8 @@ def store_flow_records(
             acc.update(probs[None], kinds[None, w0:w1], trusted_kinds=True)  # type: ignore[union-attr, index]
             if w1 == bounds[name][-1][1]:
                 per_block[name] = BlockFlow(*ids[name], {
-                    k: result_to_cpu(acc.result(padding=k)) for k in padding_kinds  # type: ignore[union-attr]
+                    k: result_to_cpu(acc.result(padding=k, pad_queries=pad_queries))  # type: ignore[union-attr]
+                    for k in padding_kinds
                 })
                 if name == names[-1]:
                     stats.seconds = time.perf_counter() - start
@@ -249,6 +257,7 @@ def store_flow(
     *,
     heads: HeadMode = "mean",
     padding_kinds: Sequence[PaddingKind] = PADDING_KINDS,
+    pad_queries: PadQueries = "all-windows",
     blocks: Sequence[str] | None = None,
     padding: float | None = None,
     pad_fraction: float | Sequence[float] | None = None,
@@ -268,6 +277,9 @@ def store_flow(
         ``"mean"`` or ``"per-head"``.
     padding_kinds
         Padding kinds to report (one pass serves all).
+    pad_queries
+        ``"all-windows"`` (default, the paper's) or ``"real-windows"``: which padding queries
+        ``a_pr``/``a_pp`` average over (``docs/conventions.md``).
     blocks
         Block names (``stage{s}.block{b}``) to reduce; default every block with maps.
     padding
@@ -296,7 +308,8 @@ def store_flow(
     StoreError
         No store, no attention maps, no finished sample, unknown blocks.
     """
-    records = store_flow_records(store, heads=heads, padding_kinds=padding_kinds, blocks=blocks, padding=padding,
+    records = store_flow_records(store, heads=heads, padding_kinds=padding_kinds, pad_queries=pad_queries,
+                                 blocks=blocks, padding=padding,
                                  pad_fraction=pad_fraction, device=device, read_ahead=read_ahead, stats=stats,
                                  on_sample=on_sample)
     # Drain the records first: building the frame interleaved with the reads would count its

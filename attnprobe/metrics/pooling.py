@@ -9,12 +9,16 @@ instead of ``x, y, z`` -- a bug seen in published code. Here every axis is found
 - :func:`tokens_as_examples` -- every token an example: ``(sample*x*y*z, channel)``.
 
 Both accept a tensor or numpy array with its dim names, or an xarray ``DataArray``.
+
+Two options of :func:`pool_examples` reproduce the paper's code on request only
+(``docs/conventions.md``): ``pooling="paper-swin-axes"`` pools the axes it pooled, and
+``small_grid="stretch"`` blows axes shorter than the grid up to it as adaptive pooling does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +26,12 @@ import torch.nn.functional as F
 
 from attnprobe.errors import ConfigError, ShapeError
 
-__all__ = ["pool_examples", "tokens_as_examples"]
+__all__ = ["Pooling", "SmallGrid", "POOLINGS", "SMALL_GRIDS", "pool_examples", "tokens_as_examples"]
+
+Pooling = Literal["correct", "paper-swin-axes"]
+SmallGrid = Literal["keep", "stretch"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+SMALL_GRIDS: tuple[str, ...] = get_args(SmallGrid)
 
 SPATIAL = ("x", "y", "z")
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -67,9 +76,16 @@ def _float(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
 
 
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} option", expected=" | ".join(repr(a) for a in allowed),
+                          got=repr(value), fix=f"pass {name}= one of the allowed values")
+
+
 def pool_examples(x: Any, dims: Sequence[str] | None = None, *, grid: int | Sequence[int] = 8,
                   sample: str = "sample", channel: str = "channel",
-                  spatial: Sequence[str] = SPATIAL) -> torch.Tensor:
+                  spatial: Sequence[str] = SPATIAL, pooling: Pooling = "correct",
+                  small_grid: SmallGrid = "keep") -> torch.Tensor:
     """One feature vector per sample: adaptive average pooling over the named spatial axes.
 
     Parameters
@@ -80,37 +96,62 @@ def pool_examples(x: Any, dims: Sequence[str] | None = None, *, grid: int | Sequ
         Names of the axes of ``x`` (taken from ``x.dims`` for a DataArray). Must be exactly
         ``{sample, channel, *spatial}``.
     grid : int or sequence of int
-        Output size per spatial axis (default 8, i.e. 8³); an axis shorter than its grid
-        keeps its full size instead of being stretched.
+        Output size per pooled axis (default 8, i.e. 8³).
     sample, channel, spatial : str
         Names of the sample axis, the channel axis and the spatial axes.
+    pooling : {"correct", "paper-swin-axes"}
+        ``"correct"`` (default): pool the spatial axes ``(x, y, z)``, found by name.
+        ``"paper-swin-axes"`` reproduces a bug of the paper's code, which handed Swin UNETR's
+        channel-last block outputs ``(sample, x, y, z, channel)`` to ``adaptive_avg_pool3d``
+        as if channel-first: axis 1 (``x``) is kept whole as "channels" and ``(y, z,
+        channel)`` are pooled to the grid, so each feature averages a slab of y-z positions
+        over a band of adjacent channels, at one x. Features ``(sample, x * gy * gz * gc)``,
+        ordered ``(x, y, z, channel)`` row-major. Needs exactly three spatial axes; ``grid``
+        then gives the sizes of ``(y, z, channel)``.
+    small_grid : {"keep", "stretch"}
+        For a pooled axis shorter than its grid. ``"keep"`` (default): the axis keeps its
+        size. ``"stretch"``: pooled to the grid anyway, as the paper's code did; adaptive
+        pooling to a larger size repeats values (output ``i`` of an axis of size ``s``
+        averages inputs ``floor(i s / g)`` to ``ceil((i + 1) s / g) - 1``), which weighs the
+        positions unevenly unless ``s`` divides ``g``.
 
     Returns
     -------
-    torch.Tensor, shape (sample, channel * gx * gy * gz)
-        Features ordered ``(channel, x, y, z)`` row-major; float32 or float64.
+    torch.Tensor, shape (sample, features)
+        ``"correct"``: ``channel * gx * gy * gz`` features ordered ``(channel, x, y, z)``
+        row-major; float32 or float64.
 
     Raises
     ------
     ShapeError
         When a named axis is missing, unexpected or repeated.
+    ConfigError
+        Unknown ``pooling`` or ``small_grid``, a bad grid.
     """
+    _check_choice("pooling", pooling, POOLINGS)
+    _check_choice("small_grid", small_grid, SMALL_GRIDS)
     spatial = tuple(spatial)
     if len(spatial) not in _POOL:
         raise ConfigError("pooling supports 1 to 3 spatial axes", expected="1, 2 or 3 names",
                           got=str(spatial))
+    if pooling == "paper-swin-axes" and len(spatial) != 3:
+        raise ConfigError("pooling='paper-swin-axes' reproduces 3-D pooling of a 5-D block output",
+                          expected="three spatial axes", got=str(spatial), fix="use pooling='correct'")
     t, names = _named(x, dims)
-    order = _order(names, (sample, channel, *spatial))
-    t = _float(t.permute(order))  # (sample, channel, *spatial): the layout pooling expects
+    if pooling == "correct":
+        layout = (sample, channel, *spatial)  # the layout pooling expects
+    else:
+        layout = (sample, *spatial, channel)  # channel-last, read as (N, C, D, H, W) as the paper did
+    t = _float(t.permute(_order(names, layout)))
     sizes = tuple(t.shape[2:])
     g = (grid,) * len(spatial) if isinstance(grid, int) else tuple(int(v) for v in grid)
     if len(g) != len(spatial) or min(g) < 1:
         raise ConfigError("grid must give a positive size per spatial axis",
                           expected=f"an int or {len(spatial)} ints >= 1", got=repr(grid))
-    if min(sizes, default=1) < 1 or t.shape[0] == 0:
+    if min(sizes, default=1) < 1 or t.shape[0] == 0 or t.shape[1] == 0:
         raise ShapeError("block output is empty", expected="at least one sample and token",
-                         got=f"shape {tuple(t.shape)} in (sample, channel, *spatial) order")
-    out = tuple(min(gi, si) for gi, si in zip(g, sizes, strict=True))
+                         got=f"shape {tuple(t.shape)} in {layout} order")
+    out = g if small_grid == "stretch" else tuple(min(gi, si) for gi, si in zip(g, sizes, strict=True))
     pooled = _POOL[len(spatial)](t, out)
     return pooled.reshape(pooled.shape[0], -1)
 

@@ -42,12 +42,14 @@ from attnprobe.errors import ConfigError, DataError, StoreError
 from attnprobe.metrics.cka import (
     GemmDtype,
     Kernel,
+    Median,
     MinibatchCKA,
     StreamingLinearCKA,
     _check_threshold,
     cka_matrix_from_grams,
     cka_summary,
     gram,
+    paper_cka_summary,
 )
 from attnprobe.metrics.cka_stats import bootstrap_cka, permutation_pvalues
 from attnprobe.metrics.features import (
@@ -65,6 +67,7 @@ from attnprobe.metrics.features import (
     store_outputs,
     token_features,
 )
+from attnprobe.metrics.pooling import POOLINGS, SMALL_GRIDS, Pooling, SmallGrid
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -114,9 +117,19 @@ class CKAConfig:
         Examples per minibatch (``estimator="minibatch"``), at least 4.
     threshold : float
         RBF bandwidth = ``threshold`` x median pairwise distance.
+    median : {"pairs", "kornblith"}
+        Which median the RBF bandwidth scales: over the distinct pairs (default), or
+        Kornblith et al.'s (all ``n²`` squared distances, zero diagonal included); see
+        :func:`attnprobe.metrics.cka.rbf_gram`.
     gemm_dtype : {"float32", "float64"}
         Dtype of the large products (sums are float64 either way; see
         :mod:`attnprobe.metrics.cka`).
+    pooling : {"correct", "paper-swin-axes"}
+        Pooled unit: pool ``x, y, z`` (default), or reproduce the paper's wrong-axis pooling
+        of channel-last outputs (:func:`attnprobe.metrics.pooling.pool_examples`).
+    small_grid : {"keep", "stretch"}
+        Pooled unit: an axis shorter than ``pool`` keeps its size (default) or is stretched
+        to it, as the paper's code did.
     bootstrap : int
         Case-bootstrap resamples for the interval of every CKA value (0: none). Pooled unit
         with the biased or unbiased estimator only (:mod:`attnprobe.metrics.cka_stats`).
@@ -134,7 +147,10 @@ class CKAConfig:
     pool: int = 8
     batch_size: int = 32
     threshold: float = 1.0
+    median: Median = "pairs"
     gemm_dtype: GemmDtype = "float32"
+    pooling: Pooling = "correct"
+    small_grid: SmallGrid = "keep"
     bootstrap: int = 1000
     permutations: int = 1000
     level: float = 0.95
@@ -152,11 +168,17 @@ class CKAConfig:
     def __post_init__(self) -> None:
         for name, options in (("unit", UNITS), ("kernel", get_args(Kernel)),
                               ("estimator", get_args(ReuseEstimator)),
-                              ("gemm_dtype", get_args(GemmDtype))):
+                              ("gemm_dtype", get_args(GemmDtype)), ("median", get_args(Median)),
+                              ("pooling", POOLINGS), ("small_grid", SMALL_GRIDS)):
             value = getattr(self, name)
             if value not in options:
                 raise ConfigError(f"unknown {name}", expected=" or ".join(repr(o) for o in options),
-                                  got=repr(value))
+                                  got=repr(value), fix=f"pass {name}= one of those")
+        if self.unit == "tokens" and (self.pooling, self.small_grid) != ("correct", "keep"):
+            raise ConfigError("pooling options apply to the pooled unit only",
+                              expected="--pooling correct --small-grid keep with --unit tokens",
+                              got=f"--pooling {self.pooling} --small-grid {self.small_grid}",
+                              fix="use --unit pooled to reproduce the paper's pooling")
         if self.unit == "tokens" and self.kernel != "linear":
             raise ConfigError("the tokens unit supports only the linear kernel",
                               expected="--kernel linear with --unit tokens",
@@ -187,11 +209,11 @@ class CKAConfig:
         out: dict[str, Any] = {"unit": self.unit, "kernel": self.kernel, "estimator": self.estimator,
                                "gemm_dtype": self.gemm_dtype}
         if self.unit == "pooled":
-            out["pool"] = int(self.pool)
+            out.update(pool=int(self.pool), pooling=self.pooling, small_grid=self.small_grid)
         if self.estimator == "minibatch":
             out["batch_size"] = int(self.batch_size)
         if self.kernel == "rbf":
-            out["threshold"] = float(self.threshold)
+            out.update(threshold=float(self.threshold), median=self.median)
         if self.has_stats:
             out.update(bootstrap=int(self.bootstrap), permutations=int(self.permutations),
                        level=float(self.level), stats_seed=int(self.stats_seed))
@@ -257,13 +279,14 @@ class PooledPairs:
         (same examples, by case and crop): another target costs its forwards only."""
         ref = {key: xs for key, xs, _ in self._items}
         other = PooledPairs(self.ref_blocks, self.tgt_blocks, config=self.config, device=self.device)
-        grid = self.config.pool
+        cfg = self.config
+        kw = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
         for tgt in targets:
             if tgt.key not in ref:
                 raise DataError("a target example has no reference example", expected="the same (case, crop)",
                                 got=f"({tgt.case_id!r}, crop {tgt.crop})")
             _check_blocks(tgt, self.tgt_blocks, "target")
-            ys = [pooled_features(tgt.outputs[b], grid=grid).float().cpu() for b in self.tgt_blocks]
+            ys = [pooled_features(tgt.outputs[b], **kw).float().cpu() for b in self.tgt_blocks]
             other._items.append((tgt.key, ref[tgt.key], ys))
         if len(other._items) != len(self._items):
             raise DataError("the new targets do not cover every reference example",
@@ -275,9 +298,10 @@ class PooledPairs:
         _check_pair(ref, tgt)
         _check_blocks(ref, self.ref_blocks, "reference")
         _check_blocks(tgt, self.tgt_blocks, "target")
-        grid = self.config.pool
-        xs = [pooled_features(ref.outputs[b], grid=grid).float().cpu() for b in self.ref_blocks]
-        ys = [pooled_features(tgt.outputs[b], grid=grid).float().cpu() for b in self.tgt_blocks]
+        cfg = self.config
+        kw = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
+        xs = [pooled_features(ref.outputs[b], **kw).float().cpu() for b in self.ref_blocks]
+        ys = [pooled_features(tgt.outputs[b], **kw).float().cpu() for b in self.tgt_blocks]
         self._items.append((ref.key, xs, ys))
 
     def compute(self) -> tuple[torch.Tensor, int] | None:
@@ -300,11 +324,12 @@ class PooledPairs:
         n = xs[0].shape[0]
         cfg = self.config
         if cfg.estimator != "minibatch":
-            kw = dict(kernel=cfg.kernel, threshold=cfg.threshold, gemm_dtype=cfg.gemm_dtype)
+            kw = dict(kernel=cfg.kernel, threshold=cfg.threshold, median=cfg.median, gemm_dtype=cfg.gemm_dtype)
             gx, gy = [gram(x, **kw) for x in xs], [gram(y, **kw) for y in ys]
             self.grams, self.keys = (gx, gy), keys  # kept for intervals and permutation tests
             return cka_matrix_from_grams(gx, gy, estimator=cfg.estimator), n
-        acc = MinibatchCKA(kernel=cfg.kernel, threshold=cfg.threshold, gemm_dtype=cfg.gemm_dtype)
+        acc = MinibatchCKA(kernel=cfg.kernel, threshold=cfg.threshold, median=cfg.median,
+                           gemm_dtype=cfg.gemm_dtype)
         for lo, hi in _batches(n, cfg.batch_size):
             acc.update([x[lo:hi] for x in xs], [y[lo:hi] for y in ys])
         return acc.compute(), n
@@ -456,11 +481,15 @@ def summarize(da: xr.DataArray) -> dict[str, Any]:
         ``diagonal_mean``, ``band_mean`` (``|i - j| <= 1``), ``off_diagonal_mean``,
         ``mean_row_max``, ``mean_best_match_shift`` (mean over ref blocks i of
         ``|argmax_j CKA_ij - i|``) and ``diagonal``: ref block name -> ``CKA_ii`` for
-        ``i < min(L1, L2)``. NaN (a 1x1 matrix has no off-diagonal) becomes ``None``.
+        ``i < min(L1, L2)``; then the paper's definitions under their own names,
+        ``paper_off_diagonal_mean``, ``paper_band_mean`` and ``paper_mean_best_match_shift``
+        (:func:`attnprobe.metrics.cka.paper_cka_summary`). NaN (e.g. no off-diagonal entry)
+        becomes ``None``.
     """
     m = da.transpose("ref", "tgt")
     values = np.asarray(m.values, dtype=np.float64)
-    out: dict[str, Any] = {k: (None if math.isnan(v) else v) for k, v in cka_summary(values).items()}
+    scalars = {**cka_summary(values), **paper_cka_summary(values)}
+    out: dict[str, Any] = {k: (None if math.isnan(v) else v) for k, v in scalars.items()}
     refs = [str(r) for r in m["ref"].values]
     diag = range(min(values.shape))
     out["diagonal"] = {refs[i]: float(values[i, i]) for i in diag}

@@ -39,7 +39,7 @@ from attnprobe.capture.reducers import FlowReducer, FlowTag
 from attnprobe.data.preprocess import PadMode
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import model_means, stage_means, sweep_summary
-from attnprobe.metrics.flow import HeadMode, check_option
+from attnprobe.metrics.flow import PAD_QUERY_MODES, HeadMode, PadQueries, check_option
 from attnprobe.models.adapter import Adapter
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.record import CaseLike
@@ -249,6 +249,7 @@ def _online_flow(
     inputs: Iterable[tuple[torch.Tensor, torch.Tensor, FlowTag]],
     *,
     heads: HeadMode,
+    pad_queries: PadQueries,
     device: str | torch.device,
     adapter: Adapter | None = None,
     on_step: Callable[[str, int], None] | None = None,
@@ -261,7 +262,7 @@ def _online_flow(
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    reducer = FlowReducer(heads=heads)
+    reducer = FlowReducer(heads=heads, pad_queries=pad_queries)
     with torch.no_grad(), Probe(model, ["*.attn"], sinks=[reducer], keep=False, adapter=adapter) as probe:
         for image, mask, tag in inputs:
             probe.run(image[None].to(device=device, dtype=torch.float32), mask=mask[None].to(device), tag=tag)
@@ -276,6 +277,7 @@ def padding_sweep(
     spec: SweepSpec | None = None,
     *,
     heads: HeadMode = "mean",
+    pad_queries: PadQueries = "all-windows",
     device: str | torch.device = "cpu",
     on_step: Callable[[str, int], None] | None = None,
 ) -> pd.DataFrame:
@@ -292,6 +294,9 @@ def padding_sweep(
         end, fixed-roi).
     heads
         ``"mean"`` or ``"per-head"``.
+    pad_queries
+        ``"all-windows"`` (default, the paper's) or ``"real-windows"``: which padding queries
+        ``a_pr``/``a_pp`` average over (``docs/conventions.md``).
     device
         Where the model and the reduction run.
     on_step
@@ -304,6 +309,7 @@ def padding_sweep(
         n_real_queries, n_pad_queries``; one forward per (case, p), one sample each.
     """
     spec = spec or SweepSpec()
+    check_option("pad_queries", pad_queries, PAD_QUERY_MODES)  # before any forward
     adapter = adapter_for(model)
     if spec.multiple != adapter.input_multiple:
         spec = replace(spec, multiple=adapter.input_multiple)
@@ -316,7 +322,8 @@ def padding_sweep(
                 item = swept_input(case, p, sweep)
                 yield item.image, item.mask, FlowTag(cases=(item.case_id,), padding=p, pad_fraction=item.pad_fraction)
 
-    return _online_flow(model, inputs(spec), heads=heads, device=device, adapter=adapter, on_step=on_step)
+    return _online_flow(model, inputs(spec), heads=heads, pad_queries=pad_queries, device=device, adapter=adapter,
+                        on_step=on_step)
 
 
 def prepared_flow(
@@ -324,6 +331,7 @@ def prepared_flow(
     cases: Iterable[CaseLike],
     *,
     heads: HeadMode = "mean",
+    pad_queries: PadQueries = "all-windows",
     device: str | torch.device = "cpu",
     on_step: Callable[[str, int], None] | None = None,
 ) -> pd.DataFrame:
@@ -338,7 +346,8 @@ def prepared_flow(
             mask = case.mask.bool()
             yield case.image, mask, FlowTag(cases=(str(case.case_id),), padding=0, pad_fraction=_pad_fraction(mask))
 
-    return _online_flow(model, inputs(), heads=heads, device=device, on_step=on_step)
+    check_option("pad_queries", pad_queries, PAD_QUERY_MODES)
+    return _online_flow(model, inputs(), heads=heads, pad_queries=pad_queries, device=device, on_step=on_step)
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from attnprobe.capture.probe import ForwardContext
 from attnprobe.capture.reducers import FlowReducer, FlowTag, reduce_block
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import TIDY_COLUMNS
-from attnprobe.metrics.flow import METRICS, attention_flow
+from attnprobe.metrics.flow import METRICS, PAD_QUERY_MODES, attention_flow
 from attnprobe.models import build_model
-from attnprobe.tokens import PADDING_KINDS
+from attnprobe.tokens import PADDING_KINDS, REAL
 
 SHAPE = (32, 32, 64)  # smallest Swin UNETR input whose bottleneck has >1 voxel for instance norm
 
@@ -82,7 +83,10 @@ def test_frame_is_tidy_and_labelled(hooked):
     assert dict(frame.groupby("case")["pad_fraction"].first()) == {"a": 0.25, "b": 0.5}
     assert list(frame["kind"].drop_duplicates()) == list(PADDING_KINDS)
     assert frame[["stage", "block"]].drop_duplicates().values.tolist() == [[s, b] for s in range(4) for b in (0, 1)]
-    assert frame["value"].notna().all()
+    # NaN only where a block has no padding query (a_pr/a_pp, e.g. no window padding at stage 3)
+    missing = frame["value"].isna()
+    assert (frame.loc[missing, "metric"].isin(["a_pr", "a_pp"]) & (frame.loc[missing, "n_pad_queries"] == 0)).all()
+    assert frame.loc[frame["n_pad_queries"] > 0, "value"].notna().all()
     adi = frame[frame["metric"] == "adi"]["value"]
     assert ((adi >= 0) & (adi <= 1)).all() and adi.max() > 0
 
@@ -120,6 +124,56 @@ def test_smit_too_and_nothing_changes_or_stays():
     assert reducer.records == []
 
 
+def _brute_force_pad_rows(probs: np.ndarray, kinds: np.ndarray, pad_queries: str) -> tuple[float, float, int]:
+    """A_pr, A_pp (P = both padding kinds) and the padding-query count of one sample, window by
+    window: head-average, then each padding query's attention to real and to padding keys."""
+    to_real = to_pad = 0.0
+    count = 0
+    for attn, kind in zip(probs, kinds, strict=True):  # (head, N, N), (N,)
+        real = kind == REAL
+        if pad_queries == "real-windows" and not real.any():
+            continue
+        mean = attn.astype(np.float64).mean(axis=0)
+        for i in np.flatnonzero(~real):
+            to_real += mean[i, real].sum()
+            to_pad += mean[i, ~real].sum()
+            count += 1
+    return (to_real / count, to_pad / count, count) if count else (math.nan, math.nan, 0)
+
+
+def test_pad_queries_rules_on_a_64_cube_with_all_padding_windows():
+    """Swin UNETR tiny on 64³ with content on 8 of 64 z voxels: most windows hold no real token.
+
+    Both rules against a window-by-window loop; they differ on A_pr/A_pp only."""
+    torch.manual_seed(0)
+    model = build_model("swin_unetr", preset="tiny").eval()
+    shape = (64, 64, 64)
+    mask = torch.zeros(1, 1, *shape, dtype=torch.bool)
+    mask[..., :8] = True
+    x = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(5)) * mask
+    reducers = {rule: FlowReducer(pad_queries=rule, padding_kinds=("all",)) for rule in PAD_QUERY_MODES}
+    with torch.no_grad(), Probe(model, ["*.attn"], sinks=list(reducers.values()), keep=True) as probe:
+        probe.run(x, mask=mask)
+    records = {rule: r.records[0].blocks for rule, r in reducers.items()}
+    largest = 0.0
+    for name in records["all-windows"]:
+        probs = probe.cache[f"{name}.attn"][0].numpy()
+        kinds = probe.context.kinds[name].expand(1, *probe.context.kinds[name].shape[-2:])[0].numpy()
+        got = {rule: records[rule][name].results["all"] for rule in PAD_QUERY_MODES}
+        for rule in PAD_QUERY_MODES:
+            a_pr, a_pp, n_pad = _brute_force_pad_rows(probs, kinds, rule)
+            np.testing.assert_allclose([float(got[rule].a_pr), float(got[rule].a_pp)], [a_pr, a_pp],
+                                       rtol=1e-6, atol=1e-9, err_msg=f"{name} {rule}")
+            assert int(got[rule].n_pad_queries) == n_pad
+        for m in ("adi", "sfr", "a_rr", "a_rp", "h", "h_rp", "n_real_queries"):
+            assert torch.equal(getattr(got["all-windows"], m), getattr(got["real-windows"], m)), (name, m)
+        largest = max(largest, abs(float(got["all-windows"].a_pp) - float(got["real-windows"].a_pp)))
+    # Padding queries of windows without a real token attend only to padding (A_pp = 1 there),
+    # so counting them moves A_pp by far more than rounding (about 0.40 at most here).
+    print(f"largest |A_pp(all-windows) - A_pp(real-windows)| = {largest:.4f}")
+    assert largest > 0.3
+
+
 def test_chunking_does_not_change_the_result():
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(2, 9, 3, 27, 27, generator=g).softmax(-1)
@@ -147,3 +201,5 @@ def test_bad_tags_and_options_are_clear_errors():
         FlowReducer(padding_kinds=("inputs",))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_chunk_bytes"):
         FlowReducer(max_chunk_bytes=0)
+    with pytest.raises(ConfigError, match=re.escape("unknown pad_queries option; expected 'all-windows' | 'real-windows'")):
+        FlowReducer(pad_queries="all")  # type: ignore[arg-type]

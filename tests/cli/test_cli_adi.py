@@ -74,11 +74,18 @@ def test_sweep_writes_every_output(sweep):
 
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["padding", "stage", "kind", "metric", "mean", "std", "n", "pad_fraction"]
-    assert (summary["n"] == 2).all() and len(summary) == 2 * 4 * 3 * 8
+    assert len(summary) == 2 * 4 * 3 * 8
+    # A_pr/A_pp have no value without padding queries (case0 at p=0 has no input padding; at
+    # stage 3 every token of case1 covers a real voxel too): the summary counts only the cases
+    # with a value.
+    pad_rows = summary["metric"].isin(["a_pr", "a_pp"])
+    assert (summary.loc[~pad_rows, "n"] == 2).all()
+    assert summary.query("padding == 0 and kind == 'input' and metric == 'a_pr'")["n"].tolist() == [1, 1, 1, 0]
 
     ds = xr.open_dataset(out / "adi.nc")  # netCDF4 via h5netcdf, or netCDF3 without h5py
     assert dict(ds.sizes) == {"case": 2, "padding": 2, "stage": 4, "block": 2, "kind": 3}
     assert ds.attrs["padding_sweep"] == "0,16" and ds.attrs["axis"] == "z"
+    assert ds.attrs["pad_queries"] == "all-windows"  # the paper's rule is the default
     np.testing.assert_allclose(ds["adi"].sel(case="case1", padding=16, stage=0, block=1, kind="all").item(),
                                frame.query("case == 'case1' and padding == 16 and stage == 0 and block == 1 "
                                            "and kind == 'all' and metric == 'adi'")["value"].item())
@@ -110,6 +117,20 @@ def test_store_path_equals_online_path(workspace, sweep, tmp_path):
     ids = ["case", "padding", "stage", "block", "kind", "metric", "n_real_queries", "n_pad_queries"]
     pd.testing.assert_frame_equal(offline[ids], online[ids])
     np.testing.assert_allclose(offline["value"], online["value"], rtol=0, atol=1e-5)
+
+    # --pad-queries reaches the offline path and is recorded; only A_pr/A_pp (and counts) move.
+    from attnprobe.metrics.offline import store_flow
+
+    result = invoke("--store", store, "--out", tmp_path / "kept", "--pad-queries", "real-windows")
+    assert result.exit_code == 0, result.output
+    kept = pd.read_csv(tmp_path / "kept" / "adi.csv")
+    np.testing.assert_allclose(kept["value"], store_flow(store, pad_queries="real-windows")["value"], atol=1e-12)
+    moved = (kept["value"] - offline["value"]).abs() > 1e-9
+    assert set(kept.loc[moved, "metric"]) == {"a_pr", "a_pp"}
+    with xr.open_dataset(tmp_path / "kept" / "adi.nc") as ds:
+        assert ds.attrs["pad_queries"] == "real-windows"
+    result = invoke("--store", store, "--out", tmp_path / "bad", "--pad-queries", "all")
+    assert result.exit_code == 2 and "all-windows" in result.output
 
     # A store given as --model goes the same way (no model is loaded).
     result = invoke("--model", store, "--out", tmp_path / "as_model", "--limit", "1")

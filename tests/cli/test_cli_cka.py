@@ -101,12 +101,20 @@ def test_pretrained_vs_fine_tuned_end_to_end(swin_ckpt, perturbed_swin, datalist
 
 
 def test_a_model_against_itself(smit_ckpt, datalist, tmp_path):
-    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased", "--baseline", "none",
-                 "--kernel", "rbf", "--pool", 2, "--out", tmp_path)
+    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased",
+                 "--kernel", "rbf", "--pool", 2, "--median", "kornblith", "--pooling", "paper-swin-axes",
+                 "--small-grid", "stretch", "--baseline", "none", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["diagonal_mean"] == pytest.approx(1.0, abs=1e-12)
     assert summary["attrs"]["n"] == 3 and summary["attrs"]["pool"] == 2
+    # the convention options reach the config and are recorded
+    assert summary["attrs"]["median"] == "kornblith" and summary["attrs"]["pooling"] == "paper-swin-axes"
+    assert summary["attrs"]["small_grid"] == "stretch"
+    assert "paper_band_mean" in summary and "paper_off_diagonal_mean" in summary
+    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--kernel", "rbf",
+                 "--median", "n2", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "kornblith" in result.output
 
 
 def test_one_model_on_two_input_sets(smit_ckpt, datalist, other_rendering, tmp_path):

@@ -47,8 +47,8 @@ def hand_frame() -> pd.DataFrame:
         row("a", 1, 0, "adi", 0.1, nr=10, npq=4),
         row("a", 1, 1, "adi", 0.2, nr=10, npq=4),
         row("a", 1, 2, "adi", 1.2, nr=10, npq=4),
-        row("a", 0, 0, "a_pr", 0.0, nr=100, npq=0),  # no padding query: placeholder 0
-        row("a", 0, 1, "a_pr", 0.0, nr=100, npq=0),
+        row("a", 0, 0, "a_pr", math.nan, nr=100, npq=0),  # no padding query: no value
+        row("a", 0, 1, "a_pr", math.nan, nr=100, npq=0),
         row("a", 1, 0, "a_pr", 0.6, nr=10, npq=4),
         row("a", 1, 1, "a_pr", 0.6, nr=10, npq=4),
         row("a", 1, 2, "a_pr", 0.9, nr=10, npq=4),
@@ -101,6 +101,7 @@ def test_stage_means_are_unweighted_block_means():
     assert s.loc[(0, "adi"), "value"] == pytest.approx(0.3)
     assert s.loc[(1, "adi"), "value"] == pytest.approx(0.5)  # (0.1 + 0.2 + 1.2) / 3
     assert s.loc[(1, "a_pr"), "value"] == pytest.approx(0.7)
+    assert math.isnan(s.loc[(0, "a_pr"), "value"]) and s.loc[(0, "a_pr"), "n_blocks"] == 0
     assert s.loc[(1, "adi"), "n_blocks"] == 3
     assert s.loc[(0, "adi"), "n_real_queries"] == 200 and s.loc[(1, "a_pr"), "n_pad_queries"] == 12
     assert "block" not in s.reset_index().columns
@@ -110,17 +111,19 @@ def test_model_means_stage_and_token_weighted():
     df = hand_frame()
     m = model_means(df).set_index("metric")["value"]  # block frame is reduced to stages first
     assert m["adi"] == pytest.approx((0.3 + 0.5) / 2)
-    assert m["a_pr"] == pytest.approx((0.0 + 0.7) / 2)
+    assert m["a_pr"] == pytest.approx(0.7)  # stage 0 has no value: skipped, not averaged in as 0
     assert model_means(stage_means(df)).equals(model_means(df))
     t = model_means(df, weighting="tokens").set_index("metric")["value"]
     # real-query metric: weights 200 (stage 0) and 30 (stage 1) ...
     assert t["adi"] == pytest.approx((200 * 0.3 + 30 * 0.5) / 230)
     # ... equal to the mean over every (block, real query), since n is constant within a stage
     assert t["adi"] == pytest.approx((100 * 0.2 + 100 * 0.4 + 10 * (0.1 + 0.2 + 1.2)) / 230)
-    # padding-query metric: weighted by padding queries, so the placeholder 0s of stage 0 drop out
+    # padding-query metric: weighted by padding queries; stage 0 has none (and no value)
     assert t["a_pr"] == pytest.approx(0.7)
     no_pad = df[df["metric"] == "a_pr"].assign(n_pad_queries=0)
-    assert model_means(no_pad, weighting="tokens")["value"].tolist() == [0.0]
+    assert math.isnan(model_means(no_pad, weighting="tokens")["value"].item())  # no padding query anywhere
+    no_real = df[df["metric"] == "adi"].assign(n_real_queries=0)
+    assert model_means(no_real, weighting="tokens")["value"].tolist() == [0.0]  # real-query metrics stay 0
     with pytest.raises(ConfigError):
         model_means(df, weighting="blocks")
     with pytest.raises(DataError):
@@ -156,6 +159,42 @@ def test_sweep_mean_std_n_over_cases():
     assert len(by_stage) == 2 * 2  # paddings x stages
     one_case = sweep_summary(model[model["case"] == "a"])
     assert one_case["n"].tolist() == [1, 1] and one_case["std"].isna().all()
+
+
+def test_missing_values_are_skipped_at_every_level():
+    """Hand-made frame: NaN a_pr (blocks without padding queries) never enters a mean as 0."""
+    nan = math.nan
+    rows = []
+    # case a: stage 0 has no padding query in block 0 only; stage 1 none at all
+    for case, values in {"a": ((nan, 0.4), (nan, nan)), "b": ((0.2, 0.6), (0.8, 0.9)),
+                         "c": ((nan, nan), (nan, nan))}.items():
+        for stage, pair in enumerate(values):
+            for block, v in enumerate(pair):
+                rows.append(row(case, stage, block, "a_pr", v, npq=0 if math.isnan(v) else 5))
+                rows.append(row(case, stage, block, "adi", 0.0 if math.isnan(v) else 0.1))
+    frame = pd.DataFrame(rows)
+
+    stages = stage_means(frame).set_index(["case", "stage", "metric"])
+    assert stages.loc[("a", 0, "a_pr"), "value"] == pytest.approx(0.4)  # nanmean, not (0 + 0.4) / 2
+    assert stages.loc[("a", 0, "a_pr"), "n_blocks"] == 1
+    assert math.isnan(stages.loc[("a", 1, "a_pr"), "value"]) and stages.loc[("a", 1, "a_pr"), "n_blocks"] == 0
+    assert stages.loc[("b", 1, "a_pr"), "value"] == pytest.approx(0.85)
+    assert stages.loc[("a", 0, "adi"), "value"] == pytest.approx(0.05)  # ADI keeps its 0 (no padding seen)
+
+    models = model_means(frame).set_index(["case", "metric"])
+    assert models.loc[("a", "a_pr"), "value"] == pytest.approx(0.4) and models.loc[("a", "a_pr"), "n_stages"] == 1
+    assert models.loc[("b", "a_pr"), "value"] == pytest.approx((0.4 + 0.85) / 2)
+    assert math.isnan(models.loc[("c", "a_pr"), "value"]) and models.loc[("c", "a_pr"), "n_stages"] == 0
+    tokens = model_means(frame, weighting="tokens").set_index(["case", "metric"])
+    assert tokens.loc[("a", "a_pr"), "value"] == pytest.approx(0.4)
+    assert tokens.loc[("b", "a_pr"), "value"] == pytest.approx((0.2 + 0.6 + 0.8 + 0.9) / 4)
+    assert math.isnan(tokens.loc[("c", "a_pr"), "value"])
+
+    summary = sweep_summary(model_means(frame)).set_index("metric")
+    assert summary.loc["a_pr", "mean"] == pytest.approx((0.4 + 0.625) / 2)  # case c has no value
+    assert summary.loc["a_pr", "n"] == 2
+    assert summary.loc["a_pr", "std"] == pytest.approx(np.std([0.4, 0.625], ddof=1))
+    assert summary.loc["adi", "n"] == 3
 
 
 def test_sweep_refuses_unreduced_frames():

@@ -31,6 +31,7 @@ from attnprobe.metrics.cka import (
     linear_cka,
     linear_gram,
     minibatch_cka,
+    paper_cka_summary,
     rbf_gram,
 )
 from tests.helpers import free_port
@@ -365,6 +366,47 @@ def test_cuda_matches_cpu_and_restores_tf32():
     assert getattr(mm, flag) == before
 
 
+def kornblith_demo_data() -> tuple[np.ndarray, np.ndarray]:
+    # The data of Kornblith et al.'s demo notebook (google-research/google-research,
+    # representation_similarity/Demo.ipynb): X first, then the noise added to it.
+    rng = np.random.RandomState(1337)
+    x = rng.randn(100, 10)
+    return x, rng.randn(100, 10) + x
+
+
+def test_rbf_kornblith_median_reproduces_the_reference_values():
+    x, y = kornblith_demo_data()
+    # 0.6548312: "RBF CKA" with gram_rbf(X, 0.5), biased, printed (to 5 digits, 0.65483) by
+    # Kornblith et al.'s Demo.ipynb (google-research/representation_similarity); 0.5016103:
+    # that notebook's gram_rbf(., 1.0) with cka(..., debiased=True), run on the same data.
+    assert cka(x, y, kernel="rbf", threshold=0.5, median="kornblith") == pytest.approx(0.6548312, abs=5e-8)
+    assert cka(x, y, kernel="rbf", threshold=1.0, estimator="unbiased",
+               median="kornblith") == pytest.approx(0.5016103, abs=5e-8)
+    # the median over distinct pairs is a (slightly) larger bandwidth: another value
+    assert abs(cka(x, y, kernel="rbf", threshold=0.5) - 0.6548312) > 1e-4
+
+
+@pytest.mark.parametrize("median", ["pairs", "kornblith"])
+def test_rbf_median_rules_against_numpy(median):
+    x, _ = related(21, 31, 5, 3)  # odd n: n(n-1)/2 pairs and n² entries, both even/odd cases below
+    for rows in (31, 30):
+        xs = x[:rows]
+        sq = ((xs[:, None, :] - xs[None, :, :]) ** 2).sum(-1)
+        if median == "pairs":
+            sigma2 = np.median(np.sqrt(sq[np.triu_indices(rows, 1)])) ** 2  # median of distances, i < j
+        else:
+            sigma2 = np.median(sq)  # all n² squared distances, the zero diagonal included
+        for thr in (0.5, 1.0):
+            want = np.exp(-sq / (2 * thr ** 2 * sigma2))
+            np.testing.assert_allclose(rbf_gram(xs, threshold=thr, median=median).numpy(), want, atol=1e-6)
+    # the options reach every form: one minibatch == the full-batch unbiased CKA
+    a, b = related(22, 12, 4, 3)
+    one = minibatch_cka([(a, b)], kernel="rbf", median=median)
+    assert one == pytest.approx(cka(a, b, kernel="rbf", estimator="unbiased", median=median), abs=1e-9)
+    m = cka_matrix([a], [b], kernel="rbf", median=median)
+    assert float(m[0, 0]) == pytest.approx(cka(a, b, kernel="rbf", median=median), abs=1e-9)
+
+
 # --------------------------------------------------------------------------- summaries
 
 
@@ -380,6 +422,34 @@ def test_summary_of_known_matrix():
     assert s["off_diagonal_mean"] == pytest.approx(np.mean(off))
     assert s["mean_row_max"] == pytest.approx((0.9 + 0.8 + 0.95) / 3)
     assert s["mean_best_match_shift"] == pytest.approx((0 + 0 + 1) / 3)
+
+
+def test_paper_summaries_square_and_rectangular():
+    sq = np.arange(16, dtype=float).reshape(4, 4) ** 2 / 256
+    p = paper_cka_summary(sq)
+    far = [sq[i, j] for i in range(4) for j in range(4) if abs(i - j) > 1]  # band |i-j| <= 1 left out
+    assert p["paper_off_diagonal_mean"] == pytest.approx(np.mean(far))
+    assert p["paper_off_diagonal_mean"] != pytest.approx(cka_summary(sq)["off_diagonal_mean"])
+    # on a square matrix the band and the shift are attnprobe's
+    assert p["paper_band_mean"] == pytest.approx(cka_summary(sq)["band_mean"])
+    assert p["paper_mean_best_match_shift"] == pytest.approx(cka_summary(sq)["mean_best_match_shift"])
+
+    # 5 x 3: ideal columns of rows 0..4 are 0, 1, 2, 2, 2 (row index clipped into the columns)
+    m = np.array([[0.9, 0.2, 0.1],
+                  [0.3, 0.8, 0.7],
+                  [0.0, 0.6, 0.4],
+                  [0.5, 0.1, 0.2],
+                  [0.3, 0.2, 0.7]])
+    p = paper_cka_summary(torch.from_numpy(m))
+    band = [0.9, 0.2, 0.3, 0.8, 0.7, 0.6, 0.4, 0.1, 0.2, 0.2, 0.7]  # |j - ideal| <= 1 per row
+    assert p["paper_band_mean"] == pytest.approx(np.mean(band))
+    # argmax per row 0, 1, 1, 0, 2 against ideal 0, 1, 2, 2, 2
+    assert p["paper_mean_best_match_shift"] == pytest.approx((0 + 0 + 1 + 2 + 0) / 5)
+    assert cka_summary(m)["mean_best_match_shift"] == pytest.approx((0 + 0 + 1 + 3 + 2) / 5)  # unclipped
+    far = [0.1, 0.0, 0.5, 0.3]  # |j - ideal| > 1: the rest of the matrix
+    assert p["paper_off_diagonal_mean"] == pytest.approx(np.mean(far))
+    assert len(band) + len(far) == m.size
+    assert np.isnan(paper_cka_summary(np.eye(2))["paper_off_diagonal_mean"])  # nothing that far off
 
 
 # --------------------------------------------------------------------------- errors
@@ -401,6 +471,10 @@ def test_clear_errors():
         cka(x, y, kernel="poly")
     with pytest.raises(ConfigError, match="threshold"):
         cka(x, y, kernel="rbf", threshold=0.0)
+    for bad in (lambda: cka(x, y, kernel="rbf", median="all"), lambda: rbf_gram(x, median="pairs "),
+                lambda: MinibatchCKA(median="n2")):
+        with pytest.raises(ConfigError, match="unknown median; expected 'pairs' or 'kornblith'; got"):
+            bad()
     z, _ = related(14, 10, 3, 3)
     with pytest.raises(DataError, match="without variation"):
         cka(z, np.ones((10, 3)))

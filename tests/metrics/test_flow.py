@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from attnprobe.errors import AttnprobeError, ConfigError, DataError, ShapeError
-from attnprobe.metrics.flow import METRICS, FlowAccumulator, FlowResult, accumulators_to, attention_flow
+from attnprobe.metrics.flow import (
+    METRICS,
+    PAD_QUERY_MODES,
+    FlowAccumulator,
+    FlowResult,
+    accumulators_to,
+    attention_flow,
+)
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD
 
 PAD_SETS = {"input": {INPUT_PAD}, "window": {WINDOW_PAD}, "all": {INPUT_PAD, WINDOW_PAD}}
@@ -31,10 +39,12 @@ def random_block(seed: int, *, batch=(2,), windows=7, heads=3, n=6, dtype=torch.
     return probs, kinds
 
 
-def brute_force(probs, kinds, padding, heads):
+def brute_force(probs, kinds, padding, heads, pad_queries="all-windows"):
     """Triple loop over windows, queries, keys on Python floats, straight from SPEC §3.
 
-    Returns {metric: list} per sample (a list over heads for per-head)."""
+    Padding queries of windows without a real token count for ``pad_queries="all-windows"``
+    only; real queries only exist in windows with a real token. ``a_pr``/``a_pp`` are NaN
+    without padding queries. Returns {metric: list} per sample (a list over heads for per-head)."""
     pset = PAD_SETS[padding]
     lead = probs.shape[:-4]
     p_flat = probs.double().reshape(-1, *probs.shape[-4:]).tolist()
@@ -52,7 +62,7 @@ def brute_force(probs, kinds, padding, heads):
             s = dict.fromkeys(("rr", "rp", "pr", "pp", "h", "hrp"), 0.0)
             nr = npd = 0
             for a, k_w in zip(windows, k_s, strict=True):
-                if REAL not in k_w:
+                if REAL not in k_w and pad_queries == "real-windows":
                     continue
                 for i, ki in enumerate(k_w):
                     to_r = to_p = h = hrp = 0.0
@@ -77,7 +87,7 @@ def brute_force(probs, kinds, padding, heads):
                         s["pp"] += to_p
             vals = {
                 "a_rr": s["rr"] / nr if nr else 0.0, "a_rp": s["rp"] / nr if nr else 0.0,
-                "a_pr": s["pr"] / npd if npd else 0.0, "a_pp": s["pp"] / npd if npd else 0.0,
+                "a_pr": s["pr"] / npd if npd else math.nan, "a_pp": s["pp"] / npd if npd else math.nan,
                 "h": s["h"] / nr if nr else 0.0, "h_rp": s["hrp"] / nr if nr else 0.0,
                 "adi": s["hrp"] / s["h"] if s["h"] > 0 else 0.0,
                 "n_real_queries": nr, "n_pad_queries": npd,
@@ -101,7 +111,7 @@ def assert_same(res: FlowResult, ref: dict, *, rtol=1e-10, atol=1e-12):
         if name.startswith("n_"):
             assert torch.equal(got.cpu(), value), name
         else:
-            torch.testing.assert_close(got.cpu(), value, rtol=rtol, atol=atol, msg=name)
+            torch.testing.assert_close(got.cpu(), value, rtol=rtol, atol=atol, equal_nan=True, msg=name)
 
 
 def uniform_block(ks, n):
@@ -117,12 +127,33 @@ def uniform_block(ks, n):
 # ---------------------------------------------------------------- brute force
 
 
+@pytest.mark.parametrize("pad_queries", PAD_QUERY_MODES)
 @pytest.mark.parametrize("heads", ["mean", "per-head"])
 @pytest.mark.parametrize("padding", PADDING_KINDS)
-def test_matches_brute_force(padding, heads):
+def test_matches_brute_force(padding, heads, pad_queries):
     probs, kinds = random_block(0, batch=(3,))
-    ref = brute_force(probs, kinds, padding, heads)
-    assert_same(attention_flow(probs, kinds, padding=padding, heads=heads), ref)
+    ref = brute_force(probs, kinds, padding, heads, pad_queries)
+    got = attention_flow(probs, kinds, padding=padding, heads=heads, pad_queries=pad_queries)
+    assert got.pad_queries == pad_queries
+    assert_same(got, ref)
+
+
+def test_pad_queries_changes_only_the_padding_query_row():
+    # random_block has windows without a real token (all input padding, all window padding,
+    # mixed padding): their padding queries count under "all-windows" only.
+    probs, kinds = random_block(13, batch=(3,))
+    acc = FlowAccumulator(heads="per-head").update(probs, kinds)
+    for padding in PADDING_KINDS:
+        every = acc.result(padding=padding, pad_queries="all-windows")
+        kept = acc.result(padding=padding, pad_queries="real-windows")
+        for m in ("adi", "sfr", "a_rr", "a_rp", "h", "h_rp", "n_real_queries"):
+            assert torch.equal(getattr(every, m), getattr(kept, m)), m
+        assert bool((every.n_pad_queries > kept.n_pad_queries).all())
+        assert not torch.allclose(every.a_pp, kept.a_pp)
+    # the constructor's rule is the default of result()
+    real_only = FlowAccumulator(pad_queries="real-windows").update(probs, kinds).result()
+    torch.testing.assert_close(real_only.a_pp, attention_flow(probs, kinds, pad_queries="real-windows").a_pp)
+    assert attention_flow(probs, kinds).pad_queries == "all-windows"  # the paper's is the default
 
 
 def test_matches_brute_force_float32_and_two_batch_dims():
@@ -168,8 +199,8 @@ def test_no_padding_gives_zero_adi():
         assert torch.equal(r.adi, torch.zeros(2, dtype=torch.float64))
         assert torch.equal(r.a_rp, torch.zeros_like(r.a_rp))
         torch.testing.assert_close(r.a_rr, torch.ones_like(r.a_rr))
-        # No padding query: A_pr, A_pp defined as 0, flagged by the count.
-        assert torch.equal(r.a_pr, torch.zeros_like(r.a_pr)) and torch.equal(r.a_pp, r.a_pr)
+        # No padding query: A_pr, A_pp have no value (NaN), not 0; the count says why.
+        assert bool(r.a_pr.isnan().all()) and bool(r.a_pp.isnan().all())
         assert torch.equal(r.n_pad_queries, torch.zeros(2, dtype=torch.int64))
 
 
@@ -190,33 +221,44 @@ def test_uniform_attention_single_window(k):
 
 
 def test_uniform_attention_pooled_ratio_of_means():
-    n, ks = 8, [0, 2, 5, 8, 3]  # k = 8: all-padding window, must be dropped
+    n, ks = 8, [0, 2, 5, 8, 3]  # k = 8: all-padding window, no real query
     probs, kinds = uniform_block(ks, n)
     r = attention_flow(probs, kinds, padding="input")
     kept = [k for k in ks if k < n]
     n_real = sum(n - k for k in kept)
     # sum_R H^rp / sum_R H with H_i = log n, H^rp_i = (k/n) log n per real query of a window.
     adi = sum((n - k) * k / n for k in kept) / n_real
-    a_pp = sum(k * k / n for k in kept) / sum(kept)  # padding queries of kept windows only
+    # A padding query of a window with k padding tokens puts k/n on padding keys.
+    a_pp_all = sum(k * k / n for k in ks) / sum(ks)  # every window's padding queries (default)
+    a_pp_kept = sum(k * k / n for k in kept) / sum(kept)  # windows with a real token only
     torch.testing.assert_close(r.adi, torch.tensor(adi, dtype=torch.float64))
     torch.testing.assert_close(r.a_rp, torch.tensor(adi, dtype=torch.float64))
-    torch.testing.assert_close(r.a_pp, torch.tensor(a_pp, dtype=torch.float64))
+    torch.testing.assert_close(r.a_pp, torch.tensor(a_pp_all, dtype=torch.float64))
     torch.testing.assert_close(r.h, torch.tensor(math.log(n), dtype=torch.float64))
-    assert int(r.n_real_queries) == n_real and int(r.n_pad_queries) == sum(kept)
+    assert int(r.n_real_queries) == n_real and int(r.n_pad_queries) == sum(ks)
+    kept_r = attention_flow(probs, kinds, padding="input", pad_queries="real-windows")
+    torch.testing.assert_close(kept_r.a_pp, torch.tensor(a_pp_kept, dtype=torch.float64))
+    torch.testing.assert_close(kept_r.a_pr, torch.tensor(1 - a_pp_kept, dtype=torch.float64))
+    assert int(kept_r.n_pad_queries) == sum(kept) and float(kept_r.adi) == float(r.adi)
     # ratio of means != mean of per-window ratios
     assert abs(adi - sum(k / n for k in kept) / len(kept)) > 1e-3
 
 
-def test_empty_query_sets_and_one_hot_attention_give_zeros_not_nan():
+def test_empty_query_sets_and_one_hot_attention():
     n = 4
     probs = torch.eye(n, dtype=torch.float64).expand(2, 1, n, n).clone()  # H = 0 everywhere
     kinds = torch.tensor([[0, 0, 1, 2], [1, 1, 2, 2]], dtype=torch.uint8)
     r = attention_flow(probs, kinds)
     assert float(r.adi) == 0.0 and float(r.h) == 0.0 and float(r.a_rr) == 1.0
-    only_pad = attention_flow(probs[1:], kinds[1:])  # no real token at all
-    for m, v in only_pad.as_dict().items():
-        assert not torch.isnan(v.double()).any(), m
-        assert float(v) == 0.0, m
+    # A sample without a real token: real-query metrics are 0 (never NaN) ...
+    only_pad = attention_flow(probs[1:], kinds[1:])
+    for m in ("adi", "sfr", "a_rr", "a_rp", "h", "h_rp", "n_real_queries"):
+        assert float(getattr(only_pad, m)) == 0.0, m
+    # ... its padding queries count in every window (one-hot on themselves: all to padding) ...
+    assert float(only_pad.a_pp) == 1.0 and float(only_pad.a_pr) == 0.0 and int(only_pad.n_pad_queries) == 4
+    # ... and none under "real-windows": no padding query, no value.
+    kept = attention_flow(probs[1:], kinds[1:], pad_queries="real-windows")
+    assert bool(kept.a_pr.isnan()) and bool(kept.a_pp.isnan()) and int(kept.n_pad_queries) == 0
 
 
 # ---------------------------------------------------------------- invariances, chunking
@@ -317,8 +359,11 @@ def test_minus_100_masked_logits_give_no_nan(dtype):
     for heads in ("mean", "per-head"):
         for padding in PADDING_KINDS:
             r = attention_flow(probs, kinds, padding=padding, heads=heads)
+            has_pad = (r.n_pad_queries > 0).reshape(-1, *([1] * (r.a_pr.ndim - 1)))
             for m, v in r.as_dict().items():
-                assert torch.isfinite(v.double()).all(), (m, dtype, heads, padding)
+                # NaN only as "no value": a_pr/a_pp of a sample without padding queries
+                ok = torch.isfinite(v.double()) | (~has_pad if m in ("a_pr", "a_pp") else False)
+                assert ok.all(), (m, dtype, heads, padding)
     # In float64 the ~e^-100 entries contribute ~1e-41 each: same as masking to exact zeros.
     approx = torch.softmax(logits.double(), dim=-1)
     exact = torch.softmax(logits.double().masked_fill(~mask, -math.inf), dim=-1)
@@ -365,6 +410,12 @@ def test_errors_are_attnprobe_errors():
         attention_flow(probs, kinds, padding="both")
     with pytest.raises(ConfigError):
         attention_flow(probs, kinds, heads="sum")
+    with pytest.raises(ConfigError, match=re.escape("expected 'all-windows' | 'real-windows'; got 'all'")):
+        attention_flow(probs, kinds, pad_queries="all")
+    with pytest.raises(ConfigError, match="pad_queries"):
+        FlowAccumulator(pad_queries="windows")
+    with pytest.raises(ConfigError, match="pad_queries"):
+        FlowAccumulator().update(probs, kinds).result(pad_queries="every")
     with pytest.raises(DataError):
         FlowAccumulator().result()
     acc = FlowAccumulator().update(probs, kinds)

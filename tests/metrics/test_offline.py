@@ -14,7 +14,7 @@ import zarr
 from attnprobe.capture import Probe
 from attnprobe.capture.reducers import FlowReducer, FlowTag
 from attnprobe.capture.sinks import SampleCollector
-from attnprobe.errors import StoreError
+from attnprobe.errors import ConfigError, StoreError
 from attnprobe.metrics.offline import OfflineStats, store_flow
 from attnprobe.models import build_model, get_adapter
 from attnprobe.store import StoreWriter, capture_to_store, open_store
@@ -72,7 +72,8 @@ def run(tmp_path_factory):
 
 def online_and_store(model, cases, shape, path):
     mean_red, head_red = FlowReducer(), FlowReducer(heads="per-head")
-    with torch.no_grad(), Probe(model, TAPS, sinks=[mean_red, head_red], keep=False) as probe:
+    kept_red = FlowReducer(pad_queries="real-windows")
+    with torch.no_grad(), Probe(model, TAPS, sinks=[mean_red, head_red, kept_red], keep=False) as probe:
         geometry = {g.name: g for g in probe.adapter.geometry(model, shape)}
         blocks = {t.block.name: (geometry[t.block.name], {"attn"}) for t in probe.taps}
         # The store writer of attnprobe capture, fed by the very forwards the reducers see.
@@ -87,7 +88,8 @@ def online_and_store(model, cases, shape, path):
                           tag=FlowTag(cases=(case.case_id,), padding=0, pad_fraction=fraction(case)))
         finally:
             writer.close()
-    return {"model": model, "cases": cases, "mean": mean_red.frame(), "head": head_red.frame(), "store": path}
+    return {"model": model, "cases": cases, "mean": mean_red.frame(), "head": head_red.frame(),
+            "kept": kept_red.frame(), "store": path}
 
 
 def assert_same_rows(offline: pd.DataFrame, online: pd.DataFrame, *, atol: float) -> None:
@@ -120,6 +122,20 @@ def test_offline_equals_online_to_1e5(run, heads):
     offline = store_flow(run["store"], heads=heads, stats=stats)
     assert_same_rows(offline, run["mean" if heads == "mean" else "head"], atol=1e-5)
     assert stats.attn_bytes > 0 and stats.skipped_samples == ()
+
+
+def test_offline_equals_online_for_both_padding_query_rules(run):
+    kept = store_flow(run["store"], pad_queries="real-windows")
+    assert_same_rows(kept, run["kept"], atol=1e-5)  # NaN rows (no padding query) must match too
+    # the inputs have windows without a real token (c1: content on 20 of 64 z voxels), so the
+    # rules differ on A_pr/A_pp and only there
+    every = run["mean"]
+    diff = (every["value"] - kept["value"]).abs()
+    pad_rows = every["metric"].isin(["a_pr", "a_pp"])
+    assert diff[pad_rows].max() > 0.01
+    assert diff[~pad_rows].max() == 0
+    with pytest.raises(ConfigError, match="pad_queries"):
+        store_flow(run["store"], pad_queries="every-window")
 
 
 @pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")

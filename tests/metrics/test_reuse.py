@@ -25,6 +25,7 @@ from attnprobe.metrics.features import (
     pooled_features,
     token_features,
 )
+from attnprobe.metrics.pooling import pool_examples
 from attnprobe.metrics.reuse import (
     CKAConfig,
     PooledPairs,
@@ -81,10 +82,37 @@ def channels(grids):
     ({"estimator": "debiased"}, "unknown estimator"),
     ({"pool": 0}, "pooling grid"),
     ({"gemm_dtype": "float16"}, "unknown gemm_dtype"),
+    ({"median": "all"}, "unknown median; expected 'pairs' or 'kornblith'; got 'all'"),
+    ({"pooling": "paper"}, "unknown pooling"),
+    ({"small_grid": "repeat"}, "unknown small_grid"),
+    ({"unit": "tokens", "pooling": "paper-swin-axes"}, "pooled unit only"),
 ])
 def test_config_refuses_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CKAConfig(**kwargs)
+
+
+def test_config_records_the_convention_options():
+    attrs = CKAConfig(kernel="rbf", median="kornblith", pooling="paper-swin-axes", small_grid="stretch").as_attrs()
+    assert attrs["median"] == "kornblith" and attrs["pooling"] == "paper-swin-axes" and attrs["small_grid"] == "stretch"
+    defaults = CKAConfig().as_attrs()
+    assert defaults["pooling"] == "correct" and defaults["small_grid"] == "keep" and "median" not in defaults
+
+
+def test_pooled_pairs_use_the_configured_pooling():
+    g = torch.Generator().manual_seed(4)
+    outs = [torch.randn(1, 3, 3, 2, 16, generator=g, dtype=torch.float64) for _ in range(6)]
+    block = "stage3.block0"
+    for pooling, small_grid in (("correct", "keep"), ("paper-swin-axes", "stretch")):
+        cfg = CKAConfig(estimator="biased", pool=8, pooling=pooling, small_grid=small_grid)
+        acc = PooledPairs([block], [block], config=cfg)
+        for i, out in enumerate(outs):
+            item = BlockOutputs(index=i, case_id=f"c{i}", crop=0, outputs={block: out})
+            acc.update(item, item)
+        assert acc._items[0][1][0].shape == ((1, 16 * 3 * 3 * 2) if pooling == "correct" else (1, 3 * 8 * 8 * 8))
+        want = pool_examples(outs[0], ("sample", "x", "y", "z", "channel"), grid=8, pooling=pooling,
+                             small_grid=small_grid).float()
+        torch.testing.assert_close(acc._items[0][1][0], want)
 
 
 # --------------------------------------------------------------------------- live models
@@ -237,5 +265,10 @@ def test_write_results(tmp_path):
     assert summary["mean_row_max"] == pytest.approx(0.85)
     assert summary["mean_best_match_shift"] == 0.0
     assert summary["attrs"]["tgt"] == "mri"
+    # the paper's summaries under their own names (2 x 3: ideal columns 0, 1)
+    assert summary["paper_band_mean"] == pytest.approx((0.9 + 0.2 + 0.3 + 0.8 + 0.5) / 5)
+    assert summary["paper_off_diagonal_mean"] == pytest.approx(0.1)  # only (0, 2) lies beyond the band
+    assert summary["paper_mean_best_match_shift"] == 0.0
     one = summarize(cka_dataarray([[0.7]], ["a"], ["b"]))
+    assert one["paper_off_diagonal_mean"] is None
     assert one["off_diagonal_mean"] is None and one["diagonal"] == {"a": 0.7}

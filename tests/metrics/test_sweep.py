@@ -192,9 +192,43 @@ def test_stage0_adi_rises_with_padding_on_uniform_attention(uniform_model):
     fractions = frame.groupby("padding")["pad_fraction"].first().to_dict()
     assert fractions == {0: 0.0, 16: 16 / 96, 32: 32 / 96}
     summary = tables.summary
-    assert {"mean", "std", "n"} <= set(summary.columns) and (summary["n"] == 1).all()
+    assert {"mean", "std", "n"} <= set(summary.columns)
+    # n counts the cases with a value: A_pr/A_pp of a cell without padding queries have none
+    no_value = summary["mean"].isna()
+    assert (summary.loc[no_value, "n"] == 0).all() and set(summary.loc[no_value, "metric"]) == {"a_pr", "a_pp"}
+    assert (summary.loc[~no_value, "n"] == 1).all()
 
 
 def test_sweep_checks_sizes_before_running(uniform_model):
     with pytest.raises(ShapeError, match="not divisible by 32"):
         padding_sweep(uniform_model, [make_case()], SweepSpec(paddings=(0, 16), mode="grow"))
+    with pytest.raises(ConfigError, match="pad_queries"):
+        padding_sweep(uniform_model, [make_case()], SweepSpec(paddings=(0,)), pad_queries="real")
+
+
+def uniform_block0_a_pp(shape: tuple[int, int, int], real_z: int, pad_queries: str) -> float:
+    """Closed-form A_pp (P = all padding) of a non-shifted stage-0 block with uniform attention.
+
+    A padding query of window w spreads 1/N on each key, so it puts (N - r_w)/N on padding keys;
+    A_pp is the mean over the padding queries: of every window, or of windows with r_w > 0."""
+    grid = (shape[0] // 2, shape[1] // 2, shape[2] // 2)
+    real = (grid[0], grid[1], real_z // 2)
+    padded = tuple(-(-g // 7) * 7 for g in grid)
+    r = np.einsum("i,j,k->ijk", *(window_counts(n, 7, p) for n, p in zip(real, padded))).ravel()
+    n = 7 ** 3
+    if pad_queries == "real-windows":
+        r = r[r > 0]
+    return float(((n - r) * (n - r) / n).sum() / (n - r).sum())
+
+
+def test_sweep_pad_queries_rules_match_the_closed_form(uniform_model):
+    # 64 z voxels with content on 16: stage-0 z windows 0..6 hold real tokens, the rest (21 of
+    # 35 token rows) none, so the two rules differ.
+    case = make_case(real_z=(0, 64), shape=(32, 32, 64))
+    spec = SweepSpec(paddings=(48,), axis="z")
+    for rule in ("all-windows", "real-windows"):
+        frame = padding_sweep(uniform_model, [case], spec, pad_queries=rule)
+        got = frame.query("stage == 0 and block == 0 and kind == 'all' and metric == 'a_pp'")["value"].item()
+        assert got == pytest.approx(uniform_block0_a_pp((32, 32, 64), 16, rule), rel=1e-5), rule
+    assert uniform_block0_a_pp((32, 32, 64), 16, "all-windows") > uniform_block0_a_pp((32, 32, 64), 16,
+                                                                                       "real-windows") + 0.05
