@@ -282,7 +282,8 @@ def compare_cases(a: pd.DataFrame, b: pd.DataFrame, *, n_resamples: int = 2000, 
     rows = det + [_continuous_row(m, pd.to_numeric(ia[m], errors="coerce").to_numpy(float),
                                   pd.to_numeric(ib[m], errors="coerce").to_numpy(float), boot)
                   for m in ("dice", "hd95")]
-    return pd.DataFrame([asdict(r) for r in rows], columns=list(COMPARE_COLUMNS))
+    frame = pd.DataFrame([asdict(r) for r in rows], columns=list(COMPARE_COLUMNS))
+    return frame.astype({"a_only": "Int64", "b_only": "Int64"})  # counts, empty on the Dice/HD95 rows
 
 
 def _as_bool(column: pd.Series) -> np.ndarray:
