@@ -10,7 +10,14 @@ Two modes:
   matches ``<id>``). Every label needs a prediction; predictions without a label are skipped.
 
 Both write ``cases.csv`` (case, detected, iou, dice, hd95, surface_dice) and ``summary.json``
-(:func:`attnprobe.train.evaluate.summarize`, NaN written as null).
+(:func:`attnprobe.train.evaluate.summarize` with bootstrap 95 % intervals, NaN written as null,
+plus the definitions used: scope, detection rule, surface method, thresholds).
+
+A third mode compares two evaluation runs:
+
+- ``--compare RUN_A RUN_B``: pair the cases of two output folders of this command by case id
+  and write ``compare.csv`` (:func:`attnprobe.train.stats.compare_cases`: exact McNemar on
+  detection, Wilcoxon signed-rank on Dice and HD95, effect sizes with bootstrap intervals).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from attnprobe.cli.common import (
 
 Intensity = Literal["percentile", "fixed"]
 PadMode = Literal["end", "symmetric"]
-Scope = Literal["volume", "matched"]
+Scope = Literal["matched", "volume"]
+Detection = Literal["lits", "pairwise"]
+Surface = Literal["surfel", "voxel"]
 CASE_COLUMNS = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
 
 
@@ -216,13 +225,23 @@ def evaluate(
         help="Write predictions/ and probabilities/ as NIfTI in the input's native space.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     limit: Annotated[int | None, typer.Option(help="Evaluate at most N cases.")] = None,
-    scope: Annotated[Scope, typer.Option(help="Dice/HD95 over the whole volume or matched lesions only.")] = "volume",
+    scope: Annotated[Scope, typer.Option(
+        help="Dice/HD95 on matched lesions only (the paper) or over the whole volume.")] = "matched",
+    detection: Annotated[Detection, typer.Option(
+        help="lits: drop small reference components, merge fragments before IoU (the paper); "
+             "pairwise: one predicted component at a time.")] = "lits",
+    surface: Annotated[Surface, typer.Option(
+        help="Surface distances from area-weighted surface elements (surfel, the paper) or surface voxels.")] = "surfel",
     min_component_voxels: Annotated[int, typer.Option(help="Drop predicted components this small or smaller.")] = 10,
     iou_threshold: Annotated[float, typer.Option(help="IoU above which a lesion counts as detected.")] = 0.1,
     tolerance_mm: Annotated[float, typer.Option(help="Surface Dice tolerance in mm.")] = 2.0,
     compat: CompatOption = None,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option(
+        help="Compare two evaluation output folders RUN_A RUN_B (paired by case); writes compare.csv.")] = None,
+    n_resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
-    """Score a model on data (--model/--data) or existing segmentations (--pred/--labels)."""
+    """Score a model on data (--model/--data) or existing segmentations (--pred/--labels), or compare two runs."""
     import pandas as pd
 
     from attnprobe.errors import ConfigError
@@ -230,12 +249,20 @@ def evaluate(
 
     model_mode = model is not None or data is not None
     folder_mode = pred is not None or labels is not None
+    if compare:  # click gives None or () when the option is absent
+        if model_mode or folder_mode:
+            raise ConfigError("--compare takes no model or segmentations", expected="--compare RUN_A RUN_B --out OUT",
+                              got="also " + ", ".join(f"--{k}" for k, v in (("model", model), ("data", data),
+                                                      ("pred", pred), ("labels", labels)) if v is not None))
+        _compare_runs(compare[0], compare[1], out, n_resamples=n_resamples, seed=seed)
+        return
     if model_mode == folder_mode or (model_mode and (model is None or data is None)) or (
             folder_mode and (pred is None or labels is None)):
         raise ConfigError("choose one evaluation mode", expected="--model and --data, or --pred and --labels",
                           got=", ".join(f"--{k}" for k, v in (("model", model), ("data", data), ("pred", pred),
                                                                ("labels", labels)) if v is not None) or "none")
-    metric_options = {"scope": scope, "min_component_voxels": min_component_voxels, "iou_threshold": iou_threshold,
+    metric_options = {"scope": scope, "detection": detection, "surface": surface,
+                      "min_component_voxels": min_component_voxels, "iou_threshold": iou_threshold,
                       "tolerance_mm": tolerance_mm}
     ensure_dir(out)
     if folder_mode:
@@ -248,13 +275,88 @@ def evaluate(
             limit=limit, write=write_predictions, out=out, metric_options=metric_options, compat=compat)
     frame = pd.DataFrame([{c: getattr(r, c) for c in CASE_COLUMNS} for r in results], columns=list(CASE_COLUMNS))
     frame.to_csv(out / "cases.csv", index=False)
-    summary = {k: _plain(v) for k, v in summarize(results).items()}
+    summary = {k: _plain(v) for k, v in summarize(results, n_resamples=n_resamples, seed=seed).items()}
     (out / "summary.json").write_text(json.dumps({**summary, **info, **metric_options}, indent=1))
     if results:
-        dice = summary["dice_mean"]
         console.print(f"{summary['n_detected']}/{summary['n_with_reference']} detected"
-                      f" ({(summary['detection_rate'] or 0):.1%}), Dice {dice if dice is None else round(dice, 4)}, "
-                      f"HD95 {summary['hd95_mean'] if summary['hd95_mean'] is None else round(summary['hd95_mean'], 2)} mm"
-                      f"; wrote {out / 'cases.csv'}", highlight=False)
+                      f" ({_pct(summary['detection_rate'])} {_interval(summary, 'detection_rate', pct=True)}), "
+                      f"Dice {_num(summary['dice_mean'], 4)} {_interval(summary, 'dice')}, "
+                      f"HD95 {_num(summary['hd95_mean'], 2)} {_interval(summary, 'hd95')} mm"
+                      f" (scope {scope}, detection {detection}, surface {surface}; "
+                      f"95% bootstrap intervals over cases); wrote {out / 'cases.csv'}",
+                      highlight=False, markup=False, soft_wrap=True)
     else:
         console.print(f"no labelled case to score; wrote {out / 'cases.csv'}", highlight=False)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _interval(summary: dict[str, Any], name: str, *, pct: bool = False) -> str:
+    low, high = summary.get(f"{name}_ci_low"), summary.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return "[CI n/a]"
+    return f"[{_pct(low)}, {_pct(high)}]" if pct else f"[{low:.4g}, {high:.4g}]"
+
+
+# definitions that must agree for two runs to be compared case by case
+_SAME_DEFINITIONS = ("scope", "detection", "surface", "min_component_voxels", "iou_threshold", "tolerance_mm")
+
+
+def _read_run(folder: Path) -> tuple[Any, dict[str, Any]]:
+    import pandas as pd
+
+    from attnprobe.errors import DataError
+
+    cases, summary = folder / "cases.csv", folder / "summary.json"
+    if not (cases.is_file() and summary.is_file()):
+        raise DataError(f"{folder} is not an evaluation run", expected="a folder with cases.csv and summary.json",
+                        got=", ".join(sorted(p.name for p in folder.iterdir())[:5]) if folder.is_dir() else "no folder",
+                        fix="pass two --out folders of attnprobe evaluate")
+    try:
+        info = json.loads(summary.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{summary} is not JSON", expected="summary.json of attnprobe evaluate", got=str(e)) from e
+    return pd.read_csv(cases), info
+
+
+def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed: int) -> None:
+    from attnprobe.errors import ConfigError
+    from attnprobe.train.stats import compare_cases
+
+    (cases_a, info_a), (cases_b, info_b) = _read_run(run_a), _read_run(run_b)
+    differ = [f"{k}: {info_a[k]!r} vs {info_b[k]!r}" for k in _SAME_DEFINITIONS
+              if k in info_a and k in info_b and info_a[k] != info_b[k]]
+    if differ:
+        raise ConfigError("the two runs were scored with different definitions", expected="the same options",
+                          got="; ".join(differ), fix="re-evaluate one run with the other's options")
+    table = compare_cases(cases_a, cases_b, n_resamples=n_resamples, seed=seed)
+    ensure_dir(out)
+    table.to_csv(out / "compare.csv", index=False)
+    console.print(f"B = {run_b} vs A = {run_a} (paired by case; 95% bootstrap intervals):", highlight=False,
+                  markup=False, soft_wrap=True)
+    for row in table.to_dict("records"):  # one line per metric, unwrapped, for logs
+        console.print(_compare_line(row), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'compare.csv'}", highlight=False)
+
+
+def _compare_line(row: dict[str, Any]) -> str:
+    import pandas as pd
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+    ci = f"[{f(row['difference_ci_low'])}, {f(row['difference_ci_high'])}]"
+    if row["metric"] == "detection":
+        text = (f"detection (n={row['n_pairs']}): rate A {f(row['a'])}, B {f(row['b'])}, B-A {f(row['difference'])} "
+                f"{ci}; exact McNemar p = {f(row['p_value'])} (A only {row['a_only']}, B only {row['b_only']})")
+    else:
+        text = (f"{row['metric']} (n={row['n_pairs']}): median A {f(row['a'])}, B {f(row['b'])}, median B-A "
+                f"{f(row['difference'])} {ci}; Wilcoxon W = {f(row['statistic'])}, p = {f(row['p_value'])}, "
+                f"rank-biserial r = {f(row['effect_size'])}")
+    return text + (f" -- {row['note']}" if isinstance(row["note"], str) and row["note"] else "")

@@ -272,6 +272,10 @@ def _eval_labels(folder: Path, summary: dict[str, Any]) -> tuple[str, str]:
     return str(preset or folder.name), str(backbone or "model")
 
 
+_INTERVAL_KEYS = ("detection_rate_ci_low", "detection_rate_ci_high", "dice_mean", "dice_ci_low", "dice_ci_high",
+                  "hd95_mean", "hd95_ci_low", "hd95_ci_high")
+
+
 def _evaluations(found: RunContents) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     rows, cases, sources = [], [], []
     for folder in found.evaluations:
@@ -280,12 +284,15 @@ def _evaluations(found: RunContents) -> tuple[pd.DataFrame, pd.DataFrame, list[s
         n_det, n_ref = summary.get("n_detected"), summary.get("n_with_reference")
         if n_det is None or not n_ref:
             continue
-        rows.append({"preset": preset, "backbone": backbone, "n_detected": int(n_det), "n_cases": int(n_ref)})
+        # means and bootstrap intervals, where the run recorded them (older runs have none)
+        extra = {k: summary[k] for k in _INTERVAL_KEYS if summary.get(k) is not None}
+        rows.append({"preset": preset, "backbone": backbone, "n_detected": int(n_det), "n_cases": int(n_ref),
+                     **extra})
         per_case = pd.read_csv(folder / "cases.csv")
         if {"case", "dice", "hd95"} <= set(per_case.columns):
             cases.append(per_case.assign(preset=preset, backbone=backbone))
         sources += [_rel(folder / "summary.json", found.root), _rel(folder / "cases.csv", found.root)]
-    summary_frame = pd.DataFrame(rows, columns=["preset", "backbone", "n_detected", "n_cases"])
+    summary_frame = pd.DataFrame(rows, columns=["preset", "backbone", "n_detected", "n_cases", *_INTERVAL_KEYS])
     case_frame = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame()
     return summary_frame, case_frame, sources
 
@@ -488,12 +495,15 @@ def _draw_evaluation(found: RunContents, w: _Writer) -> None:
     n_text = ", ".join(f"{b}: {int(summary[summary.backbone == b].n_cases.max())}"
                        for b in dict.fromkeys(summary["backbone"]))
     w.draw("detection", "detection", lambda: detection_bars(summary, preset_order=order),
-           f"Tumor detection rate (a case counts when a predicted component overlaps its largest lesion with IoU "
-           f"> 0.1; bars labelled k/n) per training preset and backbone; cases per backbone: {n_text}.", sources)
+           f"Tumor detection rate (a case counts when the prediction overlaps its largest lesion with IoU > 0.1, "
+           f"fragments merged LiTS-style unless the run says otherwise; bars labelled k/n; error bars: bootstrap "
+           f"95% intervals over cases where recorded) per training preset and backbone; cases per backbone: "
+           f"{n_text}.", sources)
     if not cases.empty:
-        w.draw("dice_hd95", "dice_hd95", lambda: dice_hd95_boxes(cases, preset_order=order),
+        w.draw("dice_hd95", "dice_hd95", lambda: dice_hd95_boxes(cases, summary=summary, preset_order=order),
                f"Per-case Dice and HD95 (mm) of the segmentations per training preset and backbone "
-               f"({count(len(cases), 'case evaluation')}; HD95 undefined for empty predictions, left out).", sources)
+               f"({count(len(cases), 'case evaluation')}; HD95 undefined for empty predictions, left out; "
+               f"diamonds: means with bootstrap 95% intervals where recorded).", sources)
 
 
 def _draw_efficiency(found: RunContents, w: _Writer) -> None:

@@ -1,12 +1,15 @@
 """Figures of the interventions and their evaluation (SPEC §5).
 
-- :func:`detection_bars`: tumor detection rate per trainer preset and backbone, "k/n" labels.
-- :func:`dice_hd95_boxes`: per-case Dice and HD95 (mm) distributions per preset and backbone.
+- :func:`detection_bars`: tumor detection rate per trainer preset and backbone, "k/n" labels,
+  with the bootstrap 95 % interval as error bars when the summary has one.
+- :func:`dice_hd95_boxes`: per-case Dice and HD95 (mm) distributions per preset and backbone,
+  with the mean and its bootstrap 95 % interval when summaries are given.
 - :func:`token_efficiency`: real tokens / all tokens per stage for several crops.
 - :func:`tumor_clusters`: per-case tumor appearance features coloured by k-means cluster.
 
 Inputs are plain tidy frames; nothing is computed beyond the display (the detection rate
-``k / n`` is the bar height, box plots show quartiles of the per-case values).
+``k / n`` is the bar height, box plots show quartiles of the per-case values, intervals come
+from the evaluation summaries, :func:`attnprobe.train.evaluate.summarize`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,22 @@ def _offsets(n: int, total: float = 0.8) -> tuple[np.ndarray, float]:
     return (np.arange(n) - (n - 1) / 2) * width, width
 
 
+def _rate_error_bars(axis: Axes, xs: np.ndarray, heights: np.ndarray, rows: pd.DataFrame) -> bool:
+    """Error bars from the bootstrap interval columns, where both ends are numbers; True if any drawn."""
+    if not {"detection_rate_ci_low", "detection_rate_ci_high"} <= set(rows.columns):
+        return False
+    low = pd.to_numeric(rows["detection_rate_ci_low"], errors="coerce").to_numpy(float)
+    high = pd.to_numeric(rows["detection_rate_ci_high"], errors="coerce").to_numpy(float)
+    ok = np.isfinite(low) & np.isfinite(high)
+    if not ok.any():
+        return False
+    # a percentile interval need not contain the point estimate; clip so the bar lengths stay >= 0
+    yerr = np.vstack([np.clip(heights - low, 0, None), np.clip(high - heights, 0, None)])[:, ok]
+    axis.errorbar(xs[ok], heights[ok], yerr=yerr, fmt="none", ecolor="0.15", elinewidth=1.0, capsize=3,
+                  label="_95% CI")
+    return True
+
+
 @styled
 def detection_bars(
     summary: pd.DataFrame,
@@ -75,7 +94,9 @@ def detection_bars(
     ----------
     summary
         One row per (preset, backbone) with columns ``preset, backbone, n_detected, n_cases``
-        (cases whose tumor was detected, cases evaluated).
+        (cases whose tumor was detected, cases evaluated), and optionally
+        ``detection_rate_ci_low, detection_rate_ci_high`` (the bootstrap interval of
+        ``summary.json``, 0-1), drawn as error bars where both are numbers.
     ax
         Axes to draw into; ``None`` creates a figure.
     title
@@ -86,7 +107,8 @@ def detection_bars(
     Returns
     -------
     matplotlib.figure.Figure
-        Bar heights are ``n_detected / n_cases``; the y axis shows them as percentages.
+        Bar heights are ``n_detected / n_cases``; the y axis shows them as percentages. With
+        intervals, the "k/n" labels sit inside the bars so that they do not cover the error bars.
 
     Raises
     ------
@@ -125,7 +147,9 @@ def detection_bars(
         kk, nn = rows.loc[here, "_k"].to_numpy(), rows.loc[here, "_n"].to_numpy()
         bars = axis.bar(xs, kk / nn, width=width * 0.92, color=colours[j], label=backbone,
                         edgecolor="white", linewidth=0.5)
-        axis.bar_label(bars, labels=[f"{a}/{b}" for a, b in zip(kk, nn)], padding=2, fontsize="x-small")
+        drawn = _rate_error_bars(axis, xs, kk / nn, rows.loc[here])
+        axis.bar_label(bars, labels=[f"{a}/{b}" for a, b in zip(kk, nn)], padding=2, fontsize="x-small",
+                       label_type="center" if drawn else "edge")
     axis.set_xticks(np.arange(len(presets)), labels=presets)
     axis.set_xlim(-0.5, len(presets) - 0.5)
     axis.set_ylim(0.0, 1.15)
@@ -140,10 +164,24 @@ def detection_bars(
     return fig
 
 
+def _mean_with_interval(axis: Axes, x: float, intervals: pd.DataFrame, key: tuple[str, str], column: str,
+                        colour: tuple) -> None:
+    """The summary's mean and bootstrap interval of one metric as a diamond with error bars."""
+    names = [f"{column}_mean", f"{column}_ci_low", f"{column}_ci_high"]
+    if key not in intervals.index or not set(names) <= set(intervals.columns):
+        return
+    mean, low, high = (float(pd.to_numeric(intervals.loc[key, n], errors="coerce")) for n in names)
+    if not (np.isfinite(mean) and np.isfinite(low) and np.isfinite(high)):
+        return
+    axis.errorbar([x], [mean], yerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], fmt="D", color=colour,
+                  markerfacecolor="white", markersize=4, elinewidth=1.2, capsize=2.5, zorder=4)
+
+
 @styled
 def dice_hd95_boxes(
     cases: pd.DataFrame,
     *,
+    summary: pd.DataFrame | None = None,
     title: str | None = "Segmentation accuracy per case",
     preset_order: Sequence[str] | None = None,
 ) -> Figure:
@@ -157,6 +195,10 @@ def dice_hd95_boxes(
     ----------
     cases
         One row per (preset, backbone, case) with columns ``preset, backbone, case, dice, hd95``.
+    summary
+        Optional, one row per (preset, backbone) with ``dice_mean, dice_ci_low, dice_ci_high``
+        and/or ``hd95_mean, hd95_ci_low, hd95_ci_high`` (``summary.json``): the mean is drawn as
+        a white diamond with its bootstrap 95 % interval as error bars, right of its box.
     title
         Figure title, or ``None`` for none.
     preset_order
@@ -186,6 +228,14 @@ def dice_hd95_boxes(
 
     from matplotlib.patches import Patch
 
+    intervals = None
+    if summary is not None:
+        intervals = require_frame(summary, ("preset", "backbone"), what=what, fix="pass summary.json rows")
+        intervals = intervals.assign(preset=intervals["preset"].astype(str),
+                                     backbone=intervals["backbone"].astype(str))
+        require_unique(intervals, ["preset", "backbone"], what=what, fix="pass one summary row per model")
+        intervals = intervals.set_index(["preset", "backbone"])
+
     fig, axes = figure_and_axes(None, 2, what=what,
                                 figsize=(max(7.0, 2.0 + 1.3 * len(presets) * len(backbones)), 3.8))
     for axis, column, label in zip(axes, ("dice", "hd95"), ("Dice (0–1)", "HD95 (mm)")):
@@ -203,6 +253,8 @@ def dice_hd95_boxes(
                              whiskerprops={"color": colours[j]}, capprops={"color": colours[j]})
                 jitter = rng.uniform(-width * 0.25, width * 0.25, size=values.size)
                 axis.scatter(x + jitter, values, s=10, color=colours[j], alpha=0.8, linewidths=0, zorder=3)
+                if intervals is not None:
+                    _mean_with_interval(axis, x + width * 0.3, intervals, (preset, backbone), column, colours[j])
         axis.set_xticks(np.arange(len(presets)), labels=presets)
         axis.set_xlim(-0.5, len(presets) - 0.5)
         axis.set_xlabel("training preset")

@@ -1,32 +1,43 @@
-"""Lesion detection and segmentation metrics for one case and a summary over cases (SPEC §5).
+"""Lesion detection and segmentation metrics for one case and a summary over cases (SPEC §5, §8).
+
+Every definition choice is a keyword-only option whose default is the paper's; the table in
+``docs/conventions_evaluation.md`` lists them with the reason for each default.
 
 Definitions
 -----------
 - Components are found with 26-connectivity (``scipy.ndimage.label`` with a full 3x3x3
   structure; 6 and 18 are options). Predicted components of ``<= min_component_voxels`` voxels
-  (default 10) are dropped; the remaining ones form the *cleaned prediction*, the one every
-  metric uses. Reference components are all kept: each one is a *reference lesion*.
-- A reference lesion is *detected* when at least one kept predicted component has
-  IoU > ``iou_threshold`` (default 0.1) with it (IoU of that component and that lesion alone).
+  (default 10) are dropped; the remaining ones form the *cleaned prediction*.
+- ``detection="lits"`` (default, LiTS-style as the paper): reference components of
+  ``<= min_component_voxels`` voxels are dropped too (the *cleaned reference*; its components
+  are the *reference lesions*). The kept predicted components that overlap a lesion (at least one
+  shared voxel) are merged, and the lesion is *detected* when that merged prediction has
+  IoU > ``iou_threshold`` (default 0.1) with it -- a tumor predicted in fragments still counts.
+- ``detection="pairwise"`` (attnprobe's earlier rule): every reference component is a lesion
+  (none dropped), and a lesion is detected when one single kept predicted component has
+  IoU > ``iou_threshold`` with it.
 - Case detection (``case_detection``): ``"largest"`` (default) -- the case is detected when its
   largest reference lesion, the primary tumor, is detected (fragments and nodes do not decide);
   ``"any"`` -- any lesion detected; ``"all"`` -- every lesion detected. A case without a reference
   lesion is never "detected" and is left out of the detection rate.
-- ``iou``: the best IoU of the primary (largest) reference lesion with any kept predicted
-  component, i.e. the number compared with the threshold; NaN without a reference lesion.
-- Dice, HD95 and surface Dice compare prediction and reference masks, either whole-volume
-  (``scope="volume"``, default: cleaned prediction vs full reference) or on matched lesions only
-  (``scope="matched"``: predicted components that detect some lesion vs the detected lesions;
-  all three are NaN when nothing was detected, so a missed case counts only against detection).
-- Surfaces are the voxels of a mask with a face neighbour outside it (``mask XOR erosion``,
-  voxels on the array border count as surface), as in MONAI's ``get_mask_edges``. Distances are
-  Euclidean in mm between voxel centres (EDT with ``sampling=spacing``).
-- HD95: the larger of the two directed 95th percentiles (linear interpolation) of surface
-  distances, pred->ref and ref->pred -- MONAI's ``compute_hausdorff_distance(percentile=95)``.
-- Surface Dice at tolerance tau (Nikolov et al. 2021, voxel-count form): the fraction of surface
-  voxels of both masks lying within tau mm (inclusive) of the other mask's surface.
+- ``iou``: the IoU of the primary (largest) reference lesion under the detection rule (merged
+  fragments for ``"lits"``, the best single component for ``"pairwise"``), i.e. the number
+  compared with the threshold; NaN without a reference lesion.
+- Dice, HD95 and surface Dice compare prediction and reference masks, either on matched lesions
+  (``scope="matched"``, default as the paper: the predicted components that detect a lesion --
+  for ``"lits"`` the fragments merged for it -- vs the detected lesions; all three are NaN when
+  nothing was detected, so a missed case counts only against detection) or whole-volume
+  (``scope="volume"``: cleaned prediction vs reference, the cleaned one under ``"lits"``).
+- Surface distances (:mod:`attnprobe.train.surface`): ``surface="surfel"`` (default, as the
+  paper) weighs area elements of the marching-cubes surface (DeepMind ``surface-distance``);
+  ``surface="voxel"`` weighs surface voxels equally (MONAI's metrics).
+- HD95: the larger of the two directed 95th percentiles of surface distances.
+- Surface Dice at tolerance tau (Nikolov et al. 2021): the share of both surfaces (area, or
+  voxels for ``"voxel"``) lying within tau mm (inclusive) of the other surface.
 - Empty masks: both empty -> Dice 1, surface Dice 1, HD95 NaN; exactly one empty -> Dice 0,
   surface Dice 0, HD95 NaN. ``hd95_defined`` says whether HD95 is a number; means skip NaN.
+- Summaries (:func:`summarize`) carry percentile bootstrap 95 % intervals over cases
+  (:mod:`attnprobe.train.stats`).
 """
 
 from __future__ import annotations
@@ -41,10 +52,17 @@ from scipy import ndimage
 
 from attnprobe.data.arrays import check_spacing, volume_3d
 from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.train.surface import SurfaceMethod, check_surface, hd_and_surface_dice, voxel_distances
 
 Connectivity = Literal[6, 18, 26]
-Scope = Literal["volume", "matched"]
+Scope = Literal["matched", "volume"]
 CaseDetection = Literal["largest", "any", "all"]
+Detection = Literal["lits", "pairwise"]
+DETECTION_RULES: tuple[str, ...] = ("lits", "pairwise")
+SCOPES: tuple[str, ...] = ("matched", "volume")
+
+# kept for callers of the earlier name: voxel-centre surface distances (``surface="voxel"``)
+surface_distances = voxel_distances
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,7 @@ class CaseResult:
     detected
         Whether the case's tumor was detected (per ``case_detection``).
     iou
-        Best IoU of the primary reference lesion with a kept predicted component.
+        IoU of the primary reference lesion under the detection rule.
     dice
         Dice of prediction and reference (per ``scope``).
     hd95
@@ -134,29 +152,25 @@ def remove_small_components(mask: Any, *, min_component_voxels: int = 10,
     return new_ids[lab], int(keep.sum())
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
-
-
-def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Directed surface distances (mm): pred surface -> ref surface, ref surface -> pred surface.
-
-    Both masks must be non-empty ``(x, y, z)`` booleans of one shape.
-    """
-    union = pred | ref
-    idx = np.argwhere(union)
-    # crop to the union's bounding box plus one voxel: every surface voxel lies inside it
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = np.minimum(idx.max(0) + 2, union.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    sp_, sr_ = _surface(pred[box]), _surface(ref[box])
-    d_to_ref = ndimage.distance_transform_edt(~sr_, sampling=spacing)
-    d_to_pred = ndimage.distance_transform_edt(~sp_, sampling=spacing)
-    return d_to_ref[sp_], d_to_pred[sr_]
+def _check_options(*, scope: str, case_detection: str, detection: str, surface: str, iou_threshold: float,
+                   tolerance_mm: float, percentile: float) -> None:
+    if scope not in SCOPES:
+        raise ConfigError("Unknown scope.", expected="matched or volume", got=repr(scope),
+                          fix='pass scope="matched" (per matched lesion, the paper) or "volume"')
+    if case_detection not in ("largest", "any", "all"):
+        raise ConfigError("Unknown case_detection.", expected="largest, any or all", got=repr(case_detection),
+                          fix='pass case_detection="largest"')
+    if detection not in DETECTION_RULES:
+        raise ConfigError("Unknown detection rule.", expected="lits or pairwise", got=repr(detection),
+                          fix='pass detection="lits" (merged fragments, the paper) or "pairwise"')
+    check_surface(surface)
+    if not 0.0 <= iou_threshold < 1.0 or tolerance_mm < 0 or not 0.0 <= percentile <= 100.0:
+        raise ConfigError("Bad metric option.", expected="0 <= iou_threshold < 1, tolerance_mm >= 0, 0 <= percentile <= 100",
+                          got=f"{iou_threshold}, {tolerance_mm}, {percentile}", fix="use the SPEC defaults 0.1, 2.0, 95")
 
 
 def _overlap_metrics(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, *, tolerance_mm: float,
-                     percentile: float) -> tuple[float, float, float]:
+                     percentile: float, surface: SurfaceMethod) -> tuple[float, float, float]:
     """Dice, HD95, surface Dice with the documented empty-mask conventions."""
     n_p, n_r = int(pred.sum()), int(ref.sum())
     if n_p == 0 and n_r == 0:
@@ -164,16 +178,50 @@ def _overlap_metrics(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, *, 
     if n_p == 0 or n_r == 0:
         return 0.0, math.nan, 0.0
     dice = 2.0 * int(np.logical_and(pred, ref).sum()) / (n_p + n_r)
-    d_pr, d_rp = surface_distances(pred, ref, spacing)
-    hd = max(float(np.percentile(d_pr, percentile)), float(np.percentile(d_rp, percentile)))
-    sdice = (int((d_pr <= tolerance_mm).sum()) + int((d_rp <= tolerance_mm).sum())) / (d_pr.size + d_rp.size)
+    hd, sdice = hd_and_surface_dice(pred, ref, spacing, tolerance_mm=tolerance_mm, percentile=percentile,
+                                    surface=surface)
     return dice, hd, sdice
+
+
+@dataclass(frozen=True)
+class _Matching:
+    """Per reference lesion: its IoU under the rule, whether it is found, and the components that match it."""
+
+    lesion_iou: np.ndarray  # (n_ref,) float
+    found: np.ndarray  # (n_ref,) bool
+    matched: np.ndarray  # (n_ref, n_pred) bool: component j counts for lesion i
+
+
+def _contingency(ref_cc: np.ndarray, n_ref: int, pred_cc: np.ndarray, n_pred: int) -> np.ndarray:
+    """Voxel counts of (reference lesion, predicted component); row/column 0 = background."""
+    pair = ref_cc.astype(np.int64).ravel() * (n_pred + 1) + pred_cc.ravel()
+    return np.bincount(pair, minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)
+
+
+def _match(table: np.ndarray, *, detection: Detection, iou_threshold: float) -> _Matching:
+    inter = table[1:, 1:].astype(np.float64)
+    ref_size = table[1:, :].sum(1).astype(np.float64)
+    pred_size = table[:, 1:].sum(0).astype(np.float64)
+    if detection == "pairwise":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (ref_size[:, None] + pred_size[None, :] - inter)
+        hits = iou > iou_threshold
+        best = iou.max(1) if iou.shape[1] else np.zeros(len(ref_size))
+        return _Matching(lesion_iou=best, found=hits.any(1), matched=hits)
+    # LiTS: every fragment touching the lesion joins one merged prediction for that lesion
+    touching = inter > 0
+    merged_inter = inter.sum(1)  # voxels of the lesion covered by the cleaned prediction
+    merged_size = (touching * pred_size[None, :]).sum(1)
+    merged_iou = merged_inter / (ref_size + merged_size - merged_inter)
+    found = merged_iou > iou_threshold
+    return _Matching(lesion_iou=merged_iou, found=found, matched=touching & found[:, None])
 
 
 def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = "",
                   min_component_voxels: int = 10, iou_threshold: float = 0.1, tolerance_mm: float = 2.0,
-                  percentile: float = 95.0, scope: Scope = "volume", case_detection: CaseDetection = "largest",
-                  connectivity: Connectivity = 26) -> CaseResult:
+                  percentile: float = 95.0, scope: Scope = "matched", case_detection: CaseDetection = "largest",
+                  connectivity: Connectivity = 26, detection: Detection = "lits",
+                  surface: SurfaceMethod = "surfel") -> CaseResult:
     """Detection, Dice, HD95 and surface Dice of one case.
 
     Parameters
@@ -186,23 +234,36 @@ def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = 
     case
         Case identifier stored on the result.
     min_component_voxels
-        Predicted components with at most this many voxels are dropped.
+        Components with at most this many voxels are dropped: predicted ones always, reference
+        ones under ``detection="lits"``.
     iou_threshold
-        A lesion is detected by a component with IoU strictly above this.
+        A lesion is detected with IoU strictly above this.
     tolerance_mm
         Surface Dice tolerance.
     percentile
         Hausdorff percentile (95 for HD95).
     scope
-        ``"volume"`` or ``"matched"`` (see module docstring).
+        ``"matched"`` (default, the paper: matched lesions only) or ``"volume"`` (whole volume).
     case_detection
         ``"largest"``, ``"any"`` or ``"all"``.
     connectivity
         6, 18 or 26.
+    detection
+        ``"lits"`` (default, the paper: small reference components dropped, fragments touching a
+        lesion merged before the IoU test) or ``"pairwise"`` (one component at a time, all
+        reference components kept).
+    surface
+        ``"surfel"`` (default, the paper: area-weighted surface elements) or ``"voxel"``
+        (surface voxels, as MONAI).
 
     Returns
     -------
     CaseResult
+
+    Raises
+    ------
+    ConfigError
+        An unknown option value; ShapeError when the masks' shapes differ.
     """
     p = _as_mask(pred, "prediction")
     r = _as_mask(ref, "reference")
@@ -210,51 +271,39 @@ def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = 
         raise ShapeError("Prediction and reference shapes differ.", expected=f"prediction shape {r.shape}",
                          got=str(p.shape), fix="resample the prediction to the reference grid")
     sp = check_spacing(spacing, example="(1.0, 1.0, 3.0)")
-    if scope not in ("volume", "matched"):
-        raise ConfigError("Unknown scope.", expected="volume or matched", got=repr(scope), fix='pass scope="volume"')
-    if case_detection not in ("largest", "any", "all"):
-        raise ConfigError("Unknown case_detection.", expected="largest, any or all", got=repr(case_detection),
-                          fix='pass case_detection="largest"')
-    if not 0.0 <= iou_threshold < 1.0 or tolerance_mm < 0 or not 0.0 <= percentile <= 100.0:
-        raise ConfigError("Bad metric option.", expected="0 <= iou_threshold < 1, tolerance_mm >= 0, 0 <= percentile <= 100",
-                          got=f"{iou_threshold}, {tolerance_mm}, {percentile}", fix="use the SPEC defaults 0.1, 2.0, 95")
+    _check_options(scope=scope, case_detection=case_detection, detection=detection, surface=surface,
+                   iou_threshold=iou_threshold, tolerance_mm=tolerance_mm, percentile=percentile)
 
     pred_cc, n_pred = remove_small_components(p, min_component_voxels=min_component_voxels,
                                               connectivity=connectivity)
-    ref_cc, n_ref = ndimage.label(r, structure=_structure(connectivity))
-
-    # contingency table of (reference lesion, predicted component) voxel counts, row/col 0 = background
-    pair = ref_cc.astype(np.int64).ravel() * (n_pred + 1) + pred_cc.ravel()
-    table = np.bincount(pair, minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)
-    inter = table[1:, 1:].astype(np.float64)
-    ref_size = table[1:, :].sum(1).astype(np.float64)
-    pred_size = table[:, 1:].sum(0).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = inter / (ref_size[:, None] + pred_size[None, :] - inter)
-    hits = iou > iou_threshold  # (lesion, component)
-    lesion_found = hits.any(1)
+    if detection == "lits":
+        ref_cc, n_ref = remove_small_components(r, min_component_voxels=min_component_voxels,
+                                                connectivity=connectivity)
+    else:
+        ref_cc, n_ref = ndimage.label(r, structure=_structure(connectivity))
+    table = _contingency(ref_cc, n_ref, pred_cc, n_pred)
+    m = _match(table, detection=detection, iou_threshold=iou_threshold)
 
     if n_ref == 0:
-        detected, best_iou = False, math.nan
+        detected, primary_iou = False, math.nan
     else:
-        primary = int(np.argmax(ref_size))  # first on ties: the lowest label
-        best_iou = float(iou[primary].max()) if n_pred else 0.0
-        detected = bool({"largest": lesion_found[primary], "any": lesion_found.any(),
-                         "all": lesion_found.all()}[case_detection])
+        primary = int(np.argmax(table[1:, :].sum(1)))  # first on ties: the lowest label
+        primary_iou = float(m.lesion_iou[primary])
+        detected = bool({"largest": m.found[primary], "any": m.found.any(), "all": m.found.all()}[case_detection])
 
+    metric = {"tolerance_mm": tolerance_mm, "percentile": percentile, "surface": surface}
     if scope == "volume":
-        dice, hd, sdice = _overlap_metrics(pred_cc > 0, r, sp, tolerance_mm=tolerance_mm, percentile=percentile)
-    elif lesion_found.any():
-        comps = np.flatnonzero(hits.any(0)) + 1
-        lesions = np.flatnonzero(lesion_found) + 1
-        dice, hd, sdice = _overlap_metrics(np.isin(pred_cc, comps), np.isin(ref_cc, lesions), sp,
-                                           tolerance_mm=tolerance_mm, percentile=percentile)
+        dice, hd, sdice = _overlap_metrics(pred_cc > 0, ref_cc > 0, sp, **metric)
+    elif m.found.any():
+        comps = np.flatnonzero(m.matched.any(0)) + 1
+        lesions = np.flatnonzero(m.found) + 1
+        dice, hd, sdice = _overlap_metrics(np.isin(pred_cc, comps), np.isin(ref_cc, lesions), sp, **metric)
     else:
         dice, hd, sdice = math.nan, math.nan, math.nan
 
-    return CaseResult(detected=detected, iou=best_iou, dice=float(dice), hd95=float(hd), surface_dice=float(sdice),
+    return CaseResult(detected=detected, iou=primary_iou, dice=float(dice), hd95=float(hd), surface_dice=float(sdice),
                       n_pred_components=int(n_pred), n_ref_lesions=int(n_ref),
-                      n_detected_lesions=int(lesion_found.sum()), hd95_defined=not math.isnan(hd), case=str(case))
+                      n_detected_lesions=int(m.found.sum()), hd95_defined=not math.isnan(hd), case=str(case))
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -262,8 +311,20 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def summarize(results: Sequence[CaseResult]) -> dict[str, float | int]:
-    """Summary over cases.
+def summarize(results: Sequence[CaseResult], *, n_resamples: int = 2000, confidence: float = 0.95,
+              seed: int = 0) -> dict[str, float | int]:
+    """Summary over cases, with percentile bootstrap intervals.
+
+    Parameters
+    ----------
+    results
+        Per-case results.
+    n_resamples
+        Bootstrap resamples of the cases (with replacement); 0 leaves the intervals out.
+    confidence
+        Interval coverage (0.95 for 95 % intervals).
+    seed
+        Seed of the resampling: the same results give the same intervals.
 
     Returns
     -------
@@ -272,14 +333,19 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, float | int]:
         ``detection_rate`` = n_detected / n_with_reference (NaN when 0); ``n_lesions``,
         ``n_detected_lesions``, ``lesion_detection_rate``; ``dice_mean``, ``hd95_mean``,
         ``surface_dice_mean`` (means over the cases where the value is a number);
-        ``n_hd95_defined``.
+        ``n_hd95_defined``; with ``n_resamples > 0`` also ``detection_rate_ci_low/high``,
+        ``dice_ci_low/high``, ``hd95_ci_low/high``, ``surface_dice_ci_low/high``,
+        ``ci_level``, ``n_resamples``, ``bootstrap_seed``
+        (:func:`attnprobe.train.stats.bootstrap_ci`; NaN when no case has the value).
     """
+    from attnprobe.train.stats import bootstrap_ci
+
     res = list(results)
     n_ref_cases = sum(r.has_reference for r in res)
     n_det = sum(r.detected for r in res)
     n_les = sum(r.n_ref_lesions for r in res)
     n_det_les = sum(r.n_detected_lesions for r in res)
-    return {
+    out: dict[str, float | int] = {
         "n_cases": len(res),
         "n_with_reference": n_ref_cases,
         "n_detected": n_det,
@@ -292,6 +358,16 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, float | int]:
         "n_hd95_defined": sum(r.hd95_defined for r in res),
         "surface_dice_mean": _mean(r.surface_dice for r in res),
     }
+    if n_resamples <= 0:
+        return out
+    per_case = {"detection_rate": [float(r.detected) for r in res if r.has_reference],
+                "dice": [r.dice for r in res], "hd95": [r.hd95 for r in res],
+                "surface_dice": [r.surface_dice for r in res]}
+    for name, values in per_case.items():
+        low, high = bootstrap_ci(values, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    out.update(ci_level=confidence, n_resamples=int(n_resamples), bootstrap_seed=int(seed))
+    return out
 
 
 def results_table(results: Sequence[CaseResult]) -> Any:

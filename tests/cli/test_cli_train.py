@@ -93,22 +93,41 @@ def seg_dirs(tmp_path):
 def test_evaluate_pred_labels_known_answers(seg_dirs, tmp_path):
     pred, labels = seg_dirs
     out = tmp_path / "eval"
-    result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out)
+    result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out, "--n-resamples", 500)
     assert result.exit_code == 0, result.output
     assert "skipping 1 prediction" in result.output
+    assert "scope matched, detection lits, surface surfel" in result.output
     cases = {r["case"]: r for r in read_csv_rows(out / "cases.csv")}
     assert list(next(iter(cases.values()))) == ["case", "detected", "iou", "dice", "hd95", "surface_dice"]
     a, b, c = cases["a"], cases["b"], cases["c"]
     assert (a["detected"], float(a["iou"]), float(a["dice"]), float(a["hd95"]), float(a["surface_dice"])) == \
         ("True", 1.0, 1.0, 0.0, 1.0)
-    assert (b["detected"], float(b["iou"]), float(b["dice"]), b["hd95"], float(b["surface_dice"])) == \
-        ("False", 0.0, 0.0, "", 0.0)
+    # matched scope (the default): a missed case has no Dice/HD95/surface Dice, it counts against detection
+    assert (b["detected"], float(b["iou"]), b["dice"], b["hd95"], b["surface_dice"]) == ("False", 0.0, "", "", "")
     # Dice 2*125/(250+250) = 0.5, IoU 125/375 = 1/3 > 0.1 -> detected
     assert c["detected"] == "True" and float(c["dice"]) == 0.5 and float(c["iou"]) == pytest.approx(1 / 3)
+    # c: the prediction is the reference moved 5 voxels along x: HD95 = 5 mm
+    assert float(c["hd95"]) == pytest.approx(5.0)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_cases"] == 3 and summary["n_detected"] == 2
-    assert summary["detection_rate"] == pytest.approx(2 / 3) and summary["dice_mean"] == pytest.approx(0.5)
+    assert summary["detection_rate"] == pytest.approx(2 / 3) and summary["dice_mean"] == pytest.approx(0.75)
     assert summary["hd95_mean"] == pytest.approx(float(c["hd95"]) / 2)  # b has no HD95
+    assert (summary["scope"], summary["detection"], summary["surface"]) == ("matched", "lits", "surfel")
+    # bootstrap over the 3 cases: detection resamples of {1, 0, 1}, Dice of {1, 0.5} (b has none)
+    assert 0.0 <= summary["detection_rate_ci_low"] <= 2 / 3 <= summary["detection_rate_ci_high"] == 1.0
+    assert summary["dice_ci_low"] == 0.5 and summary["dice_ci_high"] == 1.0
+    assert summary["n_resamples"] == 500 and summary["ci_level"] == 0.95
+    assert "[0.5, 1]" in result.output  # the Dice interval is printed
+
+    volume = run("evaluate", "--pred", pred, "--labels", labels, "--out", tmp_path / "vol", "--scope", "volume",
+                 "--surface", "voxel", "--detection", "pairwise")
+    assert volume.exit_code == 0, volume.output
+    b = {r["case"]: r for r in read_csv_rows(tmp_path / "vol" / "cases.csv")}["b"]
+    assert (b["detected"], float(b["iou"]), float(b["dice"]), b["hd95"], float(b["surface_dice"])) == \
+        ("False", 0.0, 0.0, "", 0.0)
+    summary = json.loads((tmp_path / "vol" / "summary.json").read_text())
+    assert summary["dice_mean"] == pytest.approx(0.5)
+    assert (summary["scope"], summary["detection"], summary["surface"]) == ("volume", "pairwise", "voxel")
 
 
 def test_evaluate_pred_labels_errors(seg_dirs, tmp_path):
@@ -119,6 +138,46 @@ def test_evaluate_pred_labels_errors(seg_dirs, tmp_path):
     assert_one_line_error(run("evaluate", "--pred", pred, "--out", tmp_path / "e"), "choose one evaluation mode")
     assert_one_line_error(run("evaluate", "--pred", pred, "--labels", labels, "--model", "x", "--data", "y",
                               "--out", tmp_path / "e"), "choose one evaluation mode")
+
+
+def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
+    pred, labels = seg_dirs
+    better = tmp_path / "pred_b"
+    better.mkdir()
+    for path in pred.iterdir():
+        (better / path.name).write_bytes(path.read_bytes())
+    cube = np.zeros((20, 20, 20), np.uint8)
+    cube[5:10, 5:10, 5:10] = 1
+    _save(better / "b.nii.gz", cube)  # B finds the tumor A missed
+    run_a, run_b, cmp = tmp_path / "run_a", tmp_path / "run_b", tmp_path / "cmp"
+    for p_dir, out in ((pred, run_a), (better, run_b)):
+        assert run("evaluate", "--pred", p_dir, "--labels", labels, "--out", out, "--n-resamples", 100).exit_code == 0
+    result = run("evaluate", "--compare", run_a, run_b, "--out", cmp, "--n-resamples", 200)
+    assert result.exit_code == 0, result.output
+    rows = {r["metric"]: r for r in read_csv_rows(cmp / "compare.csv")}
+    assert list(rows) == ["detection", "dice", "hd95"]
+    det, dice = rows["detection"], rows["dice"]
+    # one discordant pair (B only): exact McNemar p = 2 * C(1, 0) / 2 = 1
+    assert (det["a_only"], det["b_only"], float(det["p_value"]), det["n_pairs"]) == ("0", "1", 1.0, "3")
+    assert float(det["difference"]) == pytest.approx(1 / 3)
+    # Dice pairs: a (1 vs 1) and c (0.5 vs 0.5); b has no Dice in A -> two zero differences
+    assert dice["n_pairs"] == "2" and float(dice["p_value"]) == 1.0 and "are zero" in dice["note"]
+    assert "exact McNemar p = 1 (A only 0, B only 1)" in result.output
+    assert "Wilcoxon" in result.output and "compare.csv" in result.output
+
+    # refusals, each on one line
+    assert_one_line_error(run("evaluate", "--compare", run_a, pred, "--out", cmp), "not an evaluation run")
+    (tmp_path / "few").mkdir()
+    for name in ("cases.csv", "summary.json"):
+        text = (run_a / name).read_text()
+        (tmp_path / "few" / name).write_text("\n".join(text.splitlines()[:-1]) if name == "cases.csv" else text)
+    assert_one_line_error(run("evaluate", "--compare", run_a, tmp_path / "few", "--out", cmp), "different cases")
+    other = tmp_path / "other"
+    assert run("evaluate", "--pred", pred, "--labels", labels, "--out", other, "--detection", "pairwise",
+               "--n-resamples", 10).exit_code == 0
+    assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", cmp), "different definitions")
+    assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", cmp),
+                          "takes no model")
 
 
 # --- evaluate: a model --------------------------------------------------------------------------
@@ -137,7 +196,7 @@ def trained_ckpt(tmp_path_factory):
 def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_path):
     out = tmp_path / "eval"
     result = run("evaluate", "--model", trained_ckpt, "--data", datalist, "--split", "all", "--out", out,
-                 "--write-predictions")
+                 "--write-predictions", "--scope", "volume")  # an untrained model detects nothing to match
     assert result.exit_code == 0, result.output
     cases = read_csv_rows(out / "cases.csv")
     assert [r["case"] for r in cases] == ["case0", "case1", "case2"]
@@ -159,7 +218,8 @@ def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_pa
     labels.mkdir()
     for i in range(3):
         (labels / f"case{i}_label.nii.gz").write_bytes((datalist.parent / f"case{i}_label.nii.gz").read_bytes())
-    again = run("evaluate", "--pred", out / "predictions", "--labels", labels, "--out", tmp_path / "again")
+    again = run("evaluate", "--pred", out / "predictions", "--labels", labels, "--out", tmp_path / "again",
+                "--scope", "volume")
     assert again.exit_code == 0, again.output
     first, second = read_csv_rows(out / "cases.csv"), read_csv_rows(tmp_path / "again" / "cases.csv")
     assert len(first) == 3
@@ -168,7 +228,7 @@ def test_evaluate_model_writes_native_predictions(trained_ckpt, datalist, tmp_pa
 
 
 def test_evaluate_refuses_roi_or_intensity_mismatch(trained_ckpt, datalist, tmp_path):
-    base = ["evaluate", "--model", trained_ckpt, "--data", datalist, "--out", tmp_path / "e"]
+    base = ["evaluate", "--model", trained_ckpt, "--data", datalist, "--out", tmp_path / "e", "--scope", "volume"]
     assert_one_line_error(run(*base, "--roi", "64,64,64"), "differs from the model's training")
     assert_one_line_error(run(*base, "--intensity", "fixed", "--a-min", "0", "--a-max", "200"), "intensity")
     # allowed on request (with flip TTA: four passes of one small case)

@@ -63,8 +63,10 @@ def write_run(root: Path) -> Path:
                                   "iou": rng.uniform(0, 1, 4), "dice": rng.uniform(0, 1, 4),
                                   "hd95": [3.0, np.nan, 5.0, 8.0], "surface_dice": rng.uniform(0, 1, 4)})
             cases.to_csv(folder / "cases.csv", index=False)
+            intervals = {"detection_rate_ci_low": 0.25, "detection_rate_ci_high": 1.0, "dice_mean": 0.5,
+                         "dice_ci_low": 0.3, "dice_ci_high": 0.7, "hd95_mean": None} if backbone == "SMIT" else {}
             (folder / "summary.json").write_text(json.dumps({"n_detected": 3, "n_with_reference": 4,
-                                                             "preset": preset, "backbone": backbone}))
+                                                             "preset": preset, "backbone": backbone, **intervals}))
     folder = root / "extent"
     folder.mkdir()
     pd.DataFrame({"arch": ["swin_unetr"] * 8, "candidate": ["64x64x64"] * 4 + ["64x64x32"] * 4,
@@ -129,6 +131,16 @@ def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_pa
     assert "Swin UNETR: 4" in detection.caption
     training = next(f for f in result.figures if f.name == "training_curves")
     assert "2 runs (up to 12 steps)" in training.caption and "2 validations" in training.caption
+
+
+def test_evaluation_frame_carries_the_recorded_intervals(run_dir):
+    from attnprobe.figures.discover import _evaluations, find_sources
+
+    summary, _, _ = _evaluations(find_sources(run_dir))
+    smit, swin = summary[summary.backbone == "SMIT"], summary[summary.backbone == "Swin UNETR"]
+    assert (smit["detection_rate_ci_low"] == 0.25).all() and (smit["dice_ci_high"] == 0.7).all()
+    assert swin["detection_rate_ci_low"].isna().all()  # runs without intervals draw bars only
+    assert smit["hd95_mean"].isna().all()  # null in summary.json
 
 
 def test_figures_go_to_another_format_and_the_output_folder_is_not_searched(run_dir, tmp_path):

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
 from matplotlib.contour import ContourSet  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
@@ -410,6 +411,28 @@ def test_detection_bars_heights_and_labels():
     assert smit.patches[0].get_x() + smit.patches[0].get_width() <= 0 <= swin.patches[0].get_x()
 
 
+def test_detection_bars_draw_bootstrap_intervals():
+    summary = make_detection().assign(detection_rate_ci_low=[0.80, 0.78, 0.87, np.nan],
+                                      detection_rate_ci_high=[0.89, 0.87, 0.94, np.nan])
+    fig = detection_bars(summary, preset_order=["base", "act"])
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    errs = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and len(errs) == 2  # one per backbone; Swin UNETR's act row has no interval
+    smit, swin = errs
+    # each error bar is a vertical segment from ci_low to ci_high at its bar's centre
+    (smit_segments,) = smit.lines[2]
+    np.testing.assert_allclose([seg[:, 1] for seg in smit_segments.get_segments()], [[0.80, 0.89], [0.87, 0.94]])
+    np.testing.assert_allclose([seg[0, 0] for seg in smit_segments.get_segments()],
+                               [b.get_x() + b.get_width() / 2 for b in bars[0].patches])
+    (swin_segments,) = swin.lines[2]
+    np.testing.assert_allclose([seg[:, 1] for seg in swin_segments.get_segments()], [[0.78, 0.87]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SMIT", "Swin UNETR"]
+    # without interval columns: bars only, as before
+    (plain,) = detection_bars(make_detection()).axes
+    assert not [c for c in plain.containers if isinstance(c, ErrorbarContainer)]
+
+
 def test_detection_bars_errors():
     summary = make_detection()
     with pytest.raises(DataError, match="lacks"):
@@ -446,6 +469,23 @@ def test_dice_hd95_boxes_medians_and_nan_cases():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["SMIT", "Swin UNETR"]
     with pytest.raises(DataError, match="one row per"):
         dice_hd95_boxes(pd.concat([cases, cases]))
+
+
+def test_dice_hd95_boxes_draw_summary_means_with_intervals():
+    cases = make_cases()
+    summary = pd.DataFrame({"preset": ["base", "act"], "backbone": ["SMIT", "SMIT"],
+                            "dice_mean": [0.70, 0.75], "dice_ci_low": [0.62, 0.70], "dice_ci_high": [0.77, 0.80],
+                            "hd95_mean": [8.0, np.nan], "hd95_ci_low": [6.5, np.nan], "hd95_ci_high": [9.9, np.nan]})
+    fig = dice_hd95_boxes(cases, summary=summary)
+    dice_ax, hd_ax = fig.axes
+    dice_errs = [c for c in dice_ax.containers if isinstance(c, ErrorbarContainer)]
+    hd_errs = [c for c in hd_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(dice_errs) == 2 and len(hd_errs) == 1  # a NaN interval draws nothing
+    lows_highs = [c.lines[2][0].get_segments()[0][:, 1] for c in dice_errs]
+    np.testing.assert_allclose(lows_highs, [[0.62, 0.77], [0.70, 0.80]])
+    np.testing.assert_allclose([c.lines[0].get_ydata()[0] for c in dice_errs], [0.70, 0.75])
+    np.testing.assert_allclose(hd_errs[0].lines[2][0].get_segments()[0][:, 1], [6.5, 9.9])
+    assert not [c for c in dice_hd95_boxes(cases).axes[0].containers if isinstance(c, ErrorbarContainer)]
 
 
 def test_token_efficiency_lines_per_crop_and_arch_panels():
