@@ -1,7 +1,7 @@
 """Lesion detection and segmentation metrics for one case and a summary over cases (SPEC §5, §8).
 
 Every definition choice is a keyword-only option whose default is the paper's; the table in
-``docs/conventions_evaluation.md`` lists them with the reason for each default.
+``docs/conventions.md`` lists them with the reason for each default.
 
 Definitions
 -----------
