@@ -27,7 +27,7 @@ from attnprobe.data.arrays import affine_spacing  # noqa: E402
 from attnprobe.data.io import list_cases, load_volume  # noqa: E402
 from attnprobe.data.preprocess import prepare_case  # noqa: E402
 from attnprobe.figures import detection_bars, dice_hd95_boxes  # noqa: E402
-from attnprobe.train.evaluate import evaluate_case, results_table, summarize  # noqa: E402
+from attnprobe.train.evaluate import DEFAULT_DEFINITIONS, evaluate_case, results_table, summarize  # noqa: E402
 from attnprobe.train.inference import InferenceConfig, predict_case  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         table.to_csv(folder / "cases.csv", index=False)
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
         (folder / "summary.json").write_text(json.dumps(
-            {**clean, "model": str(loaded.checkpoint), "preset": loaded.preset, "backbone": loaded.backbone,
+            {**clean, **DEFAULT_DEFINITIONS, "model": str(loaded.checkpoint), "preset": loaded.preset, "backbone": loaded.backbone,
              "roi": list(loaded.roi)}, indent=1))
         rows.append({"backbone": loaded.backbone, "preset": loaded.preset, "model": name,
                      "n_detected": summary["n_detected"], "n_cases": summary["n_with_reference"],

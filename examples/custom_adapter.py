@@ -42,6 +42,8 @@ class SwinEncoderAdapter(SwinUNETRAdapter):
     name = "swin_encoder"
     default_preset = "tiny"
     presets = {"tiny": {"feature_size": 12, "classes": 2, "window_size": 7, "roi": (64, 64, 32)}}
+    # _construct below builds installed MONAI's encoder only: no 'original' mode to offer
+    compat_modes = ("current",)
 
     def _construct(self, config: Mapping[str, Any]) -> nn.Module:
         return SwinEncoder(feature_size=config["feature_size"], classes=config["classes"],

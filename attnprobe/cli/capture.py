@@ -18,7 +18,7 @@ from attnprobe.cli.common import (
     progress_bar,
 )
 
-PadMode = Literal["end", "symmetric"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 DType = Literal["float16", "float32"]
 Intensity = Literal["percentile", "fixed"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,7 +31,7 @@ BaselineOpt = Literal["random-init", "none"]
 MedianOpt = Literal["pairs", "kornblith"]
 PoolingOpt = Literal["correct", "paper-swin-axes"]
 SmallGridOpt = Literal["keep", "stretch"]
-PadMode = Literal["end", "symmetric"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 
@@ -188,7 +190,8 @@ def cka_command(
         if main and baseline != "none":
             err_console.print("note: no random-init baseline for capture stores (it needs the models); "
                               "compare checkpoints to get one", highlight=False)
-        da = _stores(ref_store, tgt_store, config=config, limit=limit, device=dev, names=names, main=main)
+        with _warnings_as_lines(main):
+            da = _stores(ref_store, tgt_store, config=config, limit=limit, device=dev, names=names, main=main)
     else:
         if data is None:
             raise ConfigError("models need inputs", expected="--data (datalist, folder or dataset name)",
@@ -196,10 +199,11 @@ def cka_command(
         if tgt is None and tgt_data is None and (tgt_compat or compat) == compat:
             raise ConfigError("nothing to compare", expected="--tgt MODEL, or --tgt-data for a second input set",
                               got="only --ref", fix="pass --tgt (e.g. the fine-tuned model) or --tgt-data")
-        da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
-                     seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
-                     spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
-                     compat=(compat, tgt_compat or compat), baseline=baseline, baseline_seeds=baseline_seeds)
+        with _warnings_as_lines(main):
+            da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
+                         seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
+                         spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
+                         compat=(compat, tgt_compat or compat), baseline=baseline, baseline_seeds=baseline_seeds)
     if da is not None:  # rank 0 only
         paths = write_results(da, out)
         _print_diagonal(da)
@@ -207,6 +211,23 @@ def cka_command(
     # every rank leaves together once the outputs exist (a rank exiting early can take gloo's
     # threads down mid-collective); if rank 0 failed instead, torchrun stops the others
     dist.barrier()
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(main: bool):
+    """The library's UserWarnings as one ``warning:`` line each (once per text), on rank 0."""
+    seen: set[str] = set()
+
+    def show(message, category, *args, **kwargs) -> None:
+        text = str(message)
+        if main and text not in seen and issubclass(category, UserWarning):
+            seen.add(text)
+            err_console.print(f"warning: {text}", highlight=False, markup=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
@@ -219,7 +240,7 @@ def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
     ids = store_case_ids(ref_tree)
     pair_by_case_id(ids, store_case_ids(tgt_tree), what="stores")  # before the progress bar
     check_examples(len(ids[:limit] if limit else ids), config,
-                   warn=lambda msg: main and err_console.print(f"warning: {msg}", highlight=False))
+                   warn=lambda msg: warnings.warn(msg, UserWarning, stacklevel=2))
     total = len(dist.shard(ids[:limit] if limit else ids))
     with progress_bar(disable=not main) as bar:
         task = bar.add_task("cka (stores)", total=total, status="")
@@ -266,7 +287,7 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
         tgt_cases = None if tgt_cases is None else tgt_cases[:limit]
     # before any forward pass: an estimator undefined for this n is refused, a small n is flagged
     check_examples(len(ref_cases) * crops, config,
-                   warn=lambda msg: main and err_console.print(f"warning: {msg}", highlight=False))
+                   warn=lambda msg: warnings.warn(msg, UserWarning, stacklevel=2))
     attrs = {"ref_path": str(ref_report.path), "tgt_path": str(tgt_report.path), "ref_arch": ref_report.arch,
              "tgt_arch": tgt_report.arch, "ref_compat": ref_report.compat, "tgt_compat": tgt_report.compat,
              "data": data, "tgt_data": tgt_data or data,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from attnprobe.cli.common import (
+    Compat,
     check_limit,
     console,
     ensure_dir,
@@ -17,7 +18,7 @@ from attnprobe.cli.common import (
     progress_bar,
 )
 
-PadMode = Literal["end", "symmetric"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 Rule = Literal["coverage", "efficiency"]
@@ -101,6 +102,9 @@ def extent(
              "efficiency among the covering candidates.")] = "coverage",
     limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for extent.csv and efficiency.csv (default: current).")] = None,
+    compat: Annotated[Compat, typer.Option(
+        help="Token geometry of 'current' MONAI/SMIT or of the 'original' code of published checkpoints "
+             "(crops that code cannot run are left out).")] = "current",
 ) -> None:
     """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation."""
     from rich.table import Table
@@ -127,7 +131,7 @@ def extent(
         task = bar.add_task("extent", total=len(refs), status="")
         cases = (prepare_case(ref, config) for ref in refs)
         extents, per_case = extent_and_efficiency(
-            cases, crops, arch=arch, model_preset=model_preset, pad_mode=pad_mode,
+            cases, crops, arch=arch, model_preset=model_preset, pad_mode=pad_mode, compat=compat,
             on_case=lambda c: bar.update(task, advance=1, status=c.case_id))
     ext_summary = summarize_extents(extents)
     eff = summarize_efficiency(per_case)

@@ -44,7 +44,7 @@ from attnprobe.cli.common import (
 )
 
 Intensity = Literal["percentile", "fixed"]
-PadMode = Literal["end", "symmetric"]
+PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 Scope = Literal["matched", "volume"]
 Detection = Literal["lits", "pairwise"]
 Surface = Literal["surfel", "voxel"]
@@ -306,6 +306,8 @@ def _interval(summary: dict[str, Any], name: str, *, pct: bool = False) -> str:
 
 # definitions that must agree for two runs to be compared case by case
 _SAME_DEFINITIONS = ("scope", "detection", "surface", "min_component_voxels", "iou_threshold", "tolerance_mm")
+#: what attnprobe computed before these were options (summaries written then lack the keys)
+_PRE_OPTION_DEFINITIONS = {"scope": "volume", "detection": "pairwise", "surface": "voxel"}
 
 
 def _read_run(folder: Path) -> tuple[Any, dict[str, Any]]:
@@ -330,8 +332,12 @@ def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed
     from attnprobe.train.stats import compare_cases
 
     (cases_a, info_a), (cases_b, info_b) = _read_run(run_a), _read_run(run_b)
+    # a summary without a definition key was scored before it was an option: its old behaviour
+    info_a, info_b = ({**_PRE_OPTION_DEFINITIONS, **info} for info in (info_a, info_b))
     differ = [f"{k}: {info_a[k]!r} vs {info_b[k]!r}" for k in _SAME_DEFINITIONS
               if k in info_a and k in info_b and info_a[k] != info_b[k]]
+    missing = [k for k in _SAME_DEFINITIONS if (k in info_a) != (k in info_b)]
+    differ += [f"{k}: recorded in one run only" for k in missing]
     if differ:
         raise ConfigError("the two runs were scored with different definitions", expected="the same options",
                           got="; ".join(differ), fix="re-evaluate one run with the other's options")

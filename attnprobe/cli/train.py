@@ -93,7 +93,7 @@ def train(
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.models import CompatNotice
-    from attnprobe.train.presets import resolve_train_config
+    from attnprobe.train.presets import get_preset, resolve_train_config
     from attnprobe.train.trainer import train as run_training
 
     if resume and overwrite:
@@ -104,14 +104,14 @@ def train(
     random_init = init is not None and init.lower() == "none"
     init_ref = None if random_init else init
     declared_roi = None
-    if init_ref is not None and preset != "scratch":
+    if init_ref is not None and get_preset(preset).pretrained:
         from attnprobe.workspace import resolve_model
 
         ref = resolve_model(init_ref)
         arch = arch or ref.arch or _checkpoint_arch(ref.checkpoint)
         declared_roi = ref.roi
-    if preset == "scratch" and init_ref is not None and main:
-        err_console.print(f"preset scratch starts from random weights: --init {init_ref} is ignored", highlight=False)
+    if not get_preset(preset).pretrained and init_ref is not None and main:
+        err_console.print(f"preset {preset} starts from random weights: --init {init_ref} is ignored", highlight=False)
     crop = parse_roi(roi)
     if crop == "full":
         raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")

@@ -183,6 +183,29 @@ def token_efficiency(model: nn.Module, real_mask: torch.Tensor) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _runnable(model: nn.Module, crops: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The candidate crops the model's geometry accepts; the others are named in a warning."""
+    import warnings
+
+    from attnprobe.errors import ShapeError
+    from attnprobe.models.registry import adapter_for
+
+    adapter, kept, refused = adapter_for(model), [], []
+    for crop in crops:
+        try:
+            adapter.geometry(model, crop)
+            kept.append(crop)
+        except ShapeError:
+            refused.append(roi_name(crop))
+    if refused:
+        warnings.warn(f"left out crop(s) {', '.join(refused)}: the model's code (compat "
+                      f"{model.attnprobe_config.get('compat')}) cannot run them", UserWarning, stacklevel=3)
+    if not kept:
+        raise ConfigError("no candidate crop can run in this compat mode", expected="a crop the model accepts",
+                          got=", ".join(refused), fix="pick other --candidates, or --compat current")
+    return kept
+
+
 def extent_and_efficiency(
     cases: Iterable[PreparedCase],
     candidates: Sequence[Sequence[int]],
@@ -191,6 +214,7 @@ def extent_and_efficiency(
     model_preset: str | None = None,
     pad_mode: PadMode | None = None,
     on_case: Callable[[PreparedCase], None] | None = None,
+    compat: str = "current",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Extents and per-case token efficiency of every candidate crop, one pass over ``cases``.
 
@@ -207,6 +231,10 @@ def extent_and_efficiency(
         Padding placement when fitting; default the cases' own.
     on_case
         Called after each case (progress).
+    compat
+        Semantics of the model the crops are for (``docs/compat.md``): ``"original"`` counts
+        tokens as the published checkpoints' code merges them, and candidates that code cannot
+        run (SMIT's swapped padding) are left out with a warning.
 
     Returns
     -------
@@ -221,7 +249,8 @@ def extent_and_efficiency(
     crops = [_check_roi(c) for c in candidates]
     if not crops:
         raise ConfigError("no candidate crops", expected="at least one crop like 96x96x64", got="none")
-    model = build_model(arch, preset=model_preset)
+    model = build_model(arch, preset=model_preset, compat=compat)
+    crops = _runnable(model, crops)
     extents, effs = [], []
     for case in cases:
         if case.config.roi != "full":

@@ -653,7 +653,7 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
 
 def write_evaluation(results: Sequence[Any], out_dir: str | os.PathLike[str], *, info: Mapping[str, Any]) -> Path:
     """Write ``cases.csv`` and ``summary.json`` in the format of ``attnprobe evaluate`` (plus ``info``)."""
-    from attnprobe.train.evaluate import summarize
+    from attnprobe.train.evaluate import DEFAULT_DEFINITIONS, summarize
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -661,7 +661,8 @@ def write_evaluation(results: Sequence[Any], out_dir: str | os.PathLike[str], *,
     pd.DataFrame([{c: getattr(r, c) for c in columns} for r in results], columns=list(columns)).to_csv(
         out / "cases.csv", index=False)
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summarize(results).items()}
-    (out / "summary.json").write_text(json.dumps({**summary, **dict(info)}, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps({**summary, **DEFAULT_DEFINITIONS, **dict(info)}, indent=1,
+                                                 default=str))
     return out
 
 

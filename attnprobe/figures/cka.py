@@ -32,7 +32,6 @@ __all__ = ["cka_heatmap", "feature_reuse_lines"]
 _ANNOTATE_MAX = 10  # annotate cells when both sides have at most this many blocks ("auto")
 
 
-@styled
 def _mark_baseline(axis: Axes, m: xr.DataArray) -> str:
     """Hatch the cells whose interval does not clear the random-init baseline (coordinate
     ``distinct_from_baseline`` of :func:`attnprobe.metrics.reuse.compare_models`)."""
@@ -49,6 +48,7 @@ def _mark_baseline(axis: Axes, m: xr.DataArray) -> str:
             f"{int(same.sum())} of {same.size} cells)")
 
 
+@styled
 def cka_heatmap(
     matrix: xr.DataArray,
     *,

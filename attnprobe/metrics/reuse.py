@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -494,15 +495,18 @@ def summarize(da: xr.DataArray) -> dict[str, Any]:
     diag = range(min(values.shape))
     out["diagonal"] = {refs[i]: float(values[i, i]) for i in diag}
     # uncertainty and baseline, where computed: per diagonal cell, plus the baseline's own summary
+    def plain(v: Any) -> Any:  # JSON has no NaN: a value that could not be computed is null
+        return bool(v) if isinstance(v, np.bool_) else (None if math.isnan(float(v)) else float(v))
+
     for name in STAT_COORDS:
         if name in m.coords:
             cell = np.asarray(m.coords[name].values)
-            out[f"diagonal_{name}"] = {refs[i]: (bool(cell[i, i]) if cell.dtype == bool else float(cell[i, i]))
-                                      for i in diag}
+            out[f"diagonal_{name}"] = {refs[i]: plain(cell[i, i]) for i in diag}
     if "baseline_mean" in m.coords:
         base = np.asarray(m.coords["baseline_mean"].values, dtype=np.float64)
-        out["baseline_diagonal_mean"] = float(np.mean([base[i, i] for i in diag]))
-        out["diagonal_mean_above_baseline"] = out["diagonal_mean"] - out["baseline_diagonal_mean"]
+        out["baseline_diagonal_mean"] = plain(np.mean([base[i, i] for i in diag]))
+        if out["baseline_diagonal_mean"] is not None and out["diagonal_mean"] is not None:
+            out["diagonal_mean_above_baseline"] = out["diagonal_mean"] - out["baseline_diagonal_mean"]
     return out
 
 
@@ -623,11 +627,23 @@ def compare(pairs: Iterable[tuple[BlockOutputs, BlockOutputs]], *, ref_channels:
     return da
 
 
+#: fewest cases (independent units) for which intervals and p-values are reported
+MIN_STAT_CASES = 5
+
+
 def _add_uncertainty(da: xr.DataArray, acc: PooledPairs, config: CKAConfig) -> None:
     """Bootstrap interval and permutation p-value of every cell, as 2-D coords of ``da``."""
     gx, gy = acc.grams  # type: ignore[misc]
     groups = [key[0] for key in acc.keys]  # the case, not the crop, is the independent unit
     da.attrs["n_groups"] = len(set(groups))
+    if len(set(groups)) < MIN_STAT_CASES:
+        # one case: every resample and re-pairing is the data itself; two to four: a handful of
+        # distinct resamples -- an interval or p-value from them would only look like evidence
+        da.attrs["stats_skipped"] = f"fewer than {MIN_STAT_CASES} cases ({len(set(groups))})"
+        warnings.warn(f"CKA intervals and p-values need at least {MIN_STAT_CASES} cases; got "
+                      f"{len(set(groups))} (crops of one case are not independent), so none are reported",
+                      UserWarning, stacklevel=3)
+        return
     if config.bootstrap:
         low, high = bootstrap_cka(gx, gy, groups=groups, estimator=config.estimator,  # type: ignore[arg-type]
                                   resamples=config.bootstrap, level=config.level, seed=config.stats_seed)
@@ -691,7 +707,7 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
         sharded across ranks (:func:`attnprobe.dist.shard`).
     """
     config = config or CKAConfig()
-    check_examples(len(ref_cases) * crops, config)
+    check_examples(len(ref_cases) * crops, config, warn=lambda msg: warnings.warn(msg, UserWarning, stacklevel=3))
     tgt_model = ref_model if tgt_model is None else tgt_model
     if tgt_cases is not None:
         order = pair_by_case_id([c.case_id for c in ref_cases], [c.case_id for c in tgt_cases])

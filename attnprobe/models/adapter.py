@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnprobe.errors import ConfigError
 from attnprobe.models.compat import BUILD_DEFAULT, check_compat
 
 TapKind = Literal["attn", "out"]
@@ -134,6 +135,9 @@ class Adapter(ABC):
     input_multiple: ClassVar[int] = 32
     #: spatial reduction of the patch embedding
     patch_size: ClassVar[int] = 2
+    #: compat modes the adapter can build (``docs/compat.md``); others are refused. A subclass
+    #: that overrides ``_construct`` must say again which modes its construction honours.
+    compat_modes: ClassVar[tuple[str, ...]] = ("current",)
 
     # ---- building -------------------------------------------------------------------
     @abstractmethod
@@ -142,6 +146,10 @@ class Adapter(ABC):
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         config = {**config, "compat": check_compat(config.get("compat", BUILD_DEFAULT))}
+        if config["compat"] not in self.compat_modes:
+            raise ConfigError(f"the {self.name} adapter has no compat mode {config['compat']!r}",
+                              expected=f"one of {list(self.compat_modes)}", got=repr(config["compat"]),
+                              fix="drop --compat (compat=...) for this architecture")
         model = self._construct(config)
         model.attnprobe_arch = self.name  # type: ignore[attr-defined]
         model.attnprobe_config = dict(config)  # type: ignore[attr-defined]

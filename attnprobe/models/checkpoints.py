@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attnprobe.errors import CheckpointError
-from attnprobe.models.compat import choose_compat
+from attnprobe.models.compat import CompatChoice, choose_compat
 from attnprobe.models.registry import available_architectures, get_adapter, resolve_config
 
 #: key under which attnprobe's own checkpoints keep their metadata
@@ -194,6 +194,9 @@ def load_checkpoint(
             f"{path.name} contains no tensors", expected="a state dict of tensors", got="an empty mapping"
         )
     choice = choose_compat(raw, meta, compat)
+    if choice.mode not in adapter.compat_modes and choice.reason != "requested":
+        # an architecture with one semantics (a user's adapter): nothing to choose, nothing to announce
+        choice = CompatChoice(adapter.compat_modes[0], f"the only mode the {arch} adapter has")
     base = dict(meta.get("config", {})) if meta.get("arch") == arch else {}
     inferred = adapter.infer_config(sd)
     config = resolve_config(arch, preset)

@@ -44,6 +44,7 @@ SSL_HEADS = ("head.", "head_cls.", "head_group.", "module.head.", "module.head_c
 class SMITAdapter(Adapter):
     name = "smit"
     default_preset = "smit"
+    compat_modes = ("original", "current")
     presets = {
         # The rectal-MRI configuration of SPEC §2 (pretraining input 128^3).
         "smit": dict(_BASE),

@@ -81,6 +81,7 @@ _TABLE_KEY = re.compile(r"^swinViT\.layers(\d)\.0\.blocks\.0\.attn\.relative_pos
 class SwinUNETRAdapter(Adapter):
     name = "swin_unetr"
     default_preset = "swin_unetr"
+    compat_modes = ("original", "current")
     presets = {
         # The CT self-supervised configuration (model_swinvit.pt): feature 48, ROI 96^3.
         "swin_unetr": dict(_BASE),

@@ -217,6 +217,12 @@ def _match(table: np.ndarray, *, detection: Detection, iou_threshold: float) -> 
     return _Matching(lesion_iou=merged_iou, found=found, matched=touching & found[:, None])
 
 
+#: The definitions :func:`evaluate_case` uses by default, as ``summary.json`` records them
+#: (``attnprobe evaluate --compare`` pairs only runs scored alike).
+DEFAULT_DEFINITIONS: dict[str, Any] = {"scope": "matched", "detection": "lits", "surface": "surfel",
+                                       "min_component_voxels": 10, "iou_threshold": 0.1, "tolerance_mm": 2.0}
+
+
 def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = "",
                   min_component_voxels: int = 10, iou_threshold: float = 0.1, tolerance_mm: float = 2.0,
                   percentile: float = 95.0, scope: Scope = "matched", case_detection: CaseDetection = "largest",

@@ -355,7 +355,10 @@ def resolve_train_config(
     else:
         crop = pretrained_roi(arch, model_preset, declared=declared_roi)
     if spec.recipe == "paper":
-        options = {**PAPER_RECIPE, **options}  # explicit options win over the recipe
+        recipe = dict(PAPER_RECIPE)
+        if options.get("intensity", "fixed") != "fixed":  # its 0-800 window belongs to 'fixed' only
+            recipe.pop("a_min"), recipe.pop("a_max")
+        options = {**recipe, **options}  # explicit options win over the recipe
     return TrainConfig(preset=spec.name, arch=arch, model_preset=model_preset, roi=crop,
                        epochs=base_epochs * spec.epoch_factor, base_epochs=base_epochs,
                        init=init if spec.pretrained else None, tumor_aware=spec.tumor_aware, **options)

@@ -176,6 +176,16 @@ def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
     assert run("evaluate", "--pred", pred, "--labels", labels, "--out", other, "--detection", "pairwise",
                "--n-resamples", 10).exit_code == 0
     assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", cmp), "different definitions")
+    # a summary written before the definitions were options scored the old way (volume, pairwise, voxel)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "cases.csv").write_text((run_a / "cases.csv").read_text())
+    summary = json.loads((run_a / "summary.json").read_text())
+    for key in ("scope", "detection", "surface"):
+        summary.pop(key)
+    (old / "summary.json").write_text(json.dumps(summary))
+    assert_one_line_error(run("evaluate", "--compare", run_a, old, "--out", cmp),
+                          "scope: 'matched' vs 'volume'", fold_whitespace=True)
     assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", cmp),
                           "takes no model")
 

@@ -93,7 +93,7 @@ def test_random_init_baseline_equals_separate_random_models(smit, tmp_path):
     rng = np.random.default_rng(0)
     cases = [prepare_array(rng.random((40, 40, 20)).astype(np.float32), case_id=f"c{i}",
                            config=PreprocessConfig(roi=(64, 64, 32), spacing=None, crop_foreground=False))
-             for i in range(4)]
+             for i in range(5)]
     config = CKAConfig(estimator="biased", pool=2, bootstrap=50, permutations=20)
     da = compare_models(smit, None, cases, config=config, baseline="random-init", baseline_seeds=2)
     runs = []
@@ -107,7 +107,11 @@ def test_random_init_baseline_equals_separate_random_models(smit, tmp_path):
     np.testing.assert_allclose(np.diag(da.values), 1.0, atol=1e-9)  # a model against itself
     distinct = da.coords["distinct_from_baseline"].values
     np.testing.assert_array_equal(distinct, da.coords["ci_low"].values > np.max(runs, axis=0))
-    assert da.attrs["baseline_seeds"] == 2 and da.attrs["n_groups"] == 4
+    assert da.attrs["baseline_seeds"] == 2 and da.attrs["n_groups"] == 5
+    # fewer than 5 cases: no interval, no p-value, no "distinct" claim -- and a warning
+    with pytest.warns(UserWarning, match="at least 5 cases"):
+        few = compare_models(smit, None, cases[:4], config=config, baseline="random-init", baseline_seeds=1)
+    assert not {"ci_low", "p_value", "distinct_from_baseline"} & set(few.coords) and "baseline_mean" in few.coords
 
 
 def test_heatmap_hatches_what_the_baseline_explains():

@@ -304,3 +304,27 @@ def test_unexpected_keys_are_an_error_unless_allowed(tmp_path):
     assert "encoder5.layer.conv1.conv.weight" in str(info.value) and "--allow-partial" in str(info.value)
     _, report = load_checkpoint(path, "swin_unetr", compat="current", allow_partial=True)
     assert report.unexpected == ("encoder5.layer.conv1.conv.weight",)
+
+
+def test_crop_recommendation_leaves_out_crops_the_original_code_cannot_run():
+    import numpy as np
+
+    from attnprobe.data.extent import extent_and_efficiency
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_array
+
+    case = prepare_array(np.ones((40, 40, 20), np.float32), case_id="c",
+                         config=PreprocessConfig(roi="full", spacing=None, crop_foreground=False))
+    crops = [(128, 128, 96), (128, 128, 64)]  # stage-3 grids (8,8,6) and (8,8,4)
+    with pytest.warns(UserWarning, match="left out crop"):
+        _, eff = extent_and_efficiency([case], crops, arch="smit", model_preset="tiny", compat="original")
+    assert set(eff["candidate"]) == {"128x128x64"}
+    _, eff = extent_and_efficiency([case], crops, arch="smit", model_preset="tiny")
+    assert set(eff["candidate"]) == {"128x128x96", "128x128x64"}
+
+
+def test_an_adapter_without_original_mode():
+    from examples.custom_adapter import SwinEncoderAdapter  # registers 'swin_encoder'
+
+    with pytest.raises(ConfigError, match="no compat mode 'original'"):
+        build_model(SwinEncoderAdapter.name, preset="tiny", compat="original")
+    assert build_model(SwinEncoderAdapter.name, preset="tiny").attnprobe_config["compat"] == "current"

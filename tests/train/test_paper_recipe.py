@@ -61,6 +61,9 @@ def test_paper_presets_take_the_recipe_and_explicit_options_win():
     for key, value in PAPER_RECIPE.items():
         assert getattr(cfg, key) == value, key
     assert resolve_train_config("paper-base", init="ct", batch_size=4).batch_size == 4
+    # another intensity mode drops the recipe's 0-800 window with it
+    pct = resolve_train_config("paper-act", init="ct", intensity="percentile")
+    assert pct.intensity == "percentile" and pct.a_min is None and pct.a_max is None
     assert resolve_train_config("act", init="ct").loss == "dicece"  # attnprobe's own recipe
     with pytest.raises(ConfigError, match="unknown loss"):
         resolve_train_config("act", init="ct", loss="focal")
