@@ -120,12 +120,36 @@ def token_kinds(
     adapter = adapter or adapter_for(model)
     mask = check_mask(real_mask)
     geoms = adapter.geometry(model, tuple(mask.shape[2:]))
-    n_stages = max(g.stage for g in geoms) + 1
-    offsets = [adapter.merge_offsets(model, s) for s in range(n_stages - 1)]
-    per_stage = stage_token_kinds(adapter, mask, n_stages, merge_offsets=offsets)
+    per_stage = grid_token_kinds(model, mask, adapter=adapter, n_stages=max(g.stage for g in geoms) + 1)
     geometry = {g.name: g for g in geoms}
     kinds = {g.name: block_token_kinds(adapter, g, per_stage[g.stage]) for g in geoms}
     return geometry, kinds
+
+
+def grid_token_kinds(model: nn.Module, real_mask: torch.Tensor, *, adapter: Adapter | None = None,
+                     n_stages: int | None = None) -> list[torch.Tensor]:
+    """Kind of every token on every stage's grid, with the model's own patch merging.
+
+    Parameters
+    ----------
+    model
+        A model of a registered architecture.
+    real_mask
+        ``(sample, 1, x, y, z)`` bool, True on voxels from the original volume.
+    n_stages
+        Stages to return (default: every stage of the model).
+
+    Returns
+    -------
+    list of torch.Tensor
+        One ``(sample, x_s, y_s, z_s)`` uint8 tensor per stage, REAL or INPUT_PAD (window
+        padding does not exist on the grid: it is made inside each block).
+    """
+    adapter = adapter or adapter_for(model)
+    if n_stages is None:
+        n_stages = max(ref.stage for ref in adapter.blocks(model)) + 1
+    offsets = [adapter.merge_offsets(model, s) for s in range(n_stages - 1)]
+    return stage_token_kinds(adapter, real_mask, n_stages, merge_offsets=offsets)
 
 
 def check_input_shape(adapter: Adapter, spatial_shape: Triple) -> None:

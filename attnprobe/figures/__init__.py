@@ -12,10 +12,12 @@ beyond grouping for display. No backend is selected on import; save with
 - interventions: :func:`detection_bars`, :func:`dice_hd95_boxes`, :func:`token_efficiency`,
   :func:`tumor_clusters`
 - training: :func:`training_curves`
+- causal ablation of padding: :func:`ablation_deltas`
 """
 
 from __future__ import annotations
 
+from attnprobe.figures.ablation import ablation_deltas
 from attnprobe.figures.adi import METRIC_LABELS, adi_vs_padding
 from attnprobe.figures.cka import cka_heatmap, feature_reuse_lines
 from attnprobe.figures.flow import flow_matrices
@@ -42,6 +44,7 @@ __all__ = [
     "token_efficiency",
     "tumor_clusters",
     "training_curves",
+    "ablation_deltas",
     "METRIC_LABELS",
     "FEATURE_LABELS",
 ]

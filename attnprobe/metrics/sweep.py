@@ -153,6 +153,9 @@ class SweptInput:
         True on real voxels.
     pad_fraction
         Share of voxels that are padding (mask False).
+    label : (1, x, y, z) uint8 or None
+        The case's label cropped and placed exactly like the image (0 on padding); ``None``
+        when the case has no label.
     """
 
     case_id: str
@@ -160,6 +163,7 @@ class SweptInput:
     image: torch.Tensor
     mask: torch.Tensor
     pad_fraction: float
+    label: torch.Tensor | None = None
 
 
 def _pad_fraction(mask: torch.Tensor) -> float:
@@ -220,7 +224,8 @@ def swept_input(case: CaseLike, padding: int, spec: SweepSpec) -> SweptInput:
     Returns
     -------
     SweptInput
-        Image, mask and exact padding fraction.
+        Image, mask, exact padding fraction, and the label swept the same way when the case
+        has one.
     """
     image, mask = case.image, case.mask
     if image.ndim != 4 or tuple(mask.shape) != tuple(image.shape) or image.shape[0] != 1:
@@ -231,17 +236,26 @@ def swept_input(case: CaseLike, padding: int, spec: SweepSpec) -> SweptInput:
     axis = spec.axis_index
     size = int(image.shape[axis + 1])
     mask = mask.bool()
+    label = getattr(case, "label", None)
+    if label is not None and tuple(label.shape) != tuple(mask.shape):
+        raise ShapeError("the case's label is not on its image grid", expected=str(tuple(mask.shape)),
+                         got=str(tuple(label.shape)), fix="prepare cases with attnprobe.data.preprocess.prepare_case")
     if spec.mode == "fixed-roi":
         lo, hi = _content_window(case, axis, size - padding)
         image = image.narrow(axis + 1, lo, hi - lo)
         mask = mask.narrow(axis + 1, lo, hi - lo)
+        label = label.narrow(axis + 1, lo, hi - lo) if label is not None else None
         target = size
     else:
         target = size + padding
     image = _place(image.to(torch.float32), axis, target, spec.pad_mode)
     mask = _place(mask, axis, target, spec.pad_mode)
     image = image * mask  # padding reads 0, even where the case had non-zero padding
-    return SweptInput(str(case.case_id), int(padding), image.contiguous(), mask.contiguous(), _pad_fraction(mask))
+    if label is not None:
+        # the same crop and placement as the image, so that predictions and labels stay aligned
+        label = (_place(label.to(torch.uint8), axis, target, spec.pad_mode) * mask).contiguous()
+    return SweptInput(str(case.case_id), int(padding), image.contiguous(), mask.contiguous(), _pad_fraction(mask),
+                      label)
 
 
 def _online_flow(

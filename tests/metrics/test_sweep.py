@@ -232,3 +232,19 @@ def test_sweep_pad_queries_rules_match_the_closed_form(uniform_model):
         assert got == pytest.approx(uniform_block0_a_pp((32, 32, 64), 16, rule), rel=1e-5), rule
     assert uniform_block0_a_pp((32, 32, 64), 16, "all-windows") > uniform_block0_a_pp((32, 32, 64), 16,
                                                                                        "real-windows") + 0.05
+
+
+@pytest.mark.parametrize("mode", ["fixed-roi", "grow"])
+@pytest.mark.parametrize("pad_mode", ["end", "symmetric"])
+@pytest.mark.parametrize("axis", ["x", "z"])
+def test_the_label_is_swept_exactly_like_the_image(mode, pad_mode, axis):
+    case = make_case(real_z=(4, 60), label_z=(20, 30))
+    # a label that is a function of the image voxel by voxel: any misplacement breaks the identity
+    case.label = ((case.image > 0.6) & case.mask).to(torch.uint8)
+    case.label[:, 10:20, 10:20, 20:30] = 1  # and a lesion for the crop to centre on
+    case.image[:, 10:20, 10:20, 20:30] = 0.95
+    for p in ((0, 8, 20) if mode == "fixed-roi" else (0, 32)):
+        item = swept_input(case, p, SweepSpec(paddings=(p,), axis=axis, pad_mode=pad_mode, mode=mode))
+        assert item.label is not None and item.label.dtype == torch.uint8
+        assert torch.equal(item.label.bool(), (item.image > 0.6) & item.mask)
+    assert swept_input(make_case(), 16, SweepSpec(paddings=(16,))).label is None

@@ -1,0 +1,212 @@
+"""``attnprobe ablate``: segmentation under causal interventions on padding, over a padding sweep.
+
+Writes to ``--out`` (an ablation run, ``docs/ablation.md``):
+
+- ``ablation.csv``: tidy ``case, padding, pad_fraction, intervention, metric, value`` (metrics
+  ``detected, iou, dice, hd95, surface_dice, adi, moved``);
+- ``adi.csv``: block-level attention flow of the same (edited) forwards, with ``intervention``;
+- ``summary.csv`` and ``summary.json``: per intervention and padding, the evaluation summary
+  with bootstrap intervals and the paired change against ``none``; the JSON also holds the
+  run's options and what every intervention edits;
+- ``ablation.png``: change in Dice and detection vs padding, one line per intervention.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from attnprobe.cli.common import (
+    CompatOption,
+    check_device,
+    check_limit,
+    console,
+    ensure_dir,
+    err_console,
+    load_model_ref,
+    one_line_errors,
+    parse_int_list,
+    parse_roi,
+    progress_bar,
+)
+
+Axis = Literal["x", "y", "z"]
+PadMode = Literal["end", "symmetric"]
+SweepModeOpt = Literal["fixed-roi", "grow"]
+KeyKind = Literal["input", "window", "all"]
+Intensity = Literal["percentile", "fixed"]
+Split = Literal["all", "training", "validation", "test"]
+Scope = Literal["matched", "volume"]
+Detection = Literal["lits", "pairwise"]
+Surface = Literal["surfel", "voxel"]
+
+OUTPUT_FILES = ("ablation.csv", "adi.csv", "summary.csv", "summary.json")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``ablate`` command to the app (called by :mod:`attnprobe.cli.app`)."""
+    app.command("ablate")(ablate)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return value
+
+
+def _describe(iv) -> list[dict[str, Any]]:
+    """What an intervention edits, for summary.json."""
+    return [{"site": e.site, "blocks": e.blocks, "kind": e.kind, **({"value": e.value} if e.site == "out" else {})}
+            for e in iv.edits]
+
+
+def _print_table(summary) -> None:
+    """Change against ``none`` per intervention and padding, narrow enough for 80 columns."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="change against 'none': mean over cases [95% bootstrap interval]", box=box.SIMPLE_HEAD)
+    for col in ("intervention", "p", "Δ Dice", "Δ detect", "ADI", "moved"):
+        table.add_column(col, justify="left" if col == "intervention" else "right", no_wrap=True)
+
+    def f(v: Any, d: int = 3) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+    for row in summary.to_dict("records"):
+        table.add_row(str(row["intervention"]), f"{row['padding']:g}",
+                      f"{f(row['delta_dice'])} [{f(row['delta_dice_ci_low'], 2)}, {f(row['delta_dice_ci_high'], 2)}]",
+                      f(row["delta_detection"], 2), f(row["adi_mean"]), f(row["moved_mean"]))
+    console.print(table)
+
+
+@one_line_errors
+def ablate(
+    out: Annotated[Path, typer.Option(help="Output folder of the ablation run.")],
+    model: Annotated[str, typer.Option(help="Model name from attnprobe.toml or a checkpoint path.")],
+    data: Annotated[str, typer.Option(help="Datalist JSON, folder of NIfTI files, or dataset name (with labels).")],
+    padding_sweep: Annotated[str, typer.Option(help="Padding amounts in voxels, e.g. 0,16,32.")] = "0,16,32",
+    interventions: Annotated[str | None, typer.Option(
+        help="Comma-separated: none, mask-stage{s}, mask-all, mean-ablate, zero-ablate "
+             "(default: none, every mask-stage, mask-all, mean-ablate).")] = None,
+    key_kind: Annotated[KeyKind, typer.Option(help="Padding keys the masks hide: input, window or all.")] = "all",
+    axis: Annotated[Axis, typer.Option(help="Axis the sweep pads along.")] = "z",
+    pad_mode: Annotated[PadMode, typer.Option(help="Padding at the end or split on both sides.")] = "end",
+    sweep_mode: Annotated[SweepModeOpt, typer.Option(help="fixed-roi: content shrinks inside the ROI; "
+                                                     "grow: input grows by p.")] = "fixed-roi",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint).")] = None,
+    roi: Annotated[str | None, typer.Option(help="Model ROI x,y,z (default: the model's).")] = None,
+    split: Annotated[Split | None, typer.Option(help="Datalist split (default: the dataset's, else all).")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
+    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
+    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
+    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    scope: Annotated[Scope, typer.Option(help="Dice/HD95 on matched lesions (the paper) or the whole volume.")]
+    = "matched",
+    detection: Annotated[Detection, typer.Option(help="Lesion detection rule.")] = "lits",
+    surface: Annotated[Surface, typer.Option(help="Surface distances from surfels or surface voxels.")] = "surfel",
+    n_resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    figure: Annotated[bool, typer.Option(help="Draw ablation.png.")] = True,
+    compat: CompatOption = None,
+) -> None:
+    """Segmentation (detection, Dice, HD95) and ADI of MODEL on DATA under interventions on padding."""
+    from attnprobe.capture.geometry import check_input_shape
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.errors import ConfigError, DataError
+    from attnprobe.metrics.sweep import SweepSpec
+    from attnprobe.models import adapter_for
+    from attnprobe.train.ablation import (
+        ablation_summary,
+        intervention_from_name,
+        run_ablation,
+        standard_interventions,
+    )
+    from attnprobe.workspace import list_data
+
+    # every option is read before the model loads: bad input fails fast
+    spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
+                     pad_mode=pad_mode, mode=sweep_mode)
+    names = [n.strip() for n in interventions.split(",") if n.strip()] if interventions is not None else None
+    if names is not None and (not names or len(set(names)) != len(names)):
+        raise ConfigError("bad --interventions", expected="distinct comma-separated names, e.g. none,mask-all",
+                          got=repr(interventions))
+    if n_resamples < 0:
+        raise ConfigError("bad --n-resamples", expected="0 or more", got=str(n_resamples))
+    given_roi = parse_roi(roi)
+    if given_roi == "full":
+        raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
+    if given_roi is not None:
+        spec.check_shape(given_roi)  # type: ignore[arg-type]
+    check_limit(limit)
+    dev = check_device(device)
+    refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
+    unlabeled = [r.case_id for r in refs if r.label is None]
+    if unlabeled:
+        raise DataError(f"{len(unlabeled)} case(s) have no label", expected="a label for every case",
+                        got=", ".join(unlabeled[:5]), fix="use a datalist whose entries have a label")
+    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
+    err_console.print(f"loaded {report.summary()}", highlight=False)
+    n_stages = len({ref.stage for ref in adapter_for(net).blocks(net)})
+    names = names if names is not None else standard_interventions(n_stages)
+    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]  # type: ignore[arg-type]
+    use_roi = given_roi or model_roi
+    if use_roi is None:
+        raise ConfigError("no ROI for the model", expected="--roi or a checkpoint with a ROI", got="none")
+    spec.check_shape(use_roi)
+    check_input_shape(adapter_for(net), tuple(use_roi))  # type: ignore[arg-type]
+    config = PreprocessConfig(roi=tuple(use_roi), pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
+                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+    metric_options = {"scope": scope, "detection": detection, "surface": surface}
+
+    with progress_bar() as bar:
+        task = bar.add_task("ablate", total=len(refs) * len(spec.paddings) * len(plan), status="")
+
+        def prepared():
+            for ref in refs:
+                bar.update(task, status=f"{ref.case_id} preprocessing")
+                yield prepare_case(ref, config)
+
+        def advance(case_id: str, p: int, name: str) -> None:
+            bar.update(task, advance=1, status=f"{case_id} p={p} {name}")
+
+        result = run_ablation(net, prepared(), plan, spec, device=dev, metric_options=metric_options,
+                              on_step=advance)
+    summary = ablation_summary(result, n_resamples=n_resamples, seed=seed)
+    ensure_dir(out)
+    result.table.to_csv(out / "ablation.csv", index=False)
+    result.adi.to_csv(out / "adi.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    info = {"model": str(report.path), "arch": report.arch, "compat": report.compat, "data": str(data),
+            "roi": list(use_roi), "padding_sweep": list(spec.paddings), "axis": axis, "pad_mode": pad_mode,
+            "sweep_mode": sweep_mode, "key_kind": key_kind, "n_resamples": n_resamples, "seed": seed,
+            **metric_options, "interventions": {iv.name: _describe(iv) for iv in plan}}
+    rows = [{k: _plain(v) for k, v in row.items()} for row in summary.to_dict("records")]
+    (out / "summary.json").write_text(json.dumps({**info, "summary": rows}, indent=1))
+    written = [out / f for f in OUTPUT_FILES]
+    if figure:
+        if len(plan) > 1 and "none" in names:
+            import matplotlib
+
+            matplotlib.use("Agg")  # files only: never open a window
+            import matplotlib.pyplot as plt
+
+            from attnprobe.figures.ablation import ablation_deltas
+            from attnprobe.figures.style import paper_style
+
+            fig = ablation_deltas(summary)
+            with paper_style():  # the theme's dpi and white background for savefig
+                fig.savefig(out / "ablation.png", bbox_inches="tight")
+            plt.close(fig)
+            written.append(out / "ablation.png")
+        else:
+            err_console.print("note: no figure: it needs 'none' and at least one other intervention", highlight=False)
+    _print_table(summary)
+    console.print(f"wrote {', '.join(map(str, written))}", highlight=False, soft_wrap=True)
