@@ -13,7 +13,6 @@ Writes to ``--out`` (an ablation run, ``docs/ablation.md``):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +24,6 @@ from attnprobe.cli.common import (
     check_device,
     check_limit,
     console,
-    ensure_dir,
     err_console,
     load_model_ref,
     one_line_errors,
@@ -44,20 +42,10 @@ Scope = Literal["matched", "volume"]
 Detection = Literal["lits", "pairwise"]
 Surface = Literal["surfel", "voxel"]
 
-OUTPUT_FILES = ("ablation.csv", "adi.csv", "summary.csv", "summary.json")
-
 
 def register(app: typer.Typer) -> None:
     """Add the ``ablate`` command to the app (called by :mod:`attnprobe.cli.app`)."""
     app.command("ablate")(ablate)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):
-        return _plain(value.item())
-    return value
 
 
 def _describe(iv) -> list[dict[str, Any]]:
@@ -128,6 +116,7 @@ def ablate(
         intervention_from_name,
         run_ablation,
         standard_interventions,
+        write_ablation,
     )
     from attnprobe.workspace import list_data
 
@@ -180,17 +169,11 @@ def ablate(
         result = run_ablation(net, prepared(), plan, spec, device=dev, metric_options=metric_options,
                               on_step=advance)
     summary = ablation_summary(result, n_resamples=n_resamples, seed=seed)
-    ensure_dir(out)
-    result.table.to_csv(out / "ablation.csv", index=False)
-    result.adi.to_csv(out / "adi.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
     info = {"model": str(report.path), "arch": report.arch, "compat": report.compat, "data": str(data),
             "roi": list(use_roi), "padding_sweep": list(spec.paddings), "axis": axis, "pad_mode": pad_mode,
             "sweep_mode": sweep_mode, "key_kind": key_kind, "n_resamples": n_resamples, "seed": seed,
             **metric_options, "interventions": {iv.name: _describe(iv) for iv in plan}}
-    rows = [{k: _plain(v) for k, v in row.items()} for row in summary.to_dict("records")]
-    (out / "summary.json").write_text(json.dumps({**info, "summary": rows}, indent=1))
-    written = [out / f for f in OUTPUT_FILES]
+    written = write_ablation(result, summary, out, info=info)
     if figure:
         if len(plan) > 1 and "none" in names:
             import matplotlib

@@ -602,6 +602,50 @@ def longest_cases(cases: Sequence[Any], n: int, *, axis: int = 2) -> list[Any]:
     return sorted(cases, key=extent, reverse=True)[:n]
 
 
+#: the demo's causal test: the plain forward, attention to padding keys masked in every block,
+#: padding tokens replaced by the mean real token (docs/ablation.md)
+ABLATION_INTERVENTIONS = ("none", "mask-all", "mean-ablate")
+
+
+def ablation(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int], out_dir: str | os.PathLike[str],
+             seed: int, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the causal test on labelled cases, write the run folder, return what the report states:
+    per intervention at the largest padding, the change in Dice and detection against the plain
+    forward with its bootstrap 95 % interval, and the plain forward's Dice change from padding 0."""
+    from attnprobe.metrics.sweep import SweepSpec
+    from attnprobe.models.registry import adapter_for
+    from attnprobe.train.ablation import (
+        ablation_summary,
+        intervention_from_name,
+        run_ablation,
+        write_ablation,
+    )
+
+    n_stages = len({ref.stage for ref in adapter_for(model).blocks(model)})
+    plan = [intervention_from_name(n, n_stages=n_stages) for n in ABLATION_INTERVENTIONS]
+    spec = SweepSpec(paddings=tuple(int(p) for p in paddings))
+    # Dice over the whole volume: every case counts (a missed tumor scores 0, not "no value")
+    result = run_ablation(model, cases, plan, spec, metric_options={"scope": "volume"})
+    summary = ablation_summary(result, n_resamples=1000, seed=seed)
+    write_ablation(result, summary, out_dir, info={**info, "interventions": list(ABLATION_INTERVENTIONS),
+                                                   "padding_sweep": list(spec.paddings), "scope": "volume"})
+    top = max(spec.paddings)
+    at = summary.set_index(["intervention", "padding"])
+    plain = at.loc[("none", top)]
+    out: dict[str, Any] = {"padding": top, "n_cases": int(plain.get("delta_dice_n", 0)),
+                           "dice_none": {int(p): _float(at.loc[("none", p)].get("dice_mean")) for p in spec.paddings}}
+    for name in ABLATION_INTERVENTIONS[1:]:
+        row = at.loc[(name, top)]
+        out[name] = {m: [_float(row.get(f"delta_{m}")), _float(row.get(f"delta_{m}_ci_low")),
+                         _float(row.get(f"delta_{m}_ci_high"))] for m in ("dice", "detection", "adi")}
+    return out
+
+
+def _float(value: Any) -> float | None:
+    v = float(value) if value is not None else math.nan
+    return None if math.isnan(v) else v
+
+
 def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], *, crops: int,
               crop_size: Sequence[int] | None, seed: int = 0, names: tuple[str, str] = ("ref", "tgt")) -> Any:
     """CKA between every block output of two models on identical crops (SPEC §4).
@@ -989,6 +1033,16 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             (out / "attention").mkdir(parents=True, exist_ok=True)
             np.savez_compressed(out / "attention" / f"{name}.npz", **volume, arch=arch,
                                 label=f"{ARCH_LABELS[arch]} ({probe_preset})")
+
+    record["ablation"] = {}
+    for arch in settings.backbones:
+        name = _label(arch, probe_preset)
+        with clock.step(f"ablation {name}"):
+            record["ablation"][arch] = ablation(
+                _load(tuned[(arch, probe_preset)], arch, settings.model_preset), cases[arch],
+                paddings=(0, max(settings.paddings)), out_dir=out / "ablation" / name, seed=settings.seed,
+                info={"model": name, "label": f"{ARCH_LABELS[arch]} ({probe_preset})", "arch": arch,
+                      "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch])})
 
     for arch in settings.backbones:
         with clock.step(f"CKA {arch}"):

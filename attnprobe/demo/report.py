@@ -413,10 +413,52 @@ def _eval_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
     return [Block("h2", "4. Interventions: detection and segmentation"),
             Block("p", "Each model predicts the MRI test cases by sliding-window inference (overlap 0.5, Gaussian "
                        "blending) on its training window; predictions are scored on the label grid: 26-connected "
-                       "components of 10 voxels or fewer dropped, a tumor detected when a component overlaps it "
-                       "with IoU > 0.1, Dice and HD95 over the whole volume. `CT only` is the pretrained CT model "
-                       "without fine-tuning. Detected tumors: " + "; ".join(sentences) + "."),
+                       "components of 10 voxels or fewer dropped (in prediction and reference), fragments touching "
+                       "one lesion merged, a tumor detected when they overlap it with IoU > 0.1 (LiTS-style), Dice "
+                       "and HD95 (area-weighted surface elements) on the matched lesion. `CT only` is the pretrained "
+                       "CT model without fine-tuning. Detected tumors: " + "; ".join(sentences) + "."),
             Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "detection", "dice_hd95")
+
+
+def _verdict(delta: Sequence[float | None], what: str) -> str:
+    """Plain words for the change of ``what`` with its 95 % interval."""
+    mean, low, high = delta
+    if mean is None or low is None or high is None:
+        return f"leaves the change of {what} without an interval"
+    span = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    if low > 0:
+        return f"raises {what} by {span}"
+    if high < 0:
+        return f"lowers {what} by {span}"
+    return f"does not change {what} measurably ({span})"
+
+
+def _ablation_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
+    runs = demo.get("ablation") or {}
+    if not runs:
+        return []
+    sentences = []
+    for arch, r in runs.items():
+        dice = r.get("dice_none", {})
+        pads = sorted(dice, key=int)
+        drop = (f"the plain model's Dice goes from {_num(dice[pads[0]])} at padding {pads[0]} to "
+                f"{_num(dice[pads[-1]])} at {pads[-1]}") if len(pads) > 1 else ""
+        masked, mean = r.get("mask-all", {}), r.get("mean-ablate", {})
+        sentences.append(
+            f"{arch} ({count(int(r.get('n_cases', 0)), 'case')}, padding {r.get('padding')} voxels): {drop}; masking "
+            f"attention to padding keys in every block (ADI change {_num((masked.get('adi') or [None])[0])}) "
+            f"{_verdict(masked.get('dice', [None] * 3), 'Dice')} and "
+            f"{_verdict(masked.get('detection', [None] * 3), 'the detection rate')}; replacing "
+            f"padding tokens by the mean real token {_verdict(mean.get('dice', [None] * 3), 'Dice')}")
+    return [Block("h2", "5. Causal test: remove the attention to padding"),
+            Block("p", "Does the attention that flows onto padding *cause* the loss of accuracy? Each base "
+                       "fine-tuned model predicts the MRI test cases (one forward on its ROI) with no edit, with "
+                       "the padding keys masked before the softmax in every block (ADI becomes 0; the softmax "
+                       "renormalises each real query over real keys), and with padding tokens mean-ablated. "
+                       "Dice is over the whole volume (a missed tumor scores 0). "
+                       "Changes are paired by case against the unedited forward, with bootstrap 95% intervals "
+                       "(what each edit can and cannot show: docs/ablation.md of the attnprobe repository). "
+                       + "; ".join(sentences) + ".")] + _figures_of(figures, "ablation")
 
 
 def _efficiency_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
@@ -438,7 +480,7 @@ def _efficiency_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequenc
     text = ("Token efficiency is the share of real tokens among all tokens a block attends over (window padding "
             "included), from the real-voxel mask pushed through each model's own window geometry, averaged over "
             "all cases: " + "; ".join(sentences) + ".")
-    blocks = [Block("h2", "5. Token efficiency of the anisotropic crop"), Block("p", text),
+    blocks = [Block("h2", "6. Token efficiency of the anisotropic crop"), Block("p", text),
               Block("table", header=header, rows=tuple(rows))]
     if rec_text:
         blocks.append(Block("p", f"Recommended crop from the axial extents: {rec_text}."))
@@ -464,14 +506,14 @@ def _tumor_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any
         text += (f" Against the {wide['phantom_cluster'].nunique()} appearance clusters the phantoms were drawn "
                  f"from, the adjusted Rand index is {_num(ari, 2)}. This heterogeneity is what tumor-aware "
                  "intensity augmentation (the `act` preset) targets.")
-    return [Block("h2", "6. Tumor appearance clusters"), Block("p", text)] + _figures_of(figures, "tumors")
+    return [Block("h2", "7. Tumor appearance clusters"), Block("p", text)] + _figures_of(figures, "tumors")
 
 
 def _details_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
     timings = demo.get("timings", {})
     rows = tuple((name, f"{seconds:.1f}") for name, seconds in timings.items())
     versions = demo.get("versions", {})
-    blocks = [Block("h2", "7. Run details")]
+    blocks = [Block("h2", "8. Run details")]
     if rows:
         blocks += [Block("p", "Wall time per step (seconds):"), Block("table", header=("step", "seconds"), rows=rows)]
     if versions:
@@ -501,7 +543,8 @@ def build_report(run_dir: str | Path, *, figures: Iterable[Any] | None = None) -
     demo = _json(root / "demo.json")
     figs = list(figures) if figures is not None else _figures_from_folder(root / "figures")
     return (_intro(root, demo) + _models_section(root, demo, figs) + _adi_section(root, demo, figs)
-            + _cka_section(root, figs) + _eval_section(root, figs) + _efficiency_section(root, demo, figs)
+            + _cka_section(root, figs) + _eval_section(root, figs) + _ablation_section(demo, figs)
+            + _efficiency_section(root, demo, figs)
             + _tumor_section(root, demo, figs) + _details_section(demo, figs))
 
 
@@ -516,7 +559,7 @@ class _Fig:
 _KIND_PREFIXES = (("adi_vs", "adi"), ("sfr_vs", "sfr"), ("flow_", "flow"), ("attention_", "attention"),
                   ("store_flow_", "store_flow"), ("cka_", "cka"), ("feature_reuse", "reuse"),
                   ("detection", "detection"), ("dice_hd95", "dice_hd95"), ("token_efficiency", "efficiency"),
-                  ("tumor_clusters", "tumors"), ("training_curves", "training"))
+                  ("tumor_clusters", "tumors"), ("training_curves", "training"), ("ablation", "ablation"))
 
 
 def _figures_from_folder(folder: Path) -> list[_Fig]:

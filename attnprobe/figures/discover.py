@@ -112,11 +112,12 @@ class RunContents:
     attention: list[Path] = field(default_factory=list)
     stores: list[Path] = field(default_factory=list)
     training: list[Path] = field(default_factory=list)
+    ablation: list[Path] = field(default_factory=list)
 
     def empty(self) -> bool:
         """True when nothing drawable was found."""
         return not any((self.adi, self.cka, self.evaluations, self.efficiency, self.tumors, self.attention,
-                        self.stores, self.training))
+                        self.stores, self.training, self.ablation))
 
 
 # --------------------------------------------------------------------------- finding
@@ -166,6 +167,9 @@ def find_sources(run_dir: str | os.PathLike[str], *, skip: str | os.PathLike[str
         names = set(files)
         if "<store>" in names:
             found.stores.append(folder)
+            continue
+        if "ablation.csv" in names and "summary.csv" in names:
+            found.ablation.append(folder)  # its adi.csv is block flow of edited forwards, not a sweep
             continue
         if "adi.parquet" in names or "adi.csv" in names:
             found.adi.append(folder)
@@ -506,6 +510,21 @@ def _draw_evaluation(found: RunContents, w: _Writer) -> None:
                f"diamonds: means with bootstrap 95% intervals where recorded).", sources)
 
 
+def _draw_ablation(found: RunContents, w: _Writer) -> None:
+    from attnprobe.figures.ablation import ablation_deltas
+
+    for folder in found.ablation:
+        summary = pd.read_csv(folder / "summary.csv")
+        info = _json(folder / "summary.json")
+        label = Path(str(info.get("model", folder.name))).stem if info.get("label") is None else info["label"]
+        n = int(summary["delta_dice_n"].max()) if "delta_dice_n" in summary.columns else 0
+        w.draw(f"ablation_{folder.name}", "ablation", lambda s=summary: ablation_deltas(s),
+               f"Causal test on {label}: change in Dice and in tumor detection against the unedited forward "
+               f"(paired by case), per padding, one line per intervention (masked: attention to padding keys "
+               f"removed before the softmax; mean-ablate: padding tokens replaced by the mean real token); "
+               f"bands: bootstrap 95% intervals over {count(n, 'case')}.", [_rel(folder / "summary.csv", found.root)])
+
+
 def _draw_efficiency(found: RunContents, w: _Writer) -> None:
     from attnprobe.figures import token_efficiency
 
@@ -650,6 +669,7 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         _draw_efficiency(found, writer)
     _draw_tumors(found, writer)
     _draw_training(found, writer)
+    _draw_ablation(found, writer)
     if stores:
         _draw_stores(found, writer)
     return FigureSet(figures=tuple(writer.records), skipped=tuple(writer.skipped))

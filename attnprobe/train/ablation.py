@@ -27,10 +27,12 @@ against ``none`` paired by case, with percentile bootstrap intervals over cases.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,3 +264,27 @@ def ablation_summary(result: AblationResult, *, n_resamples: int = 2000, confide
             row[f"delta_{metric}_n"] = int(finite.size)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: files of an ablation run folder (``attnprobe ablate``, the demo's ``ablation/<model>``)
+ABLATION_FILES = ("ablation.csv", "adi.csv", "summary.csv", "summary.json")
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_ablation(result: AblationResult, summary: pd.DataFrame, out: str | Path, *,
+                   info: Mapping[str, Any]) -> list[Path]:
+    """Write an ablation run: the tidy table, the ADI of the same forwards, the summary (CSV and
+    JSON with ``info``); returns the paths in :data:`ABLATION_FILES` order."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(folder / "ablation.csv", index=False)
+    result.adi.to_csv(folder / "adi.csv", index=False)
+    summary.to_csv(folder / "summary.csv", index=False)
+    rows = [{k: _json_value(v) for k, v in row.items()} for row in summary.to_dict("records")]
+    (folder / "summary.json").write_text(json.dumps({**info, "summary": rows}, indent=1, default=str))
+    return [folder / name for name in ABLATION_FILES]

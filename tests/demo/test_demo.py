@@ -30,7 +30,7 @@ from tests.helpers import assert_one_line_error, cli_runner, command_app
 matplotlib.use("Agg")
 
 KINDS = {"adi", "sfr", "flow", "attention", "cka", "reuse", "detection", "dice_hd95", "efficiency", "tumors",
-         "store_flow", "training"}
+         "store_flow", "training", "ablation"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_every_step_leaves_its_files(demo):
                     "train/smit-act/last.pt", "capture/swin_unetr-base.zarr/zarr.json", "adi/smit-base/adi.csv",
                     "attention/swin_unetr-base.npz", "cka/smit-act/cka.nc", "eval/swin_unetr-ct/cases.csv",
                     "eval/smit-act/summary.json", "extent/smit/efficiency.csv", "tumors/tumors.csv",
+                    "ablation/smit-base/ablation.csv", "ablation/swin_unetr-base/summary.json",
                     "attnprobe.toml", "demo.json", "report.md", "report.html"):
         assert list(out.glob(pattern)), pattern
     assert set(demo.timings) >= {"phantoms", "fine-tune swin_unetr-act", "figures"}
@@ -56,7 +57,7 @@ def test_every_figure_kind_is_drawn_with_a_caption(demo):
     drawn = {p.stem for p in figures.glob("*.png")}
     assert drawn == {p.stem for p in figures.glob("*.txt")}
     prefixes = ("adi_vs_padding", "sfr_vs_padding", "flow_", "attention_", "cka_", "feature_reuse_", "detection",
-                "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves")
+                "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves", "ablation_")
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in drawn), prefix
     assert len(demo.figures) == len(drawn)
@@ -164,3 +165,18 @@ def test_allocator_setting_is_harmless():
     assert isinstance(result, bool)
     if platform.libc_ver()[0] == "glibc":
         assert result  # glibc accepted both thresholds
+
+
+def test_the_causal_test_is_run_and_stated_with_intervals(demo):
+    import json
+
+    out = demo.out_dir
+    record = json.loads((out / "demo.json").read_text())["ablation"]
+    assert set(record) == {"swin_unetr", "smit"}
+    summary = pd.read_csv(out / "ablation" / "smit-base" / "summary.csv")
+    top = summary[(summary.intervention == "mask-all") & (summary.padding == summary.padding.max())].iloc[0]
+    assert top["adi_mean"] == 0.0  # nothing flows onto padding keys once they are masked
+    smit = record["smit"]["mask-all"]["dice"]
+    assert smit[0] == pytest.approx(top["delta_dice"]) and smit[1] <= smit[0] <= smit[2]
+    md = (out / "report.md").read_text()
+    assert "5. Causal test" in md and f"{smit[0]:+.3f} [{smit[1]:+.3f}, {smit[2]:+.3f}]" in md
