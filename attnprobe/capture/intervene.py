@@ -40,6 +40,7 @@ from attnprobe.capture.edits import (
     replace_tokens,
 )
 from attnprobe.capture.geometry import check_input_shape, grid_token_kinds, token_kinds
+from attnprobe.capture.lifecycle import force_explicit_softmax, release
 from attnprobe.capture.probe import Probe
 from attnprobe.errors import TapError
 from attnprobe.models.adapter import Adapter, BlockGeometry, BlockRef
@@ -106,10 +107,7 @@ class Intervene:
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> Intervene:
         try:
-            for module in self.adapter.attention_modules(self.model):
-                if hasattr(module, "use_flash_attention"):
-                    self._flash_saved.append((module, module.use_flash_attention))
-                    module.use_flash_attention = False
+            force_explicit_softmax(self.adapter.attention_modules(self.model), self._flash_saved)
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
             for ref, site, edits in self._sites:
                 if site == "attn":
@@ -130,13 +128,8 @@ class Intervene:
 
     def _teardown(self) -> None:
         try:
-            for handle in self._handles:
-                handle.remove()
+            release(self._handles, self._flash_saved)
         finally:
-            self._handles.clear()
-            for module, flag in reversed(self._flash_saved):
-                module.use_flash_attention = flag
-            self._flash_saved.clear()
             self._state = None
 
     # ---- running --------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from attnprobe.capture.geometry import check_input_shape, token_kinds
+from attnprobe.capture.lifecycle import force_explicit_softmax, release
 from attnprobe.errors import TapError
 from attnprobe.models.adapter import Adapter, BlockGeometry, TapSpec
 from attnprobe.models.registry import adapter_for
@@ -106,10 +107,7 @@ class Probe:
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> Probe:
         try:
-            for module in self.adapter.attention_modules(self.model):
-                if hasattr(module, "use_flash_attention"):
-                    self._flash_saved.append((module, module.use_flash_attention))
-                    module.use_flash_attention = False
+            force_explicit_softmax(self.adapter.attention_modules(self.model), self._flash_saved)
             self._handles.append(self.model.register_forward_pre_hook(self._begin))
             for tap in self.taps:
                 module = self.model.get_submodule(tap.module_path)
@@ -125,13 +123,8 @@ class Probe:
 
     def _teardown(self) -> None:
         try:
-            for handle in self._handles:
-                handle.remove()
+            release(self._handles, self._flash_saved)
         finally:
-            self._handles.clear()
-            for module, flag in self._flash_saved:
-                module.use_flash_attention = flag
-            self._flash_saved.clear()
             self._active = False
 
     # ---- running --------------------------------------------------------------------
