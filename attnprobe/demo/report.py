@@ -443,18 +443,20 @@ def _ablation_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[B
         pads = sorted(dice, key=int)
         drop = (f"the plain model's Dice goes from {_num(dice[pads[0]])} at padding {pads[0]} to "
                 f"{_num(dice[pads[-1]])} at {pads[-1]}") if len(pads) > 1 else ""
-        masked, mean = r.get("mask-all", {}), r.get("mean-ablate", {})
-        sentences.append(
-            f"{arch} ({count(int(r.get('n_cases', 0)), 'case')}, padding {r.get('padding')} voxels): {drop}; masking "
-            f"attention to padding keys in every block (ADI change {_num((masked.get('adi') or [None])[0])}) "
-            f"{_verdict(masked.get('dice', [None] * 3), 'Dice')} and "
-            f"{_verdict(masked.get('detection', [None] * 3), 'the detection rate')}; replacing "
-            f"padding tokens by the mean real token {_verdict(mean.get('dice', [None] * 3), 'Dice')}")
+        masked, mean = r.get("mask-all", {}), r.get("mean-ablate")
+        text = (f"{arch} ({count(int(r.get('n_cases', 0)), 'case')}, padding {r.get('padding')} voxels): {drop}; "
+                f"masking attention to padding keys in every block (ADI change "
+                f"{_num((masked.get('adi') or [None])[0])}) {_verdict(masked.get('dice', [None] * 3), 'Dice')} and "
+                f"{_verdict(masked.get('detection', [None] * 3), 'the detection rate')}")
+        if mean:
+            text += (f"; replacing padding tokens by the mean real token "
+                     f"{_verdict(mean.get('dice', [None] * 3), 'Dice')}")
+        sentences.append(text)
     return [Block("h2", "5. Causal test: remove the attention to padding"),
             Block("p", "Does the attention that flows onto padding *cause* the loss of accuracy? Each base "
                        "fine-tuned model predicts the MRI test cases (one forward on its ROI) with no edit, with "
                        "the padding keys masked before the softmax in every block (ADI becomes 0; the softmax "
-                       "renormalises each real query over real keys), and with padding tokens mean-ablated. "
+                       "renormalises each real query over real keys). "
                        "Dice is over the whole volume (a missed tumor scores 0). "
                        "Changes are paired by case against the unedited forward, with bootstrap 95% intervals "
                        "(what each edit can and cannot show: docs/ablation.md of the attnprobe repository). "
