@@ -32,18 +32,21 @@ def phantoms(tmp_path_factory):
     return write_phantom_dataset(root, n=2, seed=3, modalities=("mri",), split=(1.0, 0.0, 0.0))["mri"]
 
 
-@pytest.mark.parametrize("ckpt", ["swin_ckpt", "smit_ckpt"])
-def test_ablate_writes_a_run(phantoms, tmp_path, ckpt, request):
+# MONAI's window attention is slow on one thread: Swin UNETR runs a shorter list (suite time)
+@pytest.mark.parametrize(("ckpt", "names"), [("swin_ckpt", "none,mask-stage1,mask-all"),
+                                             ("smit_ckpt", "none,mask-stage1,mask-all,mean-ablate")])
+def test_ablate_writes_a_run(phantoms, tmp_path, ckpt, names, request):
     out = tmp_path / "run"
     result = run("ablate", "--model", request.getfixturevalue(ckpt), "--data", phantoms, "--out", out,
-                 "--interventions", "none,mask-stage1,mask-all,mean-ablate", *COMMON)
+                 "--interventions", names, *COMMON)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "ablation.csv")
     assert tuple(table.columns) == ABLATION_COLUMNS
-    assert set(table["intervention"]) == {"none", "mask-stage1", "mask-all", "mean-ablate"}
+    assert set(table["intervention"]) == set(names.split(","))
     assert set(table["padding"]) == {0, 16} and table["case"].nunique() == 2
     assert set(table["metric"]) == {"detected", "iou", "dice", "hd95", "surface_dice", "adi", "moved"}
-    assert len(table) == 2 * 2 * 4 * 7
+    k = len(names.split(","))
+    assert len(table) == 2 * 2 * k * 7
     adi = table[table["metric"] == "adi"].set_index(["case", "padding", "intervention"])["value"]
     assert (adi.xs("mask-all", level="intervention") == 0).all()
     assert (adi.xs("none", level="intervention").xs(16, level="padding") > 0).all()
@@ -56,7 +59,7 @@ def test_ablate_writes_a_run(phantoms, tmp_path, ckpt, request):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interventions"]["mask-stage1"] == [{"site": "attn", "blocks": "stage1.*", "kind": "all"}]
     rows = pd.DataFrame(summary["summary"])
-    assert len(rows) == 8 and {"delta_dice", "delta_dice_ci_low", "delta_detection", "dice_ci_low"} <= set(rows)
+    assert len(rows) == 2 * k and {"delta_dice", "delta_dice_ci_low", "delta_detection", "dice_ci_low"} <= set(rows)
     none = rows[rows["intervention"] == "none"]
     assert (none["delta_adi"] == 0).all()
     assert (out / "ablation.png").stat().st_size > 0
