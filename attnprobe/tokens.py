@@ -1,6 +1,6 @@
 """Token kinds shared by geometry, capture, store and metrics.
 
-Every token of every block is one of three kinds (SPEC §2): a real token, an input-padding
+Every token of every block is one of three kinds (docs/definitions.md): a real token, an input-padding
 token (its voxels were added to reach the model ROI), or a window-padding token (added inside
 a block to reach a window multiple). Stored as ``uint8``.
 """

@@ -1,4 +1,4 @@
-"""The workspace file ``attnprobe.toml``: short names for models and datasets (SPEC §1).
+"""The workspace file ``attnprobe.toml``: short names for models and datasets (docs/definitions.md).
 
 Example::
 

@@ -117,7 +117,9 @@ class ReplaceTokens:
 
     def source_for(self, block: str) -> torch.Tensor:
         """The patch values of one block; a clear error when the source lacks it."""
-        assert self.source is not None  # checked in __post_init__
+        if self.source is None:  # __post_init__ refuses this; kept for objects built around it
+            raise ConfigError("a patch edit has no source", expected="source= the outputs of a second forward",
+                              got="None", fix="pass ReplaceTokens(..., value='patch', source=probe.cache)")
         for key in (block, f"{block}.out"):
             if key in self.source:
                 return self.source[key]

@@ -1,6 +1,6 @@
 """Token kinds in window order, pushed through the model's own geometry.
 
-A real-voxel mask goes through the same steps as the features (SPEC §2):
+A real-voxel mask goes through the same steps as the features (docs/definitions.md):
 
 1. patch embedding: a stage-0 token is real iff any voxel of its patch is real;
 2. patch merging: a merged token is real iff any of its 8 children is real;

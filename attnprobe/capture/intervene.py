@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -208,8 +209,7 @@ class Intervene:
                                fix="the adapter's window geometry disagrees with the model; please report this")
             kinds = state["kinds"][ref.name].to(logits.device)
             masked = torch.zeros_like(kinds, dtype=torch.bool)
-            for edit in edits:
-                assert isinstance(edit, MaskKeys)
+            for edit in cast("tuple[MaskKeys, ...]", edits):  # edits_for(name, "attn") holds MaskKeys only
                 masked |= key_mask(kinds, edit.kind)
             # the union of several masks may cover a whole window: keep such windows unmasked
             masked &= ~masked.all(dim=-1, keepdim=True)
@@ -231,8 +231,7 @@ class Intervene:
                 raise TapError(f"output of {ref.name} is not channel-last on the stage grid",
                                expected=str(expected), got=str(tuple(output.shape)),
                                fix="token edits need an adapter whose blocks return (sample, x, y, z, channel)")
-            for edit in edits:
-                assert isinstance(edit, ReplaceTokens)
+            for edit in cast("tuple[ReplaceTokens, ...]", edits):  # edits_for(name, "out"): ReplaceTokens only
                 source = edit.source_for(ref.name) if edit.value == "patch" else None
                 output = replace_tokens(output, grid, kind=edit.kind, value=edit.value, source=source)
             return output

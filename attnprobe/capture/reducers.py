@@ -162,7 +162,7 @@ class FlowReducer:
     Parameters
     ----------
     heads
-        ``"mean"``: average heads first (SPEC §3 default); ``"per-head"``: keep a head axis.
+        ``"mean"``: average heads first (docs/definitions.md default); ``"per-head"``: keep a head axis.
     padding_kinds
         Padding kinds to report; all three come from one pass over each map.
     pad_queries

@@ -1,4 +1,4 @@
-"""``attnprobe cka``: CKA between every block pair of two models, stores or input sets (SPEC §4)."""
+"""``attnprobe cka``: CKA between every block pair of two models, stores or input sets (docs/cka.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``attnprobe train``: fine-tune (or train from scratch) with a preset of SPEC §5."""
+"""``attnprobe train``: fine-tune (or train from scratch) with a preset of docs/conventions.md."""
 
 from __future__ import annotations
 

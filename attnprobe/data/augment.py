@@ -1,4 +1,4 @@
-"""Tumor-aware intensity augmentation and the standard augmentation pipeline (SPEC §5).
+"""Tumor-aware intensity augmentation and the standard augmentation pipeline (docs/conventions.md).
 
 :class:`RandTumorIntensity` / :class:`RandTumorIntensityd` follow MONAI's random-transform
 conventions: each instance owns a ``numpy.random.RandomState`` (``self.R``) that

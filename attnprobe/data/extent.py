@@ -1,6 +1,6 @@
 """Axial extent of a dataset, token efficiency of candidate crops, and a crop recommendation.
 
-SPEC §5 "Anisotropic cropping": a crop whose axial size matches the data wastes fewer tokens and
+docs/conventions.md "Anisotropic cropping": a crop whose axial size matches the data wastes fewer tokens and
 windows on padding. This module measures both sides of that trade-off.
 
 Extent

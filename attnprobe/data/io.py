@@ -1,6 +1,6 @@
 """Find cases in a data source and read their volumes.
 
-Three kinds of source are understood (SPEC §1):
+Three kinds of source are understood (docs/definitions.md):
 
 **Datalist JSON** (MONAI / Medical Segmentation Decathlon style)::
 

@@ -1,4 +1,4 @@
-"""Synthetic pelvic phantoms: one anatomy, rendered as T2-weighted MRI and as CT (SPEC §6).
+"""Synthetic pelvic phantoms: one anatomy, rendered as T2-weighted MRI and as CT (docs/definitions.md).
 
 The anatomy is analytic and lives in millimetres, in a patient frame whose axes are RAS+
 (``x`` towards the patient's right, ``y`` anterior, ``z`` superior; origin near the centre of the

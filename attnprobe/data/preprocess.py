@@ -1,4 +1,4 @@
-"""Preprocessing that carries an explicit real-voxel mask (SPEC §2 "Padding tokens", §5).
+"""Preprocessing that carries an explicit real-voxel mask (docs/definitions.md "Padding tokens", §5).
 
 Steps, all MONAI transforms applied to the image, the mask and (if any) the label together:
 
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 ROI_MULTIPLE = 32
-"""Every model input size must be divisible by this (patch 2 x four 2x merges, SPEC §2)."""
+"""Every model input size must be divisible by this (patch 2 x four 2x merges, docs/definitions.md)."""
 
 Roi = tuple[int, int, int] | Literal["full"]
 PadMode = Literal["end", "symmetric", "inplane-symmetric"]
@@ -164,7 +164,7 @@ def _check_axcodes(code: object) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessConfig:
-    """How volumes are brought to the model's input geometry (SPEC §5).
+    """How volumes are brought to the model's input geometry (docs/conventions.md).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Per-case tumor appearance statistics and clustering of cases (SPEC §5).
+"""Per-case tumor appearance statistics and clustering of cases (docs/conventions.md).
 
 This is the analysis that motivates tumor-aware intensity augmentation: tumors differ in
 brightness, texture and boundary sharpness between cases, and cluster into a few appearances.

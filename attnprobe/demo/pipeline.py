@@ -2,7 +2,7 @@
 
 Every step takes plain inputs (paths, models, prepared cases) and returns or writes plain
 outputs, so the steps are usable one by one on real data. :func:`run_demo` runs them on
-generated phantoms (SPEC §6) and lays out a run folder that ``attnprobe figures`` and the
+generated phantoms (docs/definitions.md) and lays out a run folder that ``attnprobe figures`` and the
 report read back::
 
     OUT/
@@ -125,7 +125,7 @@ class DemoSettings:
     backbones
         Architectures to run.
     presets
-        Fine-tuning presets (SPEC §5).
+        Fine-tuning presets (docs/conventions.md).
     model_preset
         Architecture preset of the models (``"tiny"``: feature 12, pretrained cube 64³).
     epochs, max_steps, num_samples, lr
@@ -498,7 +498,7 @@ def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str 
 
 def prepare_cases(data: str | os.PathLike[str], *, split: str = "test", roi: Sequence[int] | str,
                   spacing_mm: float | None, limit: int | None = None) -> list[Any]:
-    """Prepare the cases of a datalist at a ROI (padding at the end of each axis, SPEC §2)."""
+    """Prepare the cases of a datalist at a ROI (padding at the end of each axis, docs/definitions.md)."""
     from attnprobe.data.preprocess import PreprocessConfig, iter_cases
 
     roi_value = roi if isinstance(roi, str) else tuple(int(v) for v in roi)
@@ -508,7 +508,7 @@ def prepare_cases(data: str | os.PathLike[str], *, split: str = "test", roi: Seq
 
 def adi_sweep(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
               on_step: Callable[[str, int], None] | None = None) -> pd.DataFrame:
-    """Block-level tidy frame of the fixed-ROI padding sweep along ``z`` (SPEC §3)."""
+    """Block-level tidy frame of the fixed-ROI padding sweep along ``z`` (docs/definitions.md)."""
     from attnprobe.metrics.sweep import SweepSpec, padding_sweep
 
     return padding_sweep(model, cases, SweepSpec(paddings=tuple(int(p) for p in paddings)), on_step=on_step)
@@ -648,7 +648,7 @@ def _float(value: Any) -> float | None:
 
 def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], *, crops: int,
               crop_size: Sequence[int] | None, seed: int = 0, names: tuple[str, str] = ("ref", "tgt")) -> Any:
-    """CKA between every block output of two models on identical crops (SPEC §4).
+    """CKA between every block output of two models on identical crops (docs/cka.md).
 
     Pooled examples (8³ adaptive average pooling of ``x, y, z``, by name), linear kernel,
     unbiased HSIC: :func:`attnprobe.metrics.reuse.compare_models` with its default
@@ -669,7 +669,7 @@ def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], 
 def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Sequence[int], spacing_mm: float | None,
                    split: str = "test", limit: int | None = None, window: tuple[float, float] | None = None,
                    on_case: Callable[[str], None] | None = None) -> list[Any]:
-    """Predict every case by sliding-window inference and score it on the label's grid (SPEC §5).
+    """Predict every case by sliding-window inference and score it on the label's grid (docs/conventions.md).
 
     Preprocessing: ``spacing_mm``, intensity scaled by percentiles (or by a fixed ``window``
     ``(a_min, a_max)``, e.g. HU for CT), whole volume; the prediction is mapped back to the
@@ -744,7 +744,7 @@ def crop_efficiency(data: str | os.PathLike[str], *, arch: str, model_preset: st
 
 def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
                 phantoms_json: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, Any]:
-    """Per-case tumor features and their k-means clustering (SPEC §5), from image and label files.
+    """Per-case tumor features and their k-means clustering (docs/conventions.md), from image and label files.
 
     Returns
     -------
@@ -794,7 +794,7 @@ def offline_agreement(store: str | os.PathLike[str], online: pd.DataFrame) -> di
     """Largest difference between ADI/flow from a store (offline) and the online sweep.
 
     Compares every (case, padding, stage, block, kind, metric) row the store yields with the
-    online row of the same cell (SPEC §3: the two must agree to 1e-5); the store's rows carry
+    online row of the same cell (docs/definitions.md: the two must agree to 1e-5); the store's rows carry
     the padding amount it was captured at.
     """
     from attnprobe.metrics.offline import store_flow

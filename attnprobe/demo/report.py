@@ -262,7 +262,7 @@ def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
     text = (f"This report was written by `attnprobe demo` (tier **{tier}**) from the files of this run folder. "
             f"The run took **{_num(seconds, 0)} s** on {machine.get('cpus', '?')} CPU(s) with "
             f"{machine.get('torch_threads', '?')} torch threads{load_text}.")
-    data = (f"**Data.** {len(cases)} synthetic pelvic phantoms (SPEC §6; T2-like MRI and HU-like CT renderings of "
+    data = (f"**Data.** {len(cases)} synthetic pelvic phantoms (docs/definitions.md; T2-like MRI and HU-like CT renderings of "
             f"one anatomy, tumors from {len(phantoms.get('clusters', []))} appearance clusters), "
             f"{splits['training']} for fine-tuning, {splits['validation']} for validation and {splits['test']} for "
             f"testing, at {_num(settings.get('spacing_mm'), 1)} mm isotropic voxels. Axial extents are "
@@ -271,7 +271,7 @@ def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
     blocks = [Block("h1", "attnprobe demo: results"), Block("p", text)]
     if data:
         blocks.append(Block("p", data))
-    blocks.append(Block("p", "The models are tiny (feature size 12) and trained for seconds on synthetic data: the "
+    blocks.append(Block("p", "The models are tiny (feature size 12) and trained for a few minutes on synthetic data: the "
                              "numbers show what the toolkit measures and reports, not the paper's findings."))
     return blocks
 
@@ -365,7 +365,7 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
         blocks.append(Block("p", f"**Online vs offline.** The sweep reduces attention inside the hooks; the same "
                                  f"metrics recomputed from the float32 capture stores (`capture/`, the sweep's own padded "
                                  f"inputs) agree to "
-                                 f"{worst_diff:.1e} over {rows} rows (SPEC §3 asks for 1e-5)."))
+                                 f"{worst_diff:.1e} over {rows} rows (docs/definitions.md asks for 1e-5)."))
     return blocks + _figures_of(figures, "adi", "sfr", "flow", "attention", "store_flow")
 
 

@@ -1,4 +1,4 @@
-"""Plotting functions: data in, matplotlib Figure out (SPEC §7).
+"""Plotting functions: data in, matplotlib Figure out (docs/definitions.md).
 
 Every function takes tidy data (pandas frames, xarray arrays, numpy volumes), draws it in the
 attnprobe theme (:func:`paper_style`: seaborn paper context, colour-blind-safe palettes,

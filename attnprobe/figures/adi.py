@@ -1,4 +1,4 @@
-"""Attention dilution over a padding sweep (SPEC §3).
+"""Attention dilution over a padding sweep (docs/definitions.md).
 
 :func:`adi_vs_padding` (and :func:`attnprobe.figures.flow.flow_matrices`) take the *stage-level* tidy frame, i.e. the output of
 :func:`attnprobe.metrics.aggregate.stage_means` (block -> stage aggregation done), with columns

@@ -1,4 +1,4 @@
-"""Figures of centered kernel alignment between two models' blocks (SPEC §4).
+"""Figures of centered kernel alignment between two models' blocks (docs/cka.md).
 
 - :func:`cka_heatmap`: the ``ref x tgt`` CKA matrix on a fixed 0–1 colour scale.
 - :func:`feature_reuse_lines`: the diagonal (same block in both models) of several such

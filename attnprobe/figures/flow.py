@@ -1,4 +1,4 @@
-"""Attention-flow matrices ``[[A_rr, A_rp], [A_pr, A_pp]]`` per stage (SPEC §3).
+"""Attention-flow matrices ``[[A_rr, A_rp], [A_pr, A_pp]]`` per stage (docs/definitions.md).
 
 Takes the stage-level tidy frame described in :mod:`attnprobe.figures.adi` and shows the
 mean over cases of each flow cell at one padding amount.

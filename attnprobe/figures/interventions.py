@@ -1,4 +1,4 @@
-"""Figures of the interventions and their evaluation (SPEC §5).
+"""Figures of the interventions and their evaluation (docs/conventions.md).
 
 - :func:`detection_bars`: tumor detection rate per trainer preset and backbone, "k/n" labels,
   with the bootstrap 95 % interval as error bars when the summary has one.

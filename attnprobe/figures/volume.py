@@ -6,7 +6,7 @@ window partition and shift, then spreading each token's mass over its ``2 * 2**s
 patch and cropping the window padding -- depends on the model's geometry, so it is done by the
 capture/metrics code that owns that geometry, not here. This module only draws.
 
-Axes follow MONAI's RAS array order (SPEC §7): ``x`` (R–L), ``y`` (A–P), ``z`` (S–I, axial).
+Axes follow MONAI's RAS array order (docs/definitions.md): ``x`` (R–L), ``y`` (A–P), ``z`` (S–I, axial).
 Slices are drawn with the first displayed axis horizontal and the second vertical, index 0 at
 the bottom-left (``origin="lower"``).
 """

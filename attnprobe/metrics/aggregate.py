@@ -1,4 +1,4 @@
-"""Tidy tables of attention-flow metrics and their aggregations (SPEC §3).
+"""Tidy tables of attention-flow metrics and their aggregations (docs/definitions.md).
 
 One row per (case, padding, stage, block, kind, metric)::
 
@@ -196,7 +196,7 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
     frame
         Stage-level frame (:func:`stage_means`); a block-level frame is reduced to stages first.
     weighting
-        ``"stages"``: unweighted mean over stages (SPEC §3). ``"tokens"``: stage values weighted
+        ``"stages"``: unweighted mean over stages (docs/definitions.md). ``"tokens"``: stage values weighted
         by the queries behind them — real-query counts for every metric except ``a_pr`` and
         ``a_pp``, which are means over padding queries and so are weighted by padding-query
         counts; a stage's weight is its count summed over its blocks. As a stage's blocks see

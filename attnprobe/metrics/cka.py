@@ -1,4 +1,4 @@
-"""Centered kernel alignment (CKA) between two sets of features (SPEC §4).
+"""Centered kernel alignment (CKA) between two sets of features (docs/definitions.md, docs/cka.md).
 
 Features of one tap for ``n`` examples are ``X (n, p)`` and ``Y (n, q)``. Everything here is
 pure torch, runs on the device of its inputs and accumulates in float64.

@@ -1,4 +1,4 @@
-"""Block outputs turned into CKA examples, from a capture store or live from models (SPEC §4).
+"""Block outputs turned into CKA examples, from a capture store or live from models (docs/cka.md).
 
 Sources
 -------

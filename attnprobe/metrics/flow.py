@@ -1,4 +1,4 @@
-"""Attention flow between real and padding tokens, and the attention dilution index (SPEC §3).
+"""Attention flow between real and padding tokens, and the attention dilution index (docs/definitions.md).
 
 Inputs are the attention probabilities of one block and the token kinds in the same window
 order (:mod:`attnprobe.tokens`). Everything is vectorised over windows and any leading batch
@@ -16,7 +16,7 @@ Every token is ``REAL``, ``INPUT_PAD`` or ``WINDOW_PAD``. For ``padding`` =
 
 and R = real tokens in every case. With ``"input"`` or ``"window"`` the tokens of the *other*
 padding kind (call them O) belong to neither class: as queries they enter no average, as keys
-they enter no ``A_qr``/``A_qp`` sum but do enter the full entropy ``H`` (SPEC: ``H`` sums all
+they enter no ``A_qr``/``A_qp`` sum but do enter the full entropy ``H`` (docs/definitions.md: ``H`` sums all
 keys). Consequences, all exact: ``A_rr + A_rp = 1 - (attention of real queries to O)``; the
 ``"input"`` and ``"window"`` values of ``a_rp``, ``h_rp`` and ``adi`` add up to the ``"all"``
 value; ``a_rr``, ``h`` and ``n_real_queries`` do not depend on ``padding``.
@@ -259,7 +259,7 @@ def _block_sums(
     *lead, n_win, n_head, n_tok, _ = probs.shape
 
     if heads == "mean":
-        # Heads are averaged before anything non-linear (SPEC §3); dtype= avoids a full fp32 copy.
+        # Heads are averaged before anything non-linear (docs/definitions.md); dtype= avoids a full fp32 copy.
         attn = probs.mean(dim=-3, keepdim=True, dtype=work)
         owned = True
     else:
@@ -492,7 +492,7 @@ def attention_flow(
     heads: HeadMode = "mean",
     pad_queries: PadQueries = "all-windows",
 ) -> FlowResult:
-    """Attention flow and ADI of one block, per sample (SPEC §3).
+    """Attention flow and ADI of one block, per sample (docs/definitions.md).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Attention flow and ADI from a capture store, out of core (SPEC §3, offline path).
+"""Attention flow and ADI from a capture store, out of core (docs/definitions.md, offline path).
 
 The store's ``attn`` arrays are chunked one sample by a few windows (about 8 MiB a chunk).
 :func:`store_flow` reads them chunk by chunk through the store's dask-backed xarray view and

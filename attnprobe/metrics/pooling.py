@@ -1,4 +1,4 @@
-"""Turn block outputs into CKA examples using named axes (SPEC §4).
+"""Turn block outputs into CKA examples using named axes (docs/definitions.md, docs/cka.md).
 
 Block outputs of both backbones are channel-last ``(sample, x, y, z, channel)``. Pooling by
 position (``adaptive_avg_pool3d`` on the raw tensor) would average over ``y, z, channel``

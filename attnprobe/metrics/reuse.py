@@ -1,4 +1,4 @@
-"""Feature reuse: CKA of every block pair of two models, or of one model on two input sets (SPEC §4).
+"""Feature reuse: CKA of every block pair of two models, or of one model on two input sets (docs/cka.md).
 
 Comparisons
 -----------

@@ -1,4 +1,4 @@
-"""Padding sweep: how attention dilution grows as more of the input is padding (SPEC §3).
+"""Padding sweep: how attention dilution grows as more of the input is padding (docs/definitions.md).
 
 For each case and each amount ``p`` (voxels along one axis) an input is built from the
 prepared case and run through the model with an online

@@ -1,7 +1,7 @@
-"""SMIT: a 3D shifted-window transformer encoder with a UNETR-style decoder (SPEC §2).
+"""SMIT: a 3D shifted-window transformer encoder with a UNETR-style decoder (docs/definitions.md).
 
 SMIT (self-distilled masked image transformer; Jiang & Veeraraghavan, MICCAI 2022) is in no
-package, so attnprobe carries this implementation, written from the SPEC's description. It loads
+package, so attnprobe carries this implementation, written from the published description (docs/compat.md). It loads
 SMIT checkpoints by key name: module names and tensor shapes match the reference list
 ``reference/smit_2282_state_dict.json`` exactly.
 
@@ -627,7 +627,7 @@ class BlockGeometry:
 
 @dataclass(frozen=True)
 class SMITConfig:
-    """Architecture of a SMIT segmentation model (defaults: the rectal-MRI model of SPEC §2).
+    """Architecture of a SMIT segmentation model (defaults: the rectal-MRI model of docs/definitions.md).
 
     Attributes
     ----------

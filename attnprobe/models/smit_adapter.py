@@ -1,6 +1,6 @@
 """Adapter for attnprobe's own SMIT implementation (:mod:`attnprobe.models.smit`).
 
-Checkpoint layouts (SPEC §2): fine-tuned models keep ``transformer.*`` and decoder keys under
+Checkpoint layouts (docs/definitions.md): fine-tuned models keep ``transformer.*`` and decoder keys under
 ``state_dict`` (possibly with a DataParallel ``module.`` prefix); self-supervised ones keep
 the encoder under ``student`` with the prefix ``module.backbone.`` (no decoder).
 """
@@ -46,7 +46,7 @@ class SMITAdapter(Adapter):
     default_preset = "smit"
     compat_modes = ("original", "current")
     presets = {
-        # The rectal-MRI configuration of SPEC §2 (pretraining input 128^3).
+        # The rectal-MRI configuration of docs/definitions.md (pretraining input 128^3).
         "smit": dict(_BASE),
         # Small enough for CPU tests.
         "tiny": {**_BASE, "embed_dim": 12, "depths": (2, 2, 2, 2), "num_heads": (3, 3, 3, 3),

@@ -1,6 +1,6 @@
 """Adapter for MONAI's SwinUNETR (v1 and ``use_v2=True``).
 
-Facts this adapter relies on (SPEC §2): blocks live at
+Facts this adapter relies on (docs/definitions.md): blocks live at
 ``swinViT.layers{s+1}.0.blocks.{b}``, attention probabilities come out of
 ``...attn.softmax``, block outputs are channel-last ``(B, X, Y, Z, C)``, and window
 padding / shrinking / partition are MONAI's own functions, which we call rather than copy.

@@ -1,4 +1,4 @@
-"""Training and evaluation: trainer presets (SPEC §5), the trainer, sliding-window inference.
+"""Training and evaluation: trainer presets (docs/conventions.md), the trainer, sliding-window inference.
 
 Detection / Dice / HD95 evaluation lives in :mod:`attnprobe.train.evaluate`. The names below are
 loaded on first use, so ``import attnprobe.train.evaluate`` does not pull in torch and MONAI.

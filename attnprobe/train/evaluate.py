@@ -1,4 +1,4 @@
-"""Lesion detection and segmentation metrics for one case and a summary over cases (SPEC §5, §8).
+"""Lesion detection and segmentation metrics for one case and a summary over cases (docs/conventions.md, §8).
 
 Every definition choice is a keyword-only option whose default is the paper's; the table in
 ``docs/conventions.md`` lists them with the reason for each default.
@@ -114,7 +114,7 @@ def _structure(connectivity: int) -> np.ndarray:
     ranks = {6: 1, 18: 2, 26: 3}
     if connectivity not in ranks:
         raise ConfigError("Bad connectivity.", expected="6, 18 or 26", got=repr(connectivity),
-                          fix="pass connectivity=26 (SPEC default)")
+                          fix="pass connectivity=26 (the default)")
     return ndimage.generate_binary_structure(3, ranks[connectivity])
 
 
@@ -166,7 +166,7 @@ def _check_options(*, scope: str, case_detection: str, detection: str, surface: 
     check_surface(surface)
     if not 0.0 <= iou_threshold < 1.0 or tolerance_mm < 0 or not 0.0 <= percentile <= 100.0:
         raise ConfigError("Bad metric option.", expected="0 <= iou_threshold < 1, tolerance_mm >= 0, 0 <= percentile <= 100",
-                          got=f"{iou_threshold}, {tolerance_mm}, {percentile}", fix="use the SPEC defaults 0.1, 2.0, 95")
+                          got=f"{iou_threshold}, {tolerance_mm}, {percentile}", fix="use the defaults 0.1, 2.0, 95")
 
 
 def _overlap_metrics(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, *, tolerance_mm: float,

@@ -1,4 +1,4 @@
-"""Trainer presets (SPEC §5) and the resolved training configuration.
+"""Trainer presets (docs/conventions.md) and the resolved training configuration.
 
 Presets
 -------

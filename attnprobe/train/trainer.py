@@ -1,4 +1,4 @@
-"""A small, resumable, deterministic segmentation trainer for the presets of SPEC §5.
+"""A small, resumable, deterministic segmentation trainer for the presets of docs/conventions.md.
 
 One run
 -------
