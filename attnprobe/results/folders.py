@@ -148,7 +148,8 @@ def check_out(out: str | os.PathLike[str], *, overwrite: bool, kinds: Iterable[s
                               fix=f"move those files away or pass another {option}; nothing was removed")
         _check_writable(folder, option)
         return OutFolder(folder, owned)
-    _check_writable(folder, option)
+    # a new store is laid out by its writer: only its parent is created here
+    _check_writable(folder.parent if store and not folder.exists() else folder, option)
     return OutFolder(folder)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,8 +134,14 @@ class Manifest:
 
     @classmethod
     def start(cls, command: str, arguments: Mapping[str, Any] | None = None) -> Manifest:
-        """A manifest whose start time is now (call before computing)."""
-        return cls(command=command, arguments=_plain(dict(arguments or {})))
+        """A manifest whose start time is now (call before computing).
+
+        ``arguments`` may be a command's ``locals()``: imported modules, classes and functions
+        in it are left out.
+        """
+        given = {k: v for k, v in (arguments or {}).items()
+                 if not (k.startswith("_") or callable(v) or isinstance(v, types.ModuleType))}
+        return cls(command=command, arguments=_plain(given))
 
     def add_input(self, path: str | os.PathLike[str], role: str) -> None:
         self.inputs.append(describe_input(path, role))
