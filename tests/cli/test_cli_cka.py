@@ -180,3 +180,12 @@ def test_missing_inputs_are_one_line_errors(smit_ckpt, datalist, tmp_path):
                           "nothing to compare")
     assert_one_line_error(run("cka", "--ref", "nonexistent-model", "--tgt", smit_ckpt, "--data", datalist,
                               "--out", tmp_path), "Unknown model")
+
+
+def test_out_is_checked_before_anything_is_computed(smit_ckpt, datalist, tmp_path):
+    target = tmp_path / "cka.txt"
+    target.write_text("not a folder")
+    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased",
+                 "--baseline", "none", "--out", target, "--overwrite")
+    assert_one_line_error(result, "is a file")
+    assert target.read_text() == "not a folder" and "loaded" not in result.output

@@ -249,3 +249,20 @@ def test_evaluate_refuses_roi_or_intensity_mismatch(trained_ckpt, datalist, tmp_
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["n_cases"] == 1 and summary["tta"] is True and summary["split"] == "test"
     assert summary["preprocessing"]["intensity"] == "fixed" and math.isfinite(summary["dice_mean"])
+
+
+def test_evaluate_refuses_to_replace_a_run_and_records_its_inputs(seg_dirs, tmp_path):
+    from attnprobe.results import EvaluationRun
+    from attnprobe.results.files import sha256_tree
+
+    pred, labels = seg_dirs
+    out = tmp_path / "eval"
+    assert run("evaluate", "--pred", pred, "--labels", labels, "--out", out, "--n-resamples", 50).exit_code == 0
+    first = (out / "cases.csv").read_bytes()
+    assert_one_line_error(run("evaluate", "--pred", pred, "--labels", labels, "--out", out), "not empty")
+    assert (out / "cases.csv").read_bytes() == first
+    record = EvaluationRun.load(out)
+    hashes = {i.role: i.sha256 for i in record.manifest.inputs}
+    assert hashes == {"predictions": sha256_tree(pred)[0], "labels": sha256_tree(labels)[0]}
+    result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out, "--n-resamples", 50, "--overwrite")
+    assert result.exit_code == 0, result.output
