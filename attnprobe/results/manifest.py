@@ -17,8 +17,9 @@ from typing import Any
 
 from attnprobe.environment import versions
 from attnprobe.results.files import sha256_file, sha256_tree
+from attnprobe.results.folders import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
+__all__ = ["MANIFEST_FILE", "InputFile", "Manifest", "data_inputs", "describe_input", "utc_now"]
 
 
 def utc_now() -> str:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from attnprobe.errors import DataError
 from attnprobe.results.files import TMP_PREFIX, atomic_write_text
-from attnprobe.results.folders import LEGACY_FILES, MANIFEST_FILE, RECORD_FILE, remove_entries
+from attnprobe.results.folders import MANIFEST_FILE, RECORD_FILE, remove_entries
 from attnprobe.results.manifest import Manifest, utc_now
 
 R = TypeVar("R", bound="RunRecord")
@@ -227,28 +227,12 @@ class RunRecord:
         path = Path(folder)
         return cls.load(path) if (path / RECORD_FILE).is_file() else cls.load_legacy(path)
 
-    @classmethod
-    def is_run(cls, folder: str | os.PathLike[str]) -> bool:
-        """Whether ``folder`` holds a run of this kind (recorded, or by its pre-record files)."""
-        path = Path(folder)
-        try:
-            meta = read_record_meta(path)
-        except DataError:
-            return False
-        if meta is not None:
-            return meta["kind"] == cls.kind
-        return all((path / m).is_file() for m in cls.legacy_marker[:1]) and bool(cls.legacy_marker)
-
 
 def _listing(path: Path) -> str:
     if not path.is_dir():
         return "no folder"
     names = sorted(p.name for p in path.iterdir())
     return ", ".join(names[:5]) or "an empty folder"
-
-
-def legacy_files(kind: str) -> frozenset[str]:
-    return LEGACY_FILES.get(kind, frozenset())
 
 
 def read_json(path: Path) -> dict[str, Any]:
