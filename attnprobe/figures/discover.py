@@ -527,7 +527,7 @@ def _draw_efficiency(found: RunContents, w: _Writer) -> None:
 
     try:
         data = _efficiency(found)
-    except (OSError, ValueError, KeyError) as exc:
+    except (AttnprobeError, OSError, ValueError, KeyError) as exc:
         w.skipped.append(("token_efficiency", str(exc)))
         return
     n = int(data["n_cases"].max()) if "n_cases" in data.columns else None
