@@ -177,11 +177,11 @@ class RunRecord:
         meta = read_record_meta(path)
         if meta is None:
             if path.is_dir() and any((path / m).exists() for m in cls.legacy_marker):
-                raise DataError(f"{path} is a {cls.kind} run without record.json (written before run records)",
-                                expected=f"a {cls.kind} run of schema version {cls.schema_version}",
+                raise DataError(f"{path} is {_a(cls.kind)} run without record.json (written before run records)",
+                                expected=f"{_a(cls.kind)} run of schema version {cls.schema_version}",
                                 got="no record.json", fix=f"read it with {cls.__name__}.load_legacy, or rerun "
                                                            "the command that wrote it")
-            raise DataError(f"{path} is not a {cls.kind} run", expected=f"a folder with {RECORD_FILE}",
+            raise DataError(f"{path} is not {_a(cls.kind)} run", expected=f"a folder with {RECORD_FILE}",
                             got=_listing(path), fix="pass the --out folder of the command")
         return cls._checked(path, meta)
 
@@ -189,13 +189,13 @@ class RunRecord:
     def _checked(cls: type[R], path: Path, meta: dict[str, Any]) -> R:
         kind, version = str(meta["kind"]), meta["schema_version"]
         if kind != cls.kind:
-            raise DataError(f"{path} is a {kind} run, not a {cls.kind} run",
+            raise DataError(f"{path} is {_a(kind)} run, not {_a(cls.kind)} run",
                             expected=f"record kind {cls.kind!r}", got=f"kind {kind!r} (schema version {version})",
-                            fix=f"pass the --out folder of a {cls.kind} run")
+                            fix=f"pass the --out folder of {_a(cls.kind)} run")
         if version != cls.schema_version:
             newer = isinstance(version, int) and version > cls.schema_version
             writer = meta.get("attnprobe_version", "?")
-            raise DataError(f"{path} is a {kind} run of schema version {version}",
+            raise DataError(f"{path} is {_a(kind)} run of schema version {version}",
                             expected=f"{kind} schema version {cls.schema_version}",
                             got=f"version {version} (attnprobe {writer})",
                             fix="upgrade attnprobe to read it" if newer else
@@ -215,7 +215,7 @@ class RunRecord:
         """
         path = Path(folder)
         if not any((path / m).is_file() for m in cls.legacy_marker):
-            raise DataError(f"{path} is not a {cls.kind} run", expected=" or ".join(cls.legacy_marker),
+            raise DataError(f"{path} is not {_a(cls.kind)} run", expected=" or ".join(cls.legacy_marker),
                             got=_listing(path), fix="pass the --out folder of the command")
         record = cls._read_legacy(path)
         record.legacy, record.folder = True, path
@@ -226,6 +226,11 @@ class RunRecord:
         """:meth:`load` when the folder has ``record.json``, else :meth:`load_legacy`."""
         path = Path(folder)
         return cls.load(path) if (path / RECORD_FILE).is_file() else cls.load_legacy(path)
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article (``an adi``, ``a cka``)."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def _listing(path: Path) -> str:

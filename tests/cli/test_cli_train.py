@@ -165,17 +165,18 @@ def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
     assert "exact McNemar p = 1 (A only 0, B only 1)" in result.output
     assert "Wilcoxon" in result.output and "compare.csv" in result.output
 
-    # refusals, each on one line
-    assert_one_line_error(run("evaluate", "--compare", run_a, pred, "--out", cmp), "not an evaluation run")
+    # refusals, each on one line (into an empty --out: a used one is refused first)
+    fresh = tmp_path / "cmp_refused"
+    assert_one_line_error(run("evaluate", "--compare", run_a, pred, "--out", fresh), "not an evaluation run")
     (tmp_path / "few").mkdir()
     for name in ("cases.csv", "summary.json"):
         text = (run_a / name).read_text()
         (tmp_path / "few" / name).write_text("\n".join(text.splitlines()[:-1]) if name == "cases.csv" else text)
-    assert_one_line_error(run("evaluate", "--compare", run_a, tmp_path / "few", "--out", cmp), "different cases")
+    assert_one_line_error(run("evaluate", "--compare", run_a, tmp_path / "few", "--out", fresh), "different cases")
     other = tmp_path / "other"
     assert run("evaluate", "--pred", pred, "--labels", labels, "--out", other, "--detection", "pairwise",
                "--n-resamples", 10).exit_code == 0
-    assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", cmp), "different definitions")
+    assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", fresh), "different definitions")
     # a summary written before the definitions were options scored the old way (volume, pairwise, voxel)
     old = tmp_path / "old"
     old.mkdir()
@@ -184,9 +185,9 @@ def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
     for key in ("scope", "detection", "surface"):
         summary.pop(key)
     (old / "summary.json").write_text(json.dumps(summary))
-    assert_one_line_error(run("evaluate", "--compare", run_a, old, "--out", cmp),
+    assert_one_line_error(run("evaluate", "--compare", run_a, old, "--out", fresh),
                           "scope: 'matched' vs 'volume'", fold_whitespace=True)
-    assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", cmp),
+    assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", fresh),
                           "takes no model")
 
 
