@@ -52,6 +52,12 @@ def test_train_one_step_with_overwrite(phantoms, tmp_path):
     assert [r["step"] for r in read_csv_rows(out / "metrics.csv")] == ["1"]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "act" and config["roi"] == [64, 64, 32] and config["tumor_aware"] is True
+    from attnprobe.results import TrainRun
+    from attnprobe.results.files import sha256_file
+
+    record = TrainRun.load(out)  # the trainer's files stay as they are; the record adds the manifest
+    assert record.preset == "act" and record.finished is False and record.metrics is not None
+    assert {i.role: i.sha256 for i in record.manifest.inputs}["data"] == sha256_file(phantoms)
 
 
 def test_train_refusals_are_one_line(phantoms, tmp_path):
