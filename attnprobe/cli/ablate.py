@@ -104,8 +104,13 @@ def ablate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     figure: Annotated[bool, typer.Option(help="Draw ablation.png.")] = True,
     compat: CompatOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """Segmentation (detection, Dice, HD95) and ADI of MODEL on DATA under interventions on padding."""
+    from attnprobe.results import AblationRun, Manifest, check_out
+
+    manifest = Manifest.start("ablate", locals())
     from attnprobe.capture.geometry import check_input_shape
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.errors import ConfigError, DataError
@@ -116,7 +121,6 @@ def ablate(
         intervention_from_name,
         run_ablation,
         standard_interventions,
-        write_ablation,
     )
     from attnprobe.workspace import list_data
 
@@ -136,6 +140,7 @@ def ablate(
         spec.check_shape(given_roi)  # type: ignore[arg-type]
     check_limit(limit)
     dev = check_device(device)
+    target = check_out(out, overwrite=overwrite, kinds=("ablation",))
     refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
     unlabeled = [r.case_id for r in refs if r.label is None]
     if unlabeled:
@@ -173,7 +178,12 @@ def ablate(
             "roi": list(use_roi), "padding_sweep": list(spec.paddings), "axis": axis, "pad_mode": pad_mode,
             "sweep_mode": sweep_mode, "key_kind": key_kind, "n_resamples": n_resamples, "seed": seed,
             **metric_options, "interventions": {iv.name: _describe(iv) for iv in plan}}
-    written = write_ablation(result, summary, out, info=info)
+    manifest.add_input(report.path, "checkpoint")
+    manifest.add_data(data)
+    manifest.compat = {"model": str(report.compat)}
+    record = AblationRun(table=result.table, adi=result.adi, summary=summary, info=info, manifest=manifest,
+                         label=Path(model).stem if Path(model).exists() else model)
+    extra = []
     if figure:
         if len(plan) > 1 and "none" in names:
             import matplotlib
@@ -183,13 +193,15 @@ def ablate(
 
             from attnprobe.figures.ablation import ablation_deltas
             from attnprobe.figures.style import paper_style
+            from attnprobe.results import atomic_path
 
             fig = ablation_deltas(summary)
-            with paper_style():  # the theme's dpi and white background for savefig
-                fig.savefig(out / "ablation.png", bbox_inches="tight")
+            with paper_style(), atomic_path(out / "ablation.png") as tmp:  # the theme's dpi and background
+                fig.savefig(tmp, format="png", bbox_inches="tight")
             plt.close(fig)
-            written.append(out / "ablation.png")
+            extra.append("ablation.png")
         else:
             err_console.print("note: no figure: it needs 'none' and at least one other intervention", highlight=False)
+    written = record.save(out, replace=target.replace, extra_files=extra) + [out / n for n in extra]
     _print_table(summary)
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False, soft_wrap=True)

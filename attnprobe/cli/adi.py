@@ -14,7 +14,6 @@ from attnprobe.cli.common import (
     check_device,
     check_limit,
     console,
-    ensure_dir,
     err_console,
     init_distributed,
     load_model_ref,
@@ -40,35 +39,27 @@ def register(app: typer.Typer) -> None:
     app.command("adi")(adi)
 
 
-def _write_outputs(frame, out: Path, attrs: dict):
-    """Write adi.csv / adi.parquet (tidy blocks), adi.nc (xarray) and summary.csv (stage level
-    over cases); return the :class:`~attnprobe.metrics.sweep.SweepTables`."""
-    from attnprobe.metrics.aggregate import to_xarray
+def _write_outputs(frame, out: Path, attrs: dict, *, label: str | None = None, manifest=None,
+                   replace=frozenset()):
+    """Save the run as an :class:`~attnprobe.results.AdiRun` (adi.csv / adi.parquet tidy blocks, adi.nc,
+    summary.csv stage level over cases, adi.json, manifest.json, record.json; docs/results.md);
+    return the :class:`~attnprobe.metrics.sweep.SweepTables`."""
     from attnprobe.metrics.sweep import sweep_tables
+    from attnprobe.results import AdiRun
 
-    tables = sweep_tables(frame)
-    frame.to_csv(out / "adi.csv", index=False)
-    frame.to_parquet(out / "adi.parquet", index=False)
-    tables.summary.to_csv(out / "summary.csv", index=False)
-    ds = to_xarray(frame)
-    # netCDF attributes must be plain scalars or strings.
-    ds.attrs.update({k: (v if isinstance(v, (int, float)) else str(v)) for k, v in attrs.items() if v is not None})
-    for name in ("case", "kind"):
-        if name in ds.coords:
-            ds = ds.assign_coords({name: ds[name].astype(str)})
-    ds.to_netcdf(out / "adi.nc", engine=_netcdf_engine())
-    return tables
+    AdiRun(frame=frame, attrs=dict(attrs), label=label, manifest=manifest, engine=_netcdf_engine()).save(
+        out, replace=replace)
+    return sweep_tables(frame)
 
 
 def _netcdf_engine() -> str:
-    """h5netcdf (netCDF4) when its h5py writer is installed, else scipy's netCDF3 writer."""
-    import importlib.util
+    """h5netcdf (netCDF4) when its h5py writer is installed, else scipy's netCDF3 writer (with a note)."""
+    from attnprobe.results.files import netcdf_engine
 
-    if importlib.util.find_spec("h5py") is not None:
-        return "h5netcdf"
-    # h5netcdf >= 1.8 reads without h5py but cannot write; netCDF3 holds these tables too.
-    err_console.print("note: h5py is not installed, adi.nc is written as netCDF3 (scipy)", highlight=False)
-    return "scipy"
+    engine = netcdf_engine()
+    if engine == "scipy":
+        err_console.print("note: h5py is not installed, adi.nc is written as netCDF3 (scipy)", highlight=False)
+    return engine
 
 
 def _print_table(stages) -> None:
@@ -128,10 +119,15 @@ def adi(
     a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
     a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
     compat: CompatOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding."""
     from attnprobe import dist
     from attnprobe.errors import ConfigError
+    from attnprobe.results import Manifest, check_out
+
+    manifest = Manifest.start("adi", locals())
 
     dev = check_device(init_distributed(device))
     store_path = store
@@ -153,20 +149,29 @@ def adi(
             raise ConfigError("--compat applies to a model, a store was captured in one mode already",
                               expected="--store without --compat", got=f"--compat {compat}",
                               fix="drop --compat; the store's attrs say which mode it was captured in")
+        target = check_out(out, overwrite=overwrite, kinds=("adi",)) if dist.is_main() else None
         frame, attrs = _offline(store_path, heads=heads, pad_queries=pad_queries, device=dev, limit=limit)
     else:
         if model is None or data is None:
             raise ConfigError("a model and data are needed", expected="--model and --data (or --store STORE.zarr)",
                               got=f"--model {model!r} --data {data!r}")
+        target = check_out(out, overwrite=overwrite, kinds=("adi",)) if dist.is_main() else None
         frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
                                sweep_mode=sweep_mode, heads=heads, pad_queries=pad_queries, device=dev, limit=limit,
                                arch=arch, roi=roi,
                                split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
                                compat=compat)
-    if not dist.is_main():
+    if not dist.is_main() or target is None:
         return
-    ensure_dir(out)
-    tables = _write_outputs(frame, out, attrs)
+    if store_path is not None:
+        manifest.add_input(store_path, "store")
+        label = Path(store_path).name.removesuffix(".zarr")
+    else:
+        manifest.add_input(attrs["checkpoint"], "checkpoint")
+        manifest.add_data(data)  # type: ignore[arg-type]
+        label = Path(model).stem if Path(model).exists() else model  # type: ignore[arg-type]
+    manifest.compat = {"model": str(attrs.get("compat"))}
+    tables = _write_outputs(frame, out, attrs, label=label, manifest=manifest, replace=target.replace)
     _print_table(tables.stages)
     console.print(f"wrote {', '.join(str(out / f) for f in OUTPUT_FILES)}", highlight=False)
 

@@ -63,6 +63,11 @@ def capture(
     from attnprobe.store import capture_to_store
 
     device = init_distributed(device)
+    if dist.is_main():
+        from attnprobe.results import check_out
+
+        # --overwrite replaces only a store (or an empty folder), never other files (docs/results.md)
+        check_out(out, overwrite=overwrite, kinds=(), store=True)
     net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)

@@ -146,11 +146,16 @@ def cka_command(
     compat: CompatOption = None,
     tgt_compat: Annotated[Compat | None, typer.Option(
         "--tgt-compat", help="--compat of the target model (default: --compat).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """CKA of every block pair of REF and TGT (feature reuse = the diagonal), written to OUT."""
     from attnprobe import dist
     from attnprobe.errors import ConfigError
-    from attnprobe.metrics.reuse import OUTPUT_FILES, CKAConfig, write_results
+    from attnprobe.metrics.reuse import CKAConfig
+    from attnprobe.results import CkaRun, Manifest, check_out
+
+    manifest = Manifest.start("cka", locals())
 
     # options first: bad input fails before anything is loaded
     config = CKAConfig(unit=unit, kernel=kernel, estimator=estimator, pool=pool, batch_size=batch_size,
@@ -190,6 +195,7 @@ def cka_command(
         if main and baseline != "none":
             err_console.print("note: no random-init baseline for capture stores (it needs the models); "
                               "compare checkpoints to get one", highlight=False)
+        target = check_out(out, overwrite=overwrite, kinds=("cka",)) if main else None
         with _warnings_as_lines(main):
             da = _stores(ref_store, tgt_store, config=config, limit=limit, device=dev, names=names, main=main)
     else:
@@ -199,15 +205,28 @@ def cka_command(
         if tgt is None and tgt_data is None and (tgt_compat or compat) == compat:
             raise ConfigError("nothing to compare", expected="--tgt MODEL, or --tgt-data for a second input set",
                               got="only --ref", fix="pass --tgt (e.g. the fine-tuned model) or --tgt-data")
+        target = check_out(out, overwrite=overwrite, kinds=("cka",)) if main else None
         with _warnings_as_lines(main):
             da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
                          seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
                          spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
                          compat=(compat, tgt_compat or compat), baseline=baseline, baseline_seeds=baseline_seeds)
-    if da is not None:  # rank 0 only
-        paths = write_results(da, out)
+    if da is not None and target is not None:  # rank 0 only
+        if ref_kind == "store":
+            manifest.add_input(ref_store, "ref-store")  # type: ignore[arg-type]
+            manifest.add_input(tgt_store, "tgt-store")  # type: ignore[arg-type]
+        else:
+            manifest.add_input(da.attrs["ref_path"], "ref-checkpoint")
+            if da.attrs["tgt_path"] != da.attrs["ref_path"]:
+                manifest.add_input(da.attrs["tgt_path"], "tgt-checkpoint")
+            manifest.add_data(data)  # type: ignore[arg-type]
+            if tgt_data is not None:
+                manifest.add_data(tgt_data, role="tgt-data")
+        manifest.compat = {side: str(da.attrs[f"{side}_compat"]) for side in ("ref", "tgt")
+                           if f"{side}_compat" in da.attrs}
+        paths = CkaRun(matrix=da, manifest=manifest).save(out, replace=target.replace)
         _print_diagonal(da)
-        console.print(f"wrote {', '.join(str(paths[f]) for f in OUTPUT_FILES)}", highlight=False)
+        console.print(f"wrote {', '.join(map(str, paths))}", highlight=False)
     # every rank leaves together once the outputs exist (a rank exiting early can take gloo's
     # threads down mid-collective); if rank 0 failed instead, torchrun stops the others
     dist.barrier()

@@ -11,7 +11,6 @@ from attnprobe.cli.common import (
     Compat,
     check_limit,
     console,
-    ensure_dir,
     err_console,
     one_line_errors,
     parse_roi,
@@ -59,10 +58,16 @@ def phantoms(
         "--modality", help="Rendering(s) to write: mri or ct, repeatable (default: both).")] = None,
     shape: Annotated[str | None, typer.Option(
         help="Exact array shape x,y,z for small, fast phantoms (e.g. 48,48,24); default: 1.5x1.5x2.5 mm voxels.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier phantom dataset in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists."""
     from attnprobe.data.phantoms import MODALITIES, write_phantom_dataset
     from attnprobe.errors import ConfigError
+    from attnprobe.results import Manifest, PhantomSet, check_out
+    from attnprobe.results.folders import remove_entries
+
+    manifest = Manifest.start("data phantoms", locals())
 
     mods = tuple(modality or MODALITIES)
     if any(m not in MODALITIES for m in mods):
@@ -75,7 +80,12 @@ def phantoms(
             size = ()
         if len(size) != 3 or min(size) < 8:
             raise ConfigError("cannot read --shape", expected="three sizes >= 8 like 48,48,24", got=repr(shape))
+    target = check_out(out, overwrite=overwrite, kinds=("phantoms",))
+    # an earlier dataset goes first: a new seed or n must not leave orphan cases behind
+    remove_entries(target.path, target.replace)
     paths = write_phantom_dataset(out, n=n, seed=seed, modalities=mods, shape=size)
+    entries = sorted(p.name for p in target.path.iterdir() if p.name not in ("record.json", "manifest.json"))
+    PhantomSet(entries=entries, manifest=manifest).save(out)
     for mod, path in paths.items():
         console.print(f"{mod}: {path}", highlight=False)
 
@@ -105,9 +115,15 @@ def extent(
     compat: Annotated[Compat, typer.Option(
         help="Token geometry of 'current' MONAI/SMIT or of the 'original' code of published checkpoints "
              "(crops that code cannot run are left out).")] = "current",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation."""
     from rich.table import Table
+
+    from attnprobe.results import ExtentRun, Manifest
+
+    manifest = Manifest.start("data extent", locals())
 
     from attnprobe.data.extent import (
         default_candidates,
@@ -123,6 +139,7 @@ def extent(
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading
     crops = parse_candidates(candidates) if candidates else default_candidates(arch, model_preset)
     check_limit(limit)
+    target = _extent_out(out, overwrite=overwrite) if out is not None else None
     # "all" (the default) defers to the split a workspace dataset declares.
     refs = list_data(data, split=None if split == "all" else split, limit=limit)
     config = PreprocessConfig(roi="full", pad_mode=pad_mode, spacing=spacing, intensity=intensity,
@@ -138,9 +155,14 @@ def extent(
     rec = recommend_crop(extents, per_case, arch=arch, model_preset=model_preset, coverage=coverage, rule=rule,
                          spacing_z=spacing)
 
-    folder = ensure_dir(out) if out is not None else Path.cwd()
-    extents.to_csv(folder / "extent.csv", index=False)
-    eff.to_csv(folder / "efficiency.csv", index=False)
+    manifest.add_data(data)
+    manifest.compat = {"geometry": compat}
+    record = ExtentRun(extents=extents, efficiency=eff, arch=arch, model_preset=model_preset, manifest=manifest)
+    if target is not None:
+        folder = target.path
+        record.save(folder, replace=target.replace)
+    else:
+        folder = _write_in_cwd(record, overwrite=overwrite)
 
     table = Table(title=f"extent (mm, {spacing:g} mm voxels, {len(extents)} cases)")
     for col in ext_summary.columns:
@@ -165,3 +187,26 @@ def extent(
     console.print(table)
     console.print(f"recommended crop: [bold]{'x'.join(map(str, rec.roi))}[/] ({rec.reason})", highlight=False)
     err_console.print(f"wrote {folder / 'extent.csv'} and {folder / 'efficiency.csv'}", highlight=False)
+
+
+def _extent_out(out: Path, *, overwrite: bool):
+    from attnprobe.results import check_out
+
+    return check_out(out, overwrite=overwrite, kinds=("extent",))
+
+
+def _write_in_cwd(record, *, overwrite: bool) -> Path:
+    """Without --out: only the two tables, atomically, into the working directory (as before run
+    records); an earlier extent.csv/efficiency.csv there needs --overwrite."""
+    from attnprobe.errors import ConfigError
+    from attnprobe.results import atomic_path
+
+    folder = Path.cwd()
+    there = [n for n in ("extent.csv", "efficiency.csv") if (folder / n).exists()]
+    if there and not overwrite:
+        raise ConfigError(f"{', '.join(there)} already in {folder}", expected="no earlier extent tables",
+                          got=", ".join(there), fix="pass --out FOLDER, or --overwrite to replace them")
+    for name, frame in (("extent.csv", record.extents), ("efficiency.csv", record.efficiency)):
+        with atomic_path(folder / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    return folder

@@ -22,7 +22,6 @@ A third mode compares two evaluation runs:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +34,6 @@ from attnprobe.cli.common import (
     check_device,
     check_limit,
     console,
-    ensure_dir,
     err_console,
     load_checkpoint_quietly,
     one_line_errors,
@@ -240,12 +238,18 @@ def evaluate(
         help="Compare two evaluation output folders RUN_A RUN_B (paired by case); writes compare.csv.")] = None,
     n_resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
+                                            "files).")] = False,
 ) -> None:
     """Score a model on data (--model/--data) or existing segmentations (--pred/--labels), or compare two runs."""
     import pandas as pd
 
     from attnprobe.errors import ConfigError
+    from attnprobe.results import EvaluationRun, Manifest, check_out
+    from attnprobe.results.runs import model_labels
     from attnprobe.train.evaluate import summarize
+
+    manifest = Manifest.start("evaluate", locals())
 
     model_mode = model is not None or data is not None
     folder_mode = pred is not None or labels is not None
@@ -254,7 +258,8 @@ def evaluate(
             raise ConfigError("--compare takes no model or segmentations", expected="--compare RUN_A RUN_B --out OUT",
                               got="also " + ", ".join(f"--{k}" for k, v in (("model", model), ("data", data),
                                                       ("pred", pred), ("labels", labels)) if v is not None))
-        _compare_runs(compare[0], compare[1], out, n_resamples=n_resamples, seed=seed)
+        _compare_runs(compare[0], compare[1], out, n_resamples=n_resamples, seed=seed, overwrite=overwrite,
+                      manifest=manifest)
         return
     if model_mode == folder_mode or (model_mode and (model is None or data is None)) or (
             folder_mode and (pred is None or labels is None)):
@@ -264,19 +269,26 @@ def evaluate(
     metric_options = {"scope": scope, "detection": detection, "surface": surface,
                       "min_component_voxels": min_component_voxels, "iou_threshold": iou_threshold,
                       "tolerance_mm": tolerance_mm}
-    ensure_dir(out)
+    target = check_out(out, overwrite=overwrite, kinds=("evaluation",))
     if folder_mode:
         results = _score_folders(pred, labels, metric_options)  # type: ignore[arg-type]
         info: dict[str, Any] = {"pred": str(pred), "labels": str(labels)}
+        manifest.add_input(pred, "predictions")  # type: ignore[arg-type]
+        manifest.add_input(labels, "labels")  # type: ignore[arg-type]
     else:
         results, info = _predict_and_score(
             model, data, arch=arch, split=split, roi=roi, intensity=intensity, a_min=a_min,  # type: ignore[arg-type]
             a_max=a_max, spacing=spacing, pad_mode=pad_mode, allow=allow_roi_mismatch, tta=tta, device=device,
             limit=limit, write=write_predictions, out=out, metric_options=metric_options, compat=compat)
+        manifest.add_input(info["model"], "checkpoint")
+        manifest.add_data(data)  # type: ignore[arg-type]
+        manifest.compat = {"model": str(info["compat"])}
     frame = pd.DataFrame([{c: getattr(r, c) for c in CASE_COLUMNS} for r in results], columns=list(CASE_COLUMNS))
-    frame.to_csv(out / "cases.csv", index=False)
     summary = {k: _plain(v) for k, v in summarize(results, n_resamples=n_resamples, seed=seed).items()}
-    (out / "summary.json").write_text(json.dumps({**summary, **info, **metric_options}, indent=1))
+    preset, backbone = model_labels(info.get("model"))
+    EvaluationRun(cases=frame, summary={**summary, **info, **metric_options}, preset=preset, backbone=backbone,
+                  label=preset, manifest=manifest).save(out, replace=target.replace,
+                                                        extra_files=("predictions", "probabilities"))
     if results:
         console.print(f"{summary['n_detected']}/{summary['n_with_reference']} detected"
                       f" ({_pct(summary['detection_rate'])} {_interval(summary, 'detection_rate', pct=True)}), "
@@ -311,24 +323,20 @@ _PRE_OPTION_DEFINITIONS = {"scope": "volume", "detection": "pairwise", "surface"
 
 
 def _read_run(folder: Path) -> tuple[Any, dict[str, Any]]:
-    import pandas as pd
-
     from attnprobe.errors import DataError
+    from attnprobe.results import EvaluationRun
 
-    cases, summary = folder / "cases.csv", folder / "summary.json"
-    if not (cases.is_file() and summary.is_file()):
+    if not folder.is_dir():
         raise DataError(f"{folder} is not an evaluation run", expected="a folder with cases.csv and summary.json",
-                        got=", ".join(sorted(p.name for p in folder.iterdir())[:5]) if folder.is_dir() else "no folder",
-                        fix="pass two --out folders of attnprobe evaluate")
-    try:
-        info = json.loads(summary.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{summary} is not JSON", expected="summary.json of attnprobe evaluate", got=str(e)) from e
-    return pd.read_csv(cases), info
+                        got="no folder", fix="pass two --out folders of attnprobe evaluate")
+    run = EvaluationRun.load_any(folder)
+    return run.cases, dict(run.summary)
 
 
-def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed: int) -> None:
+def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed: int, overwrite: bool = False,
+                  manifest=None) -> None:
     from attnprobe.errors import ConfigError
+    from attnprobe.results import ComparisonRun, check_out
     from attnprobe.train.stats import compare_cases
 
     (cases_a, info_a), (cases_b, info_b) = _read_run(run_a), _read_run(run_b)
@@ -341,9 +349,12 @@ def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed
     if differ:
         raise ConfigError("the two runs were scored with different definitions", expected="the same options",
                           got="; ".join(differ), fix="re-evaluate one run with the other's options")
+    target = check_out(out, overwrite=overwrite, kinds=("comparison",))
     table = compare_cases(cases_a, cases_b, n_resamples=n_resamples, seed=seed)
-    ensure_dir(out)
-    table.to_csv(out / "compare.csv", index=False)
+    if manifest is not None:
+        manifest.add_input(run_a / "cases.csv", "run-a")
+        manifest.add_input(run_b / "cases.csv", "run-b")
+    ComparisonRun(table=table, manifest=manifest).save(out, replace=target.replace)
     console.print(f"B = {run_b} vs A = {run_a} (paired by case; 95% bootstrap intervals):", highlight=False,
                   markup=False, soft_wrap=True)
     for row in table.to_dict("records"):  # one line per metric, unwrapped, for logs

@@ -96,6 +96,7 @@ def train(
     from attnprobe.train.presets import get_preset, resolve_train_config
     from attnprobe.train.trainer import train as run_training
 
+    manifest = _start_manifest(locals())
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
                           got="both")
@@ -154,6 +155,7 @@ def train(
                 log=lambda msg: err_console.print(msg, highlight=False, markup=False))
     if not main:
         return
+    _record_run(result, manifest, config=config, data=data, val_data=val_data)
     state = "finished" if result.finished else f"stopped after step {result.steps_done} (resume with --resume)"
     best = f", best val Dice {result.best_dice:.4f} (epoch {result.best_epoch})" if result.best_dice is not None else ""
     console.print(f"{state}: {result.epochs_done} epochs, {result.steps_done} steps{best}; run in {result.out_dir}",
@@ -165,3 +167,26 @@ def _checkpoint_arch(path: Path) -> str | None:
     from attnprobe.models.checkpoints import read_metadata
 
     return None if path.is_dir() else read_metadata(path).get("arch")
+
+
+def _start_manifest(arguments: dict):
+    from attnprobe.results import Manifest
+
+    return Manifest.start("train", arguments)
+
+
+def _record_run(result, manifest, *, config, data: str, val_data: str | None) -> None:
+    """``record.json`` and ``manifest.json`` next to the trainer's files (docs/results.md)."""
+    from attnprobe.results import TrainRun
+
+    if config.init:
+        from attnprobe.workspace import resolve_model
+
+        manifest.add_input(resolve_model(config.init).checkpoint, "init-checkpoint")
+    manifest.add_data(data)
+    if val_data is not None:
+        manifest.add_data(val_data, role="val-data")
+    compat = getattr(config, "init_compat", None)
+    manifest.compat = {"init": str(compat)} if compat else {}
+    TrainRun(finished=bool(result.finished), manifest=manifest,
+             label=config.preset).save(result.out_dir)

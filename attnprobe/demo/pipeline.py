@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from attnprobe.data.arrays import affine_spacing
+from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
 from attnprobe.models import ARCH_LABELS
 
@@ -965,7 +966,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock(log)
     t_start = time.perf_counter()
-    record: dict[str, Any] = {"settings": settings.as_dict(), "versions": _versions(),
+    record: dict[str, Any] = {"settings": settings.as_dict(), "versions": versions(),
                               "machine": _machine(), "pretrained": {}, "ssl": {}, "checks": {}}
     test_split = "test"
 
@@ -1131,10 +1132,3 @@ def _machine() -> dict[str, Any]:
             "load_average_start": _load_average()}
 
 
-def _versions() -> dict[str, str]:
-    import monai
-
-    import attnprobe
-
-    return {"attnprobe": attnprobe.__version__, "torch": torch.__version__, "monai": monai.__version__,
-            "python": platform.python_version()}

@@ -32,6 +32,7 @@ from attnprobe.errors import DataError
 from attnprobe.figures.discover import PRESET_ORDER, _json, _rel
 from attnprobe.figures.style import count
 from attnprobe.models import ARCH_LABELS
+from attnprobe.results import RECORD_FILE, AdiRun, CkaRun, EvaluationRun, ExtentRun, RunRecord, TrainRun
 
 __all__ = ["Block", "build_report", "render_markdown", "render_html", "write_report", "adi_table",
            "evaluation_table", "cka_table", "efficiency_table", "fmt_mean_sd"]
@@ -104,15 +105,19 @@ def _adi_runs(run_dir: Path) -> list[tuple[str, pd.DataFrame, str]]:
     from attnprobe.metrics.aggregate import stage_means
 
     runs = []
-    for folder in sorted((run_dir / "adi").glob("*")):
-        if not (folder / "adi.csv").is_file():
-            continue
-        meta = _json(folder / "adi.json")
-        frame = pd.read_csv(folder / "adi.csv")
-        roi = meta.get("roi")
+    for folder in _runs_of(run_dir / "adi", AdiRun):
+        run = AdiRun.load_any(folder)
+        roi = run.attrs.get("roi")
         roi_text = "×".join(str(v) for v in roi) if isinstance(roi, list) else "model-ROI"
-        runs.append((str(meta.get("label") or folder.name), stage_means(frame), roi_text))
+        runs.append((run.display_label(), stage_means(run.frame), roi_text))
     return runs
+
+
+def _runs_of(parent: Path, record: type[RunRecord]) -> list[Path]:
+    """Sub-folders of ``parent`` holding a run of ``record``'s kind (with record.json, or the files
+    of a folder written before run records), in name order."""
+    return [f for f in sorted(parent.glob("*")) if f.is_dir() and ((f / RECORD_FILE).is_file() or all(
+        (f / m).is_file() for m in record.legacy_marker[:1]))]
 
 
 def adi_table(stages: pd.DataFrame, *, metric: str = "adi", kind: str = "all") -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -147,12 +152,12 @@ def _stage_value(stages: pd.DataFrame, *, stage: int | None, padding: float, met
 
 def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for folder in sorted((run_dir / "eval").glob("*")):
-        summary = _json(folder / "summary.json")
-        if not summary or not (folder / "cases.csv").is_file():
+    for folder in _runs_of(run_dir / "eval", EvaluationRun):
+        if not (folder / "summary.json").is_file():
             continue
-        cases = pd.read_csv(folder / "cases.csv")
-        out.append({"name": folder.name, "summary": summary, "cases": cases})
+        run = EvaluationRun.load_any(folder)
+        labels = {k: v for k, v in (("preset", run.preset), ("backbone", run.backbone)) if v is not None}
+        out.append({"name": folder.name, "summary": {**run.summary, **labels}, "cases": run.cases})
     return out
 
 
@@ -184,10 +189,10 @@ def evaluation_table(evals: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...
 
 def _cka_runs(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for folder in sorted((run_dir / "cka").glob("*")):
-        summary = _json(folder / "summary.json")
-        if summary:
-            out.append({"name": folder.name, "summary": summary})
+    for folder in _runs_of(run_dir / "cka", CkaRun):
+        run = CkaRun.load_any(folder)
+        if run.summary:
+            out.append({"name": folder.name, "summary": run.summary})
     return out
 
 
@@ -214,10 +219,11 @@ def cka_table(runs: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...], list[
 
 def _efficiency(run_dir: Path) -> pd.DataFrame:
     frames = []
-    for path in sorted((run_dir / "extent").glob("*/efficiency.csv")):
-        frame = pd.read_csv(path)
+    for folder in _runs_of(run_dir / "extent", ExtentRun):
+        run = ExtentRun.load_any(folder)
+        frame = run.efficiency
         if "arch" not in frame.columns:
-            frame = frame.assign(arch=path.parent.name)
+            frame = frame.assign(arch=run.arch or folder.name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -296,12 +302,11 @@ def _models_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[An
             f"{'identical to' if check.get('identical') else 'DIFFERENT from'} the source; a naive "
             f"strip-`module.`-and-`strict=False` load would match {check.get('naive_matched')} keys.")
     runs = []
-    for folder in sorted((run_dir / "train").glob("*")):
-        config = _json(folder / "config.json")
-        metrics = folder / "metrics.csv"
-        if not config or not metrics.is_file():
+    for folder in _runs_of(run_dir / "train", TrainRun):
+        train_run = TrainRun.load_any(folder)
+        config, rows = train_run.config, train_run.metrics
+        if not config or rows is None:
             continue
-        rows = pd.read_csv(metrics)
         steps = rows[rows["val_dice"].isna()] if "val_dice" in rows else rows
         loss = steps["loss"].to_numpy(float)
         runs.append((folder.name, str(config.get("preset")), "×".join(str(v) for v in config.get("roi", [])),

@@ -26,10 +26,11 @@ Each figure is saved as ``<name>.<fmt>`` next to ``<name>.txt``, a one-line capt
 says what is drawn, over how many cases and from which files. A figure whose data do not fit
 (e.g. a sweep without flow metrics) is skipped with the reason, never fatal.
 
-Labels: a run's display name comes from its ``adi.json``/``summary.json``/CKA attributes when
-present (``attnprobe demo`` writes them), else from its folder name; the preset and backbone
-of an evaluation from ``summary.json`` keys ``preset``/``backbone``, else the training
-metadata of the evaluated checkpoint, else the folder name.
+Run folders are read only through their records (:mod:`attnprobe.results`, docs/results.md):
+a folder with ``record.json`` is classified by its ``kind`` and read with that record's
+``load`` (schema version checked); a folder written before run records is recognised by its
+file names and read with the record's ``load_legacy``. Labels (a run's display name, the preset
+and backbone of an evaluation) are what the record says, else the folder name.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ import pandas as pd
 
 from attnprobe.errors import AttnprobeError, ConfigError, DataError
 from attnprobe.figures.style import count
+from attnprobe.results import (
+    RECORD_FILE,
+    AblationRun,
+    AdiRun,
+    CkaRun,
+    EvaluationRun,
+    ExtentRun,
+    TrainRun,
+    kind_of,
+)
 
 __all__ = ["FigureFormat", "FIGURE_FORMATS", "FigureRecord", "FigureSet", "RunContents", "find_sources",
            "draw_figures"]
@@ -168,6 +179,9 @@ def find_sources(run_dir: str | os.PathLike[str], *, skip: str | os.PathLike[str
         if "<store>" in names:
             found.stores.append(folder)
             continue
+        if RECORD_FILE in names:
+            _add_recorded(found, folder, names)
+            continue
         if "ablation.csv" in names and "summary.csv" in names:
             found.ablation.append(folder)  # its adi.csv is block flow of edited forwards, not a sweep
             continue
@@ -185,6 +199,23 @@ def find_sources(run_dir: str | os.PathLike[str], *, skip: str | os.PathLike[str
         if "metrics.csv" in names and _is_training_log(folder / "metrics.csv"):
             found.training.append(folder)
     return found
+
+
+def _add_recorded(found: RunContents, folder: Path, names: set[str]) -> None:
+    """File a run folder by its record's kind (the record is checked when it is read)."""
+    kind = kind_of(folder)
+    by_kind = {"adi": found.adi, "cka": found.cka, "evaluation": found.evaluations, "train": found.training,
+               "ablation": found.ablation}
+    if kind in by_kind:
+        by_kind[kind].append(folder)
+    elif kind == "extent":
+        found.efficiency.append(folder / "efficiency.csv")
+    elif kind is None:  # an unreadable record.json: reading it gives the clear error
+        found.adi.append(folder)
+    # other files next to a record (tumors.csv, attention .npz) are still drawn
+    if "tumors.csv" in names:
+        found.tumors.append(folder / "tumors.csv")
+    found.attention.extend(folder / f for f in sorted(names) if f.endswith(".npz") and _is_attention(folder / f))
 
 
 def _is_training_log(path: Path) -> bool:
@@ -223,57 +254,18 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _adi_frame(folder: Path) -> pd.DataFrame:
-    parquet, csv = folder / "adi.parquet", folder / "adi.csv"
-    frame = pd.read_parquet(parquet) if parquet.is_file() else pd.read_csv(csv)
+def _adi_run(folder: Path) -> tuple[pd.DataFrame, str]:
+    """Block frame (head means) and display label of an ADI run folder."""
+    run = AdiRun.load_any(folder)
+    frame = run.frame
     if "head" in frame.columns:  # per-head runs: the figures draw head means
         keys = [c for c in frame.columns if c not in ("head", "value", "n_real_queries", "n_pad_queries")]
         frame = frame.groupby(keys, sort=False, dropna=False)["value"].mean().reset_index()
-    return frame
-
-
-def _adi_label(folder: Path) -> str:
-    meta = _json(folder / "adi.json")
-    return str(meta.get("label") or meta.get("model") or folder.name)
+    return frame, run.display_label()
 
 
 def _cka_array(folder: Path) -> Any:
-    import xarray as xr
-
-    nc = folder / "cka.nc"
-    if nc.is_file():
-        with xr.open_dataarray(nc, engine="h5netcdf") as da:
-            return da.load()
-    long = pd.read_csv(folder / "cka.csv")
-    value = "value" if "value" in long.columns else "cka"
-    refs = list(dict.fromkeys(long["ref"].astype(str)))
-    tgts = list(dict.fromkeys(long["tgt"].astype(str)))
-    wide = long.assign(ref=long["ref"].astype(str), tgt=long["tgt"].astype(str)).pivot(
-        index="ref", columns="tgt", values=value).loc[refs, tgts]
-    attrs = _json(folder / "summary.json").get("attrs", {})
-    return xr.DataArray(wide.to_numpy(float), dims=("ref", "tgt"), coords={"ref": refs, "tgt": tgts},
-                        attrs=attrs if isinstance(attrs, dict) else {})
-
-
-def _eval_labels(folder: Path, summary: dict[str, Any]) -> tuple[str, str]:
-    preset, backbone = summary.get("preset"), summary.get("backbone")
-    if (preset is None or backbone is None) and isinstance(summary.get("model"), str):
-        meta = None
-        model = Path(summary["model"])
-        if model.is_file():
-            try:
-                from attnprobe.train.trainer import read_train_metadata
-
-                meta = read_train_metadata(model)
-            except AttnprobeError:
-                meta = None
-        if meta:
-            from attnprobe.models import ARCH_LABELS
-
-            preset = preset or meta.get("preset")
-            arch = meta.get("arch")
-            backbone = backbone or (ARCH_LABELS.get(str(arch), arch) if arch else None)
-    return str(preset or folder.name), str(backbone or "model")
+    return CkaRun.load_any(folder).matrix
 
 
 _INTERVAL_KEYS = ("detection_rate_ci_low", "detection_rate_ci_high", "dice_mean", "dice_ci_low", "dice_ci_high",
@@ -283,8 +275,9 @@ _INTERVAL_KEYS = ("detection_rate_ci_low", "detection_rate_ci_high", "dice_mean"
 def _evaluations(found: RunContents) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     rows, cases, sources = [], [], []
     for folder in found.evaluations:
-        summary = _json(folder / "summary.json")
-        preset, backbone = _eval_labels(folder, summary)
+        run = EvaluationRun.load_any(folder)
+        summary = run.summary
+        preset, backbone = str(run.preset or folder.name), str(run.backbone or "model")
         n_det, n_ref = summary.get("n_detected"), summary.get("n_with_reference")
         if n_det is None or not n_ref:
             continue
@@ -292,7 +285,7 @@ def _evaluations(found: RunContents) -> tuple[pd.DataFrame, pd.DataFrame, list[s
         extra = {k: summary[k] for k in _INTERVAL_KEYS if summary.get(k) is not None}
         rows.append({"preset": preset, "backbone": backbone, "n_detected": int(n_det), "n_cases": int(n_ref),
                      **extra})
-        per_case = pd.read_csv(folder / "cases.csv")
+        per_case = run.cases
         if {"case", "dice", "hd95"} <= set(per_case.columns):
             cases.append(per_case.assign(preset=preset, backbone=backbone))
         sources += [_rel(folder / "summary.json", found.root), _rel(folder / "cases.csv", found.root)]
@@ -311,13 +304,14 @@ def _efficiency(found: RunContents) -> pd.DataFrame:
 
     frames = []
     for path in found.efficiency:
-        frame = pd.read_csv(path)
+        run = ExtentRun.load_any(path.parent)
+        frame = run.efficiency
         if "efficiency_mean" in frame.columns and "efficiency" not in frame.columns:
             frame = frame.rename(columns={"efficiency_mean": "efficiency"})
         if "candidate" in frame.columns and "crop" not in frame.columns:
             frame = frame.rename(columns={"candidate": "crop"})
         if "arch" not in frame.columns and len(found.efficiency) > 1:
-            frame = frame.assign(arch=path.parent.name)
+            frame = frame.assign(arch=run.arch or path.parent.name)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
     if "arch" in data.columns:
@@ -387,12 +381,12 @@ def _draw_adi(found: RunContents, w: _Writer) -> None:
     stages, sources = [], []
     for folder in found.adi:
         try:
-            frame = _adi_frame(folder)
+            frame, label = _adi_run(folder)
             stage = stage_means(frame)
         except (AttnprobeError, OSError, ValueError, KeyError) as exc:
             w.skipped.append((f"adi {folder.name}", str(exc)))
             continue
-        stages.append(stage.assign(model=_adi_label(folder)))
+        stages.append(stage.assign(model=label))
         sources.append(_rel(folder, found.root))
     if not stages:
         return
@@ -463,7 +457,7 @@ def _draw_cka(found: RunContents, w: _Writer) -> None:
     for folder in found.cka:
         try:
             da = _cka_array(folder)
-        except (OSError, ValueError, KeyError) as exc:
+        except (AttnprobeError, OSError, ValueError, KeyError) as exc:
             w.skipped.append((f"cka {folder.name}", str(exc)))
             continue
         ref, tgt = _cka_labels(da, folder)
@@ -514,9 +508,12 @@ def _draw_ablation(found: RunContents, w: _Writer) -> None:
     from attnprobe.figures.ablation import ablation_deltas
 
     for folder in found.ablation:
-        summary = pd.read_csv(folder / "summary.csv")
-        info = _json(folder / "summary.json")
-        label = Path(str(info.get("model", folder.name))).stem if info.get("label") is None else info["label"]
+        try:
+            run = AblationRun.load_any(folder)
+        except (AttnprobeError, OSError, ValueError, KeyError) as exc:
+            w.skipped.append((f"ablation {folder.name}", str(exc)))
+            continue
+        summary, label = run.summary, run.display_label()
         n = int(summary["delta_dice_n"].max()) if "delta_dice_n" in summary.columns else 0
         w.draw(f"ablation_{folder.name}", "ablation", lambda s=summary: ablation_deltas(s),
                f"Causal test on {label}: change in Dice and in tumor detection against the unedited forward "
@@ -530,7 +527,7 @@ def _draw_efficiency(found: RunContents, w: _Writer) -> None:
 
     try:
         data = _efficiency(found)
-    except (OSError, ValueError, KeyError) as exc:
+    except (AttnprobeError, OSError, ValueError, KeyError) as exc:
         w.skipped.append(("token_efficiency", str(exc)))
         return
     n = int(data["n_cases"].max()) if "n_cases" in data.columns else None
@@ -594,15 +591,15 @@ def _draw_training(found: RunContents, w: _Writer) -> None:
     runs, sources = [], []
     for folder in found.training:
         try:
-            frame = pd.read_csv(folder / "metrics.csv")
-        except (OSError, ValueError) as exc:
+            run = TrainRun.load_any(folder)
+        except (AttnprobeError, OSError, ValueError) as exc:
             w.skipped.append((f"training {folder.name}", str(exc)))
             continue
-        if frame.empty:
+        frame = run.metrics
+        if frame is None or frame.empty:
             continue  # a run killed before its first step
-        config = _json(folder / "config.json")
-        preset = str(config.get("preset") or folder.name)
-        arch = config.get("arch")
+        preset = str(run.preset or folder.name)
+        arch = run.arch
         backbone = ARCH_LABELS.get(str(arch), str(arch)) if arch else "model"
         runs.append(frame.assign(preset=preset, backbone=backbone))
         sources.append(_rel(folder / "metrics.csv", found.root))

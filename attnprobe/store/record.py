@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import monai
 import torch
 from torch import nn
 
-import attnprobe
 from attnprobe import dist
 from attnprobe.capture.probe import Probe
 from attnprobe.capture.sinks import SampleCollector
+from attnprobe.environment import versions
 from attnprobe.errors import AttnprobeError, ShapeError, StoreError
 from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
@@ -31,8 +29,8 @@ class CaseLike(Protocol):
 
 
 def environment_attrs() -> dict[str, Any]:
-    return {"attnprobe_version": attnprobe.__version__, "torch_version": torch.__version__,
-            "monai_version": monai.__version__, "python_version": platform.python_version()}
+    """Software versions as store root attributes (``attnprobe_version``, ``torch_version`` ...)."""
+    return {f"{name}_version": version for name, version in versions().items()}
 
 
 def model_attrs(model: nn.Module) -> dict[str, Any]:

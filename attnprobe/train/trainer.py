@@ -75,6 +75,7 @@ from torch import nn
 from attnprobe import dist
 from attnprobe.data.io import CaseRef
 from attnprobe.data.preprocess import PreparedCase, prepare_case
+from attnprobe.environment import versions
 from attnprobe.errors import CheckpointError, ConfigError, DataError
 from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_metadata, save_checkpoint
 from attnprobe.models.registry import build_model
@@ -652,7 +653,7 @@ def train(
                                     "step": state["global_step"], "val_dice": val_dice,
                                     "best_dice": state["best_dice"], "best_epoch": state["best_epoch"],
                                     "n_train": len(volumes), "n_val": len(val_refs), "world_size": world,
-                                    "versions": _versions()}
+                                    "versions": versions()}
             if with_state:
                 info["state"] = {**state, "optimizer": optimizer.state_dict(),
                                  "scheduler": _scheduler_state(scheduler),
@@ -768,11 +769,6 @@ def _scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[st
     # The lambdas are rebuilt from the config (plain functions are stored as None by torch).
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"} | {"lr_lambdas": [None]}
 
-
-def _versions() -> dict[str, str]:
-    import monai
-
-    return {"torch": str(torch.__version__), "monai": str(monai.__version__)}
 
 
 def _abs(path: str | os.PathLike[str]) -> str:

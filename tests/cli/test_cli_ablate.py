@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,6 +66,12 @@ def test_ablate_writes_a_run(phantoms, tmp_path, ckpt, names, request):
     assert (out / "ablation.png").stat().st_size > 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv")[["intervention", "padding"]],
                                   rows[["intervention", "padding"]])
+    from attnprobe.results import AblationRun
+
+    record = AblationRun.load(out)
+    assert record.display_label() == Path(request.getfixturevalue(ckpt)).stem
+    assert "ablation.png" in json.loads((out / "record.json").read_text())["files"]
+    assert record.manifest.compat and record.manifest.inputs[0].role == "checkpoint"
 
 
 def test_labels_follow_the_sweep(phantoms, tmp_path, swin_ckpt):

@@ -185,3 +185,34 @@ def test_netcdf3_fallback_without_h5py(sweep, tmp_path, monkeypatch):
         np.testing.assert_allclose(ds["adi"].sel(case="case0", padding=16, stage=1, block=0, kind="input").item(),
                                    frame.query("case == 'case0' and padding == 16 and stage == 1 and block == 0 "
                                                "and kind == 'input' and metric == 'adi'")["value"].item())
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_the_first_survives(sweep, workspace, tmp_path):
+    out = sweep["out"]
+    first = (out / "adi.csv").read_bytes()
+    result = invoke("--model", workspace["model"], "--data", workspace["data"], "--out", out, "--roi", ROI,
+                    "--padding-sweep", "0")
+    assert result.exit_code == 2 and "is not empty" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "adi.csv").read_bytes() == first
+    # the run is recorded: kind, schema, manifest with the checkpoint's hash and the datalist's
+    from attnprobe.results import AdiRun
+    from attnprobe.results.files import sha256_file
+
+    run = AdiRun.load(out)
+    assert run.label == Path(workspace["model"]).stem and run.attrs["padding_sweep"] == "0,16"
+    hashes = {i.role: i.sha256 for i in run.manifest.inputs}
+    assert hashes["checkpoint"] == sha256_file(workspace["model"])
+    assert hashes["data"] == sha256_file(workspace["data"])
+    assert run.manifest.command == "adi" and run.manifest.compat == {"model": "current"}
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files(sweep, workspace, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sweep["out"], out)
+    (out / "notes.txt").write_text("mine")
+    result = invoke("--model", workspace["model"], "--data", workspace["data"], "--out", out, "--roi", ROI,
+                    "--overwrite")
+    assert result.exit_code == 2 and "did not write" in result.stderr and "notes.txt" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "adi.csv").exists()

@@ -156,3 +156,12 @@ def test_capture_records_the_compat_and_refuses_to_mix_modes(smit_ckpt, datalist
     assert_one_line_error(run(*args, "--roi", "128,64,64"), "compat differs")  # the checkpoint records 'current'
     assert_one_line_error(run(*args, "--roi", "64,64,32", "--compat", "original", "--overwrite"),
                           "original SMIT code cannot run", fold_whitespace=True)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_store(swin_ckpt, datalist, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "paper.docx").write_text("unrelated")
+    result = run("capture", "--model", swin_ckpt, "--data", datalist, "--out", out, "--overwrite")
+    assert_one_line_error(result, "did not write")
+    assert "paper.docx" in result.output and (out / "paper.docx").read_text() == "unrelated"

@@ -148,14 +148,15 @@ def test_stores(smit_ckpt, swin_ckpt, datalist, tmp_path):
     da = xr.open_dataarray(out / "cka.nc", engine="h5netcdf")
     assert da.shape == (8, 8) and da.attrs["ref_source"] == "store" and da.attrs["n_inputs"] == 2
     assert np.isfinite(da.values).all()
-    assert_one_line_error(run("cka", "--ref", stores["smit"], "--tgt", stores["smit_test"], "--out", out),
+    fresh = tmp_path / "refused"  # an empty --out: a used one is refused before these checks
+    assert_one_line_error(run("cka", "--ref", stores["smit"], "--tgt", stores["smit_test"], "--out", fresh),
                           "hold different cases")
     assert_one_line_error(run("cka", "--ref", stores["smit"], "--tgt", smit_ckpt, "--data", datalist,
-                              "--out", out), "both be models or both be capture stores")
+                              "--out", fresh), "both be models or both be capture stores")
     assert_one_line_error(run("cka", "--ref", stores["smit"], "--tgt", stores["swin"], "--crops", 2,
-                              "--out", out), "--crops does not apply")
+                              "--out", fresh), "--crops does not apply")
     assert_one_line_error(run("cka", "--ref", tmp_path / "missing.zarr", "--tgt", stores["swin"],
-                              "--out", out), "no store at")
+                              "--out", fresh), "no store at")
 
 
 @pytest.mark.parametrize(("extra", "pattern"), [
@@ -180,3 +181,12 @@ def test_missing_inputs_are_one_line_errors(smit_ckpt, datalist, tmp_path):
                           "nothing to compare")
     assert_one_line_error(run("cka", "--ref", "nonexistent-model", "--tgt", smit_ckpt, "--data", datalist,
                               "--out", tmp_path), "Unknown model")
+
+
+def test_out_is_checked_before_anything_is_computed(smit_ckpt, datalist, tmp_path):
+    target = tmp_path / "cka.txt"
+    target.write_text("not a folder")
+    result = run("cka", "--ref", smit_ckpt, "--tgt", smit_ckpt, "--data", datalist, "--estimator", "biased",
+                 "--baseline", "none", "--out", target, "--overwrite")
+    assert_one_line_error(result, "is a file")
+    assert target.read_text() == "not a folder" and "loaded" not in result.output

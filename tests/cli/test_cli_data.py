@@ -58,3 +58,29 @@ def test_extent_bad_candidates_are_one_line(phantom_dir):
                           "divisible by 32")
     assert_one_line_error(run("data", "extent", phantom_dir / "datalist_mri.json", "--arch", "swin"),
                           "unknown architecture")
+
+
+def test_phantoms_refuse_a_non_empty_out_and_foreign_files(phantom_dir, tmp_path):
+    from attnprobe.results import kind_of
+
+    assert kind_of(phantom_dir) == "phantoms"
+    before = sorted(p.name for p in phantom_dir.iterdir())
+    assert_one_line_error(run("data", "phantoms", "--n", 2, "--out", phantom_dir, "--seed", 5, "--shape", "32,32,16"),
+                          "not empty")
+    assert sorted(p.name for p in phantom_dir.iterdir()) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.nii.gz").write_bytes(b"scan")
+    assert_one_line_error(run("data", "phantoms", "--n", 2, "--out", other, "--overwrite", "--shape", "32,32,16"),
+                          "keep.nii.gz")
+    assert (other / "keep.nii.gz").read_bytes() == b"scan"
+
+
+def test_phantoms_overwrite_leaves_no_orphan_cases(tmp_path):
+    out = tmp_path / "ph"
+    assert run("data", "phantoms", "--n", 3, "--out", out, "--modality", "mri", "--shape", "16,16,8").exit_code == 0
+    first = {p.name for p in out.rglob("*.nii.gz")}
+    result = run("data", "phantoms", "--n", 2, "--out", out, "--modality", "mri", "--shape", "16,16,8", "--overwrite")
+    assert result.exit_code == 0, result.output
+    second = {p.name for p in out.rglob("*.nii.gz")}
+    assert len(second) < len(first) and second <= first

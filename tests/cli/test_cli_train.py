@@ -52,6 +52,12 @@ def test_train_one_step_with_overwrite(phantoms, tmp_path):
     assert [r["step"] for r in read_csv_rows(out / "metrics.csv")] == ["1"]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "act" and config["roi"] == [64, 64, 32] and config["tumor_aware"] is True
+    from attnprobe.results import TrainRun
+    from attnprobe.results.files import sha256_file
+
+    record = TrainRun.load(out)  # the trainer's files stay as they are; the record adds the manifest
+    assert record.preset == "act" and record.finished is False and record.metrics is not None
+    assert {i.role: i.sha256 for i in record.manifest.inputs}["data"] == sha256_file(phantoms)
 
 
 def test_train_refusals_are_one_line(phantoms, tmp_path):
@@ -165,17 +171,18 @@ def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
     assert "exact McNemar p = 1 (A only 0, B only 1)" in result.output
     assert "Wilcoxon" in result.output and "compare.csv" in result.output
 
-    # refusals, each on one line
-    assert_one_line_error(run("evaluate", "--compare", run_a, pred, "--out", cmp), "not an evaluation run")
+    # refusals, each on one line (into an empty --out: a used one is refused first)
+    fresh = tmp_path / "cmp_refused"
+    assert_one_line_error(run("evaluate", "--compare", run_a, pred, "--out", fresh), "not an evaluation run")
     (tmp_path / "few").mkdir()
     for name in ("cases.csv", "summary.json"):
         text = (run_a / name).read_text()
         (tmp_path / "few" / name).write_text("\n".join(text.splitlines()[:-1]) if name == "cases.csv" else text)
-    assert_one_line_error(run("evaluate", "--compare", run_a, tmp_path / "few", "--out", cmp), "different cases")
+    assert_one_line_error(run("evaluate", "--compare", run_a, tmp_path / "few", "--out", fresh), "different cases")
     other = tmp_path / "other"
     assert run("evaluate", "--pred", pred, "--labels", labels, "--out", other, "--detection", "pairwise",
                "--n-resamples", 10).exit_code == 0
-    assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", cmp), "different definitions")
+    assert_one_line_error(run("evaluate", "--compare", run_a, other, "--out", fresh), "different definitions")
     # a summary written before the definitions were options scored the old way (volume, pairwise, voxel)
     old = tmp_path / "old"
     old.mkdir()
@@ -184,9 +191,9 @@ def test_evaluate_compare_two_runs(seg_dirs, tmp_path):
     for key in ("scope", "detection", "surface"):
         summary.pop(key)
     (old / "summary.json").write_text(json.dumps(summary))
-    assert_one_line_error(run("evaluate", "--compare", run_a, old, "--out", cmp),
+    assert_one_line_error(run("evaluate", "--compare", run_a, old, "--out", fresh),
                           "scope: 'matched' vs 'volume'", fold_whitespace=True)
-    assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", cmp),
+    assert_one_line_error(run("evaluate", "--compare", run_a, run_b, "--pred", pred, "--out", fresh),
                           "takes no model")
 
 
@@ -249,3 +256,20 @@ def test_evaluate_refuses_roi_or_intensity_mismatch(trained_ckpt, datalist, tmp_
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["n_cases"] == 1 and summary["tta"] is True and summary["split"] == "test"
     assert summary["preprocessing"]["intensity"] == "fixed" and math.isfinite(summary["dice_mean"])
+
+
+def test_evaluate_refuses_to_replace_a_run_and_records_its_inputs(seg_dirs, tmp_path):
+    from attnprobe.results import EvaluationRun
+    from attnprobe.results.files import sha256_tree
+
+    pred, labels = seg_dirs
+    out = tmp_path / "eval"
+    assert run("evaluate", "--pred", pred, "--labels", labels, "--out", out, "--n-resamples", 50).exit_code == 0
+    first = (out / "cases.csv").read_bytes()
+    assert_one_line_error(run("evaluate", "--pred", pred, "--labels", labels, "--out", out), "not empty")
+    assert (out / "cases.csv").read_bytes() == first
+    record = EvaluationRun.load(out)
+    hashes = {i.role: i.sha256 for i in record.manifest.inputs}
+    assert hashes == {"predictions": sha256_tree(pred)[0], "labels": sha256_tree(labels)[0]}
+    result = run("evaluate", "--pred", pred, "--labels", labels, "--out", out, "--n-resamples", 50, "--overwrite")
+    assert result.exit_code == 0, result.output

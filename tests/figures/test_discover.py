@@ -199,3 +199,28 @@ def test_store_flow_titles_say_which_padding_the_store_holds(smit, tmp_path):
     assert set(by_name) == {"store_flow_plain", "store_flow_swept"}
     assert "as captured" in by_name["store_flow_plain"].caption and "1 case." in by_name["store_flow_plain"].caption
     assert "at 32 voxels of input padding" in by_name["store_flow_swept"].caption
+
+
+def test_recorded_runs_are_read_through_their_records(tmp_path):
+    from attnprobe.results import RECORD_FILE, AdiRun, EvaluationRun
+
+    rng = np.random.default_rng(3)
+    AdiRun(frame=adi_frame(rng, cases=2), label="the record's name").save(tmp_path / "run" / "sweep_a")
+    EvaluationRun(cases=pd.DataFrame({"case": ["a", "b"], "detected": [True, False], "dice": [0.7, 0.0],
+                                      "hd95": [3.0, np.nan]}),
+                  summary={"n_detected": 1, "n_with_reference": 2}, preset="act", backbone="SMIT").save(
+        tmp_path / "run" / "folder_name_not_used")
+    found = find_sources(tmp_path / "run")
+    assert [p.name for p in found.adi] == ["sweep_a"] and [p.name for p in found.evaluations] == [
+        "folder_name_not_used"]
+    from attnprobe.figures.discover import _adi_run, _draw_adi, _evaluations, _Writer
+
+    assert _adi_run(found.adi[0])[1] == "the record's name"
+    summary, _cases, _sources = _evaluations(found)
+    assert summary[["preset", "backbone"]].values.tolist() == [["act", "SMIT"]]
+    # a record of an unknown schema version: the figure is skipped with the reason, never guessed
+    meta = json.loads((tmp_path / "run" / "sweep_a" / RECORD_FILE).read_text())
+    (tmp_path / "run" / "sweep_a" / RECORD_FILE).write_text(json.dumps({**meta, "schema_version": 7}))
+    writer = _Writer(tmp_path, "png", None)
+    _draw_adi(found, writer)
+    assert not writer.records and "schema version 7" in writer.skipped[0][1]
