@@ -279,6 +279,10 @@ def print_json(obj: Any) -> None:
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if hasattr(v, "to_dict"):  # pandas Series / DataFrame
+            return plain(v.to_dict())
+        if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # arrays
+            return plain(v.tolist())
         if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
             v = v.item()  # numpy / torch scalars
         if isinstance(v, float) and not math.isfinite(v):

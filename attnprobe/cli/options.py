@@ -119,7 +119,7 @@ class Preprocessing:
 
 
 def check_against_training(stored: dict[str, Any], requested: dict[str, Any], *, allow: bool,
-                           what: str = "the checkpoint") -> dict[str, Any]:
+                           what: str = "the checkpoint", doing: str = "running") -> dict[str, Any]:
     """Values to use: ``requested`` where given, else ``stored``, else :data:`DEFAULTS`.
 
     A requested value that differs from a stored one is refused unless ``allow`` (then one
@@ -133,7 +133,7 @@ def check_against_training(stored: dict[str, Any], requested: dict[str, Any], *,
                           got="; ".join(diffs),
                           fix="drop the option to use the trained values, or pass --allow-roi-mismatch")
     if diffs:
-        err_console.print(f"warning: using {'; '.join(diffs)}", highlight=False, markup=False)
+        err_console.print(f"warning: {doing} with {'; '.join(diffs)}", highlight=False, markup=False)
     return {k: (requested[k] if requested[k] is not None else stored.get(k, DEFAULTS.get(k)))
             for k in requested}
 
