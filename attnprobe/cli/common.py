@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -100,8 +101,17 @@ def error_line(exc: BaseException) -> tuple[str, bool]:
                                                           ("fix: ", exc.fix)) if value is not None]
     else:
         parts = [f"{type(exc).__name__}: {exc}" if str(exc).strip() else type(exc).__name__]
+    parts = [plain_numbers(p) for p in parts]
     cut = [p.strip().splitlines()[0] if p.strip() else p for p in parts]
     return "; ".join(cut), cut != [p.strip() for p in parts]
+
+
+_NUMPY_SCALAR = re.compile(r"\bnp\.(?:float|int|uint|bool|complex)\w*\(([^()]*)\)")
+
+
+def plain_numbers(text: str) -> str:
+    """``np.float64(48.0)`` -> ``48.0`` in a message (numpy >= 2 writes scalars with their type)."""
+    return _NUMPY_SCALAR.sub(r"\1", text)
 
 
 def _print_error(exc: BaseException, *, verbose: bool, code: int) -> None:
@@ -218,10 +228,32 @@ def load_checkpoint_quietly(path: Any, arch: str | None, **options: Any):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompatNotice)
-        model, report = load_checkpoint(path, arch, **options)
+        try:
+            model, report = load_checkpoint(path, arch, **options)
+        except Exception as exc:
+            if arch is None:
+                raise
+            _check_arch_fits(path, arch, exc)
+            raise
     if report.notice and _rank() == 0:
         err_console.print(f"note: {Path(report.path).name}: {report.notice}", highlight=False, markup=False)
     return model, report
+
+
+def _check_arch_fits(path: Any, arch: str, exc: Exception) -> None:
+    """After a load with ``--arch`` failed: say which architecture the keys look like, when another."""
+    from attnprobe.errors import AttnprobeError, CheckpointError
+    from attnprobe.models.checkpoints import _guess_arch, read_checkpoint
+
+    try:
+        guess = _guess_arch(read_checkpoint(path))
+    except AttnprobeError:
+        return  # unreadable, or no architecture recognises it: the original error says more
+    if guess != arch:
+        first = exc.what if isinstance(exc, AttnprobeError) else error_line(exc)[0]
+        raise CheckpointError(f"{Path(path).name} does not load as --arch {arch}: its keys look like a {guess} "
+                              "checkpoint", expected=f"keys of a {arch} model", got=f"keys of a {guess} model "
+                              f"({first})", fix=f"drop --arch (it is guessed from the keys) or pass --arch {guess}") from exc
 
 
 def load_model_ref(name_or_path: str, *, arch: str | None = None, allow_partial: bool = False,

@@ -17,9 +17,8 @@ from attnprobe.cli.common import (
     parse_roi,
     progress_bar,
 )
+from attnprobe.cli.options import AMaxOption, AMinOption, Intensity, PadMode, Preprocessing
 
-PadMode = Literal["end", "symmetric", "inplane-symmetric"]
-Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 Rule = Literal["coverage", "efficiency"]
 
@@ -60,7 +59,10 @@ def phantoms(
     shape: Annotated[str | None, typer.Option(
         help="Exact array shape x,y,z for small, fast phantoms (e.g. 48,48,24); default: 1.5x1.5x2.5 mm voxels.")] = None,
 ) -> None:
-    """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists."""
+    """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists.
+
+    Example: attnprobe data phantoms --out phantoms --n 8 --shape 48,48,24
+    """
     from attnprobe.data.phantoms import MODALITIES, write_phantom_dataset
     from attnprobe.errors import ConfigError
 
@@ -94,8 +96,8 @@ def extent(
     spacing: Annotated[float, typer.Option(help="Isotropic spacing in mm for preprocessing.")] = 1.0,
     pad_mode: Annotated[PadMode, typer.Option(help="Where padding goes when a case is smaller than a crop.")] = "end",
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling (decides the foreground crop).")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
     coverage: Annotated[float, typer.Option(help="Quantile of axial extents the crop must cover.")] = 0.9,
     rule: Annotated[Rule, typer.Option(
         help="coverage: smallest multiple of 32 covering the quantile; efficiency: best stage-0 token "
@@ -106,7 +108,10 @@ def extent(
         help="Token geometry of 'current' MONAI/SMIT or of the 'original' code of published checkpoints "
              "(crops that code cannot run are left out).")] = "current",
 ) -> None:
-    """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation."""
+    """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation.
+
+    Example: attnprobe data extent cases.json --arch swin_unetr --candidates 96x96x96,96x96x64
+    """
     from rich.table import Table
 
     from attnprobe.data.extent import (
@@ -121,6 +126,7 @@ def extent(
     from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading
+    Preprocessing(spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, pad_mode=pad_mode).check()
     crops = parse_candidates(candidates) if candidates else default_candidates(arch, model_preset)
     check_limit(limit)
     # "all" (the default) defers to the split a workspace dataset declares.

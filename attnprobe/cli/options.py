@@ -126,7 +126,8 @@ def check_against_training(stored: dict[str, Any], requested: dict[str, Any], *,
     warning line names the differences).
     """
     diffs = [f"{k}={_show(requested[k])} (trained with {_show(stored[k])})" for k in requested
-             if requested[k] is not None and stored.get(k) is not None and _norm(requested[k]) != _norm(stored[k])]
+             if requested[k] is not None and stored.get(k) is not None
+             and _norm(k, requested[k]) != _norm(k, stored[k])]
     if diffs and not allow:
         raise ConfigError(f"preprocessing differs from the model's training (recorded in {what})",
                           expected=", ".join(f"{k}={_show(stored[k])}" for k in requested if stored.get(k) is not None),
@@ -138,8 +139,10 @@ def check_against_training(stored: dict[str, Any], requested: dict[str, Any], *,
             for k in requested}
 
 
-def _norm(value: Any) -> Any:
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+def _norm(key: str, value: Any) -> Any:
+    if key == "spacing" and isinstance(value, (int, float)):
+        return (float(value),) * 3  # one number means isotropic
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _show(value: Any) -> str:
