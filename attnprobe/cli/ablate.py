@@ -29,6 +29,7 @@ from attnprobe.cli.common import (
     load_model_ref,
     one_line_errors,
     parse_int_list,
+    print_json,
     progress_bar,
 )
 from attnprobe.cli.options import (
@@ -37,6 +38,7 @@ from attnprobe.cli.options import (
     AMinOption,
     DeviceOption,
     IntensityOption,
+    JsonOption,
     PadModeOption,
     Preprocessing,
     RoiOption,
@@ -116,6 +118,7 @@ def ablate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     figure: Annotated[bool, typer.Option(help="Draw ablation.png.")] = True,
     compat: CompatOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Segmentation (detection, Dice, HD95) and ADI of MODEL on DATA under interventions on padding.
 
@@ -219,5 +222,8 @@ def ablate(
             written.append(out / "ablation.png")
         else:
             err_console.print("note: no figure: it needs 'none' and at least one other intervention", highlight=False)
+    if json_output:
+        print_json({"summary": summary.to_dict("records"), "files": [str(p) for p in written]})
+        return
     _print_table(summary)
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False, soft_wrap=True)

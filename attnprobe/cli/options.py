@@ -5,12 +5,12 @@ them into one :class:`~attnprobe.data.preprocess.PreprocessConfig` with :class:`
 
 1. :meth:`Preprocessing.check` reads and checks the values before anything is loaded (a bad
    ``--roi`` fails in milliseconds, not after the model);
-2. :func:`stored_preprocessing` reads what the checkpoint says its model was trained with
+2. :func:`checkpoint_facts` reads what the checkpoint says its model was trained with
    (attnprobe's ``train`` metadata, or the ``info`` of a checkpoint attnprobe's demo made);
 3. :meth:`Preprocessing.resolve` fills the options left unset from the checkpoint, then from
    the defaults (1 mm, percentile intensity, padding at the end), and refuses an option that
    differs from the checkpoint's training unless ``--allow-roi-mismatch`` is given: the same
-   error in every command (docs/conventions.md, "Preprocessing").
+   error in every command (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Preprocessing:
         Parameters
         ----------
         stored
-            The checkpoint's training preprocessing (:func:`stored_preprocessing`), None or {}
+            The checkpoint's training preprocessing (:attr:`CheckpointFacts.stored`), None or {}
             when it records none.
         model_roi
             The ROI to use when neither ``--roi`` nor ``stored`` has one (a workspace's or the
@@ -201,11 +201,6 @@ def checkpoint_facts(checkpoint: str | os.PathLike[str] | None) -> CheckpointFac
     feature_size = next((int(config[k]) for k in ("feature_size", "embed_dim") if isinstance(config.get(k), int)),
                         12 if info.get("model_preset") == "tiny" else 48)
     return CheckpointFacts(stored, tuple(roi) if roi else None, feature_size)  # type: ignore[arg-type]
-
-
-def stored_preprocessing(checkpoint: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The training preprocessing a checkpoint records (:attr:`CheckpointFacts.stored`)."""
-    return checkpoint_facts(checkpoint).stored
 
 
 # --- memory ------------------------------------------------------------------------------------
