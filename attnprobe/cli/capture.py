@@ -86,7 +86,7 @@ def capture(
         raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
                           got="--roi full")
     check_limit(limit)
-    device = str(check_device(init_distributed(device)))
+    device = init_distributed(str(check_device(device)))
     ref = resolve_model(model)
     facts = checkpoint_facts(ref.checkpoint)
     config = pre.resolve(facts.stored, model_roi=ref.roi or facts.roi, what=Path(ref.checkpoint).name)

@@ -175,6 +175,9 @@ def check_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for but no CUDA device is available", expected="cpu here",
                           got=repr(device), fix="use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: no such CUDA device", expected=f"cuda:0..cuda:{torch.cuda.device_count() - 1}",
+                          got=repr(device), fix="use --device cuda (the first device) or an index that exists")
     return dev
 
 
@@ -244,7 +247,10 @@ def _check_arch_fits(path: Any, arch: str, exc: Exception) -> None:
     """After a load with ``--arch`` failed: say which architecture the keys look like, when another."""
     from attnprobe.errors import AttnprobeError, CheckpointError
     from attnprobe.models.checkpoints import _guess_arch, read_checkpoint
+    from attnprobe.models.registry import available_architectures
 
+    if arch not in available_architectures():
+        return  # an unknown name: the registry's own error suggests the right one
     try:
         guess = _guess_arch(read_checkpoint(path))
     except AttnprobeError:
