@@ -169,7 +169,9 @@ def ablate(
     facts = checkpoint_facts(model_ref.checkpoint)
     config = pre.resolve(facts.stored, model_roi=model_ref.roi or facts.roi, what=Path(model_ref.checkpoint).name)
     spec = replace(spec, pad_mode=config.pad_mode if config.pad_mode in ("end", "symmetric") else "end")
-    grown = list(config.roi)
+    if config.roi == "full":  # a sweep needs one window size (pre.check refused --roi full above)
+        raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
+    grown = [int(v) for v in config.roi]
     if spec.mode == "grow":
         grown[spec.axis_index] += max(spec.paddings)
     check_memory(tuple(grown), feature_size=facts.feature_size, device=str(dev), option="--roi/--padding-sweep")
@@ -180,9 +182,9 @@ def ablate(
     plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]  # type: ignore[arg-type]
     if given_roi is None and not facts.stored.get("roi") and not model_ref.roi and not facts.roi and model_roi:
         config = replace(config, roi=tuple(model_roi))
-    use_roi = config.roi
+    use_roi = tuple(int(v) for v in config.roi)  # a window size (checked above)
     spec.check_shape(use_roi)
-    check_input_shape(adapter_for(net), tuple(use_roi))  # type: ignore[arg-type]
+    check_input_shape(adapter_for(net), use_roi)  # type: ignore[arg-type]
     pad_mode = config.pad_mode
     metric_options = {"scope": scope, "detection": detection, "surface": surface}
 

@@ -95,8 +95,8 @@ VerboseOption = Annotated[bool, typer.Option(
 
 def error_line(exc: BaseException) -> tuple[str, bool]:
     """One line for an error, and whether details were left out (lines after the first of a part)."""
-    if isinstance(exc, AttnprobeError):
-        parts = [(exc.what or "").rstrip(".")]
+    if isinstance(exc, AttnprobeError) and getattr(exc, "what", None):
+        parts = [exc.what.rstrip(".")]
         parts += [f"{label}{value}" for label, value in (("expected ", exc.expected), ("got ", exc.got),
                                                           ("fix: ", exc.fix)) if value is not None]
     else:

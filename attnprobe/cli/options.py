@@ -178,10 +178,10 @@ def checkpoint_facts(checkpoint: str | os.PathLike[str] | None) -> CheckpointFac
         return CheckpointFacts({})
     from attnprobe.models.checkpoints import META_KEY, read_checkpoint
 
-    raw = read_checkpoint(checkpoint)
-    meta = raw.get(META_KEY) if isinstance(raw.get(META_KEY), dict) else {}
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    info = raw.get("info") if isinstance(raw.get("info"), dict) else {}
+    raw = read_checkpoint(Path(checkpoint))
+    meta: dict[str, Any] = _mapping(raw.get(META_KEY))
+    config = _mapping(meta.get("config"))
+    info = _mapping(raw.get("info"))
     stored: dict[str, Any] = {}
     train = meta.get("train")
     if isinstance(train, dict):
@@ -191,7 +191,7 @@ def checkpoint_facts(checkpoint: str | os.PathLike[str] | None) -> CheckpointFac
     elif str(info.get("made_by", "")).startswith("attnprobe."):
         if isinstance(info.get("roi"), (list, tuple)):
             stored["roi"] = tuple(int(v) for v in info["roi"])
-        spec = info.get("spec") if isinstance(info.get("spec"), dict) else {}
+        spec = _mapping(info.get("spec"))
         if spec.get("spacing_mm") is not None:
             stored["spacing"] = float(spec["spacing_mm"])
         window = spec.get("window_hu")
@@ -201,6 +201,10 @@ def checkpoint_facts(checkpoint: str | os.PathLike[str] | None) -> CheckpointFac
     feature_size = next((int(config[k]) for k in ("feature_size", "embed_dim") if isinstance(config.get(k), int)),
                         12 if info.get("model_preset") == "tiny" else 48)
     return CheckpointFacts(stored, tuple(roi) if roi else None, feature_size)  # type: ignore[arg-type]
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 # --- memory ------------------------------------------------------------------------------------
