@@ -163,7 +163,13 @@ def load_workspace(path: str | os.PathLike[str]) -> Workspace:
             raw = toml.load(fh)
     except toml.TOMLDecodeError as err:
         raise ConfigError(f"Workspace file {path} is not valid TOML", expected="TOML syntax",
-                          got=str(err)) from err
+                          got=str(err), fix=f"fix or remove {path}") from err
+    except UnicodeDecodeError as err:  # a binary file: tomllib decodes before parsing
+        raise ConfigError(f"Workspace file {path} is not valid TOML", expected="a UTF-8 text file",
+                          got=f"binary data ({err.reason} at byte {err.start})", fix=f"fix or remove {path}") from err
+    except OSError as err:
+        raise ConfigError(f"Workspace file {path} cannot be read", expected="a readable file",
+                          got=f"{type(err).__name__}: {err.strerror or err}", fix=f"fix or remove {path}") from err
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(
@@ -206,8 +212,8 @@ def resolve_model(
     CheckpointError
         A declared model whose checkpoint file does not exist.
     """
-    ws = _workspace(workspace)
     key = os.fspath(name_or_path)
+    ws = _workspace_for(key, workspace)
     if ws is not None and key in ws.models:
         ref = ws.models[key]
         if not ref.checkpoint.exists():
@@ -246,8 +252,8 @@ def resolve_data(
     DataError
         A declared dataset whose path does not exist.
     """
-    ws = _workspace(workspace)
     key = os.fspath(name_or_path)
+    ws = _workspace_for(key, workspace)
     if ws is not None and key in ws.datasets:
         ref = ws.datasets[key]
         if not ref.path.exists():
@@ -324,6 +330,19 @@ def _workspace(workspace: Workspace | str | os.PathLike[str] | None) -> Workspac
         return load_workspace(workspace)
     found = find_workspace()
     return load_workspace(found) if found is not None else None
+
+
+def _workspace_for(key: str, workspace: Workspace | str | os.PathLike[str] | None) -> Workspace | None:
+    """The workspace to look ``key`` up in; a broken file found by search is skipped when ``key`` is an
+    existing path (a command that names only paths does not need the file), and reported otherwise."""
+    if workspace is not None:
+        return _workspace(workspace)
+    try:
+        return _workspace(None)
+    except ConfigError:
+        if Path(key).expanduser().exists():
+            return None
+        raise
 
 
 def _unknown(kind: str, key: str, ws: Workspace | None, names: Mapping[str, object] | None, *,

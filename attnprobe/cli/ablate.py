@@ -14,6 +14,7 @@ Writes to ``--out`` (an ablation run, ``docs/ablation.md``):
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,15 +29,27 @@ from attnprobe.cli.common import (
     load_model_ref,
     one_line_errors,
     parse_int_list,
-    parse_roi,
+    print_json,
     progress_bar,
+)
+from attnprobe.cli.options import (
+    AllowMismatchOption,
+    AMaxOption,
+    AMinOption,
+    DeviceOption,
+    IntensityOption,
+    JsonOption,
+    PadModeOption,
+    Preprocessing,
+    RoiOption,
+    SpacingOption,
+    check_memory,
+    checkpoint_facts,
 )
 
 Axis = Literal["x", "y", "z"]
-PadMode = Literal["end", "symmetric"]
 SweepModeOpt = Literal["fixed-roi", "grow"]
 KeyKind = Literal["input", "window", "all"]
-Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 Scope = Literal["matched", "volume"]
 Detection = Literal["lits", "pairwise"]
@@ -84,18 +97,19 @@ def ablate(
              "(default: none, every mask-stage, mask-all, mean-ablate).")] = None,
     key_kind: Annotated[KeyKind, typer.Option(help="Padding keys the masks hide: input, window or all.")] = "all",
     axis: Annotated[Axis, typer.Option(help="Axis the sweep pads along.")] = "z",
-    pad_mode: Annotated[PadMode, typer.Option(help="Padding at the end or split on both sides.")] = "end",
+    pad_mode: PadModeOption = None,
     sweep_mode: Annotated[SweepModeOpt, typer.Option(help="fixed-roi: content shrinks inside the ROI; "
                                                      "grow: input grows by p.")] = "fixed-roi",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint).")] = None,
-    roi: Annotated[str | None, typer.Option(help="Model ROI x,y,z (default: the model's).")] = None,
+    roi: RoiOption = None,
     split: Annotated[Split | None, typer.Option(help="Datalist split (default: the dataset's, else all).")] = None,
-    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
-    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    spacing: SpacingOption = None,
+    intensity: IntensityOption = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
+    allow_roi_mismatch: AllowMismatchOption = False,
     scope: Annotated[Scope, typer.Option(help="Dice/HD95 on matched lesions (the paper) or the whole volume.")]
     = "matched",
     detection: Annotated[Detection, typer.Option(help="Lesion detection rule.")] = "lits",
@@ -106,13 +120,18 @@ def ablate(
     compat: CompatOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
                                             "files).")] = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """Segmentation (detection, Dice, HD95) and ADI of MODEL on DATA under interventions on padding."""
+    """Segmentation (detection, Dice, HD95) and ADI of MODEL on DATA under interventions on padding.
+
+    Example: attnprobe ablate --model runs/mri/last.pt --data cases.json --padding-sweep 0,16,32 --out runs/ablate
+    (preprocessing defaults to the checkpoint's training).
+    """
     from attnprobe.results import AblationRun, Manifest, check_out
 
     manifest = Manifest.start("ablate", locals())
     from attnprobe.capture.geometry import check_input_shape
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.data.preprocess import prepare_case
     from attnprobe.errors import ConfigError, DataError
     from attnprobe.metrics.sweep import SweepSpec
     from attnprobe.models import adapter_for
@@ -122,18 +141,23 @@ def ablate(
         run_ablation,
         standard_interventions,
     )
-    from attnprobe.workspace import list_data
+    from attnprobe.workspace import list_data, resolve_model
 
     # every option is read before the model loads: bad input fails fast
+    if pad_mode == "inplane-symmetric":
+        raise ConfigError("--pad-mode inplane-symmetric does not apply to a padding sweep",
+                          expected="end or symmetric", got=f"--pad-mode {pad_mode}")
+    pre = Preprocessing(roi=roi, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                        pad_mode=pad_mode, allow_mismatch=allow_roi_mismatch)
     spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
-                     pad_mode=pad_mode, mode=sweep_mode)
+                     pad_mode=pad_mode or "end", mode=sweep_mode)
     names = [n.strip() for n in interventions.split(",") if n.strip()] if interventions is not None else None
     if names is not None and (not names or len(set(names)) != len(names)):
         raise ConfigError("bad --interventions", expected="distinct comma-separated names, e.g. none,mask-all",
                           got=repr(interventions))
     if n_resamples < 0:
         raise ConfigError("bad --n-resamples", expected="0 or more", got=str(n_resamples))
-    given_roi = parse_roi(roi)
+    given_roi = pre.check()
     if given_roi == "full":
         raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
     if given_roi is not None:
@@ -146,18 +170,27 @@ def ablate(
     if unlabeled:
         raise DataError(f"{len(unlabeled)} case(s) have no label", expected="a label for every case",
                         got=", ".join(unlabeled[:5]), fix="use a datalist whose entries have a label")
-    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
+    model_ref = resolve_model(model)
+    facts = checkpoint_facts(model_ref.checkpoint)
+    config = pre.resolve(facts.stored, model_roi=model_ref.roi or facts.roi, what=Path(model_ref.checkpoint).name)
+    spec = replace(spec, pad_mode=config.pad_mode if config.pad_mode in ("end", "symmetric") else "end")
+    if config.roi == "full":  # a sweep needs one window size (pre.check refused --roi full above)
+        raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
+    grown = [int(v) for v in config.roi]
+    if spec.mode == "grow":
+        grown[spec.axis_index] += max(spec.paddings)
+    check_memory(tuple(grown), feature_size=facts.feature_size, device=str(dev), option="--roi/--padding-sweep")
+    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat, ref=model_ref)
     err_console.print(f"loaded {report.summary()}", highlight=False)
     n_stages = len({ref.stage for ref in adapter_for(net).blocks(net)})
     names = names if names is not None else standard_interventions(n_stages)
     plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]  # type: ignore[arg-type]
-    use_roi = given_roi or model_roi
-    if use_roi is None:
-        raise ConfigError("no ROI for the model", expected="--roi or a checkpoint with a ROI", got="none")
+    if given_roi is None and not facts.stored.get("roi") and not model_ref.roi and not facts.roi and model_roi:
+        config = replace(config, roi=tuple(model_roi))
+    use_roi = tuple(int(v) for v in config.roi)  # a window size (checked above)
     spec.check_shape(use_roi)
-    check_input_shape(adapter_for(net), tuple(use_roi))  # type: ignore[arg-type]
-    config = PreprocessConfig(roi=tuple(use_roi), pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
-                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+    check_input_shape(adapter_for(net), use_roi)  # type: ignore[arg-type]
+    pad_mode = config.pad_mode
     metric_options = {"scope": scope, "detection": detection, "surface": surface}
 
     with progress_bar() as bar:
@@ -203,5 +236,8 @@ def ablate(
         else:
             err_console.print("note: no figure: it needs 'none' and at least one other intervention", highlight=False)
     written = record.save(out, replace=target.replace, extra_files=extra) + [out / n for n in extra]
+    if json_output:
+        print_json({"summary": summary.to_dict("records"), "files": [str(p) for p in written]})
+        return
     _print_table(summary)
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,16 +20,28 @@ from attnprobe.cli.common import (
     load_model_ref,
     one_line_errors,
     parse_int_list,
-    parse_roi,
+    print_json,
     progress_bar,
+)
+from attnprobe.cli.options import (
+    AllowMismatchOption,
+    AMaxOption,
+    AMinOption,
+    DeviceOption,
+    IntensityOption,
+    JsonOption,
+    PadModeOption,
+    Preprocessing,
+    RoiOption,
+    SpacingOption,
+    check_memory,
+    checkpoint_facts,
 )
 
 Axis = Literal["x", "y", "z"]
-PadMode = Literal["end", "symmetric"]
 SweepModeOpt = Literal["fixed-roi", "grow"]
 Heads = Literal["mean", "per-head"]
 PadQueriesOpt = Literal["all-windows", "real-windows"]
-Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 
 OUTPUT_FILES = ("adi.csv", "adi.parquet", "adi.nc", "summary.csv")
@@ -100,7 +113,7 @@ def adi(
     padding_sweep: Annotated[str | None, typer.Option(help="Padding amounts in voxels, e.g. 0,16,32,48 "
                                                       "(default: the cases as prepared).")] = None,
     axis: Annotated[Axis, typer.Option(help="Axis the sweep pads along.")] = "z",
-    pad_mode: Annotated[PadMode, typer.Option(help="Padding at the end or split on both sides.")] = "end",
+    pad_mode: PadModeOption = None,
     sweep_mode: Annotated[SweepModeOpt, typer.Option(help="fixed-roi: content shrinks inside the ROI; "
                                                      "grow: input grows by p.")] = "fixed-roi",
     heads: Annotated[Heads, typer.Option(help="Average heads first, or keep one value per head.")] = "mean",
@@ -109,28 +122,42 @@ def adi(
              "windows holding a real token (see docs/conventions.md).")] = "all-windows",
     store: Annotated[Path | None, typer.Option(help="Compute offline from this capture store "
                                                "(no model needed).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint).")] = None,
-    roi: Annotated[str | None, typer.Option(help="Model ROI x,y,z (default: the model's).")] = None,
+    roi: RoiOption = None,
     split: Annotated[Split | None, typer.Option(help="Datalist split (default: the dataset's, else all).")] = None,
-    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
-    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    spacing: SpacingOption = None,
+    intensity: IntensityOption = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
+    allow_roi_mismatch: AllowMismatchOption = False,
     compat: CompatOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
                                             "files).")] = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding."""
+    """Attention dilution index (ADI) and attention flow of MODEL on DATA, per block, stage and padding.
+
+    Example: attnprobe adi --model ct.pt --data cases.json --padding-sweep 0,16,32 --out runs/adi
+    (or --store ct.zarr for a capture store; ROI, spacing and intensity default to the checkpoint's).
+    """
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.results import Manifest, check_out
 
     manifest = Manifest.start("adi", locals())
 
+    if pad_mode == "inplane-symmetric" and padding_sweep is not None:
+        raise ConfigError("--pad-mode inplane-symmetric does not apply to a padding sweep",
+                          expected="end or symmetric with --padding-sweep", got=f"--pad-mode {pad_mode}")
+    check_limit(limit)
     dev = check_device(init_distributed(device))
     store_path = store
+    if store_path is not None and model is not None:
+        raise ConfigError("--store and --model exclude each other", expected="one source: a capture store or a model",
+                          got=f"--store {store_path} --model {model}",
+                          fix="drop --model to read the store, or drop --store to run the model")
     if store_path is None and model is not None:
         from attnprobe.store import is_store
         from attnprobe.workspace import resolve_model
@@ -143,24 +170,28 @@ def adi(
             raise ConfigError("--padding-sweep needs a model, a store holds one capture",
                               expected="--store without --padding-sweep", got=f"--padding-sweep {padding_sweep}",
                               fix="drop --padding-sweep, or pass --model and --data to run the sweep")
-        if data is not None:
-            err_console.print("note: --data is not used with a store (its cases were captured)", highlight=False)
-        if compat is not None:
-            raise ConfigError("--compat applies to a model, a store was captured in one mode already",
-                              expected="--store without --compat", got=f"--compat {compat}",
-                              fix="drop --compat; the store's attrs say which mode it was captured in")
+        given = [f"{flag} {value}" for flag, value in (
+            ("--data", data), ("--roi", roi), ("--spacing", spacing), ("--intensity", intensity),
+            ("--a-min", a_min), ("--a-max", a_max), ("--pad-mode", pad_mode), ("--arch", arch),
+            ("--compat", compat)) if value is not None]
+        if given:
+            raise ConfigError("options of a model run do not apply to a capture store",
+                              expected="--store without model or preprocessing options",
+                              got=", ".join(given),
+                              fix="drop them (the store's attrs record how it was captured), or pass --model "
+                                  "and --data instead of --store")
         target = check_out(out, overwrite=overwrite, kinds=("adi",)) if dist.is_main() else None
         frame, attrs = _offline(store_path, heads=heads, pad_queries=pad_queries, device=dev, limit=limit)
     else:
         if model is None or data is None:
             raise ConfigError("a model and data are needed", expected="--model and --data (or --store STORE.zarr)",
                               got=f"--model {model!r} --data {data!r}")
+        pre = Preprocessing(roi=roi, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                            pad_mode=pad_mode, allow_mismatch=allow_roi_mismatch)
         target = check_out(out, overwrite=overwrite, kinds=("adi",)) if dist.is_main() else None
-        frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis, pad_mode=pad_mode,
+        frame, attrs = _online(model=model, data=data, padding_sweep=padding_sweep, axis=axis,
                                sweep_mode=sweep_mode, heads=heads, pad_queries=pad_queries, device=dev, limit=limit,
-                               arch=arch, roi=roi,
-                               split=split, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
-                               compat=compat)
+                               arch=arch, pre=pre, split=split, compat=compat)
     if not dist.is_main() or target is None:
         return
     if store_path is not None:
@@ -172,6 +203,10 @@ def adi(
         label = Path(model).stem if Path(model).exists() else model  # type: ignore[arg-type]
     manifest.compat = {"model": str(attrs.get("compat"))}
     tables = _write_outputs(frame, out, attrs, label=label, manifest=manifest, replace=target.replace)
+    if json_output:
+        print_json({"summary": tables.summary.to_dict("records"),
+                    "files": [str(out / f) for f in OUTPUT_FILES]})
+        return
     _print_table(tables.stages)
     console.print(f"wrote {', '.join(str(out / f) for f in OUTPUT_FILES)}", highlight=False)
 
@@ -228,42 +263,45 @@ def _gather_in_case_order(frame, case_ids: list[str]):
     return merged.iloc[rank_of_row.argsort(kind="stable").to_numpy()].reset_index(drop=True)
 
 
-def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_mode: str, sweep_mode: str,
-            heads: str, pad_queries: str, device, limit: int | None, arch: str | None, roi: str | None,
-            split: str | None,
-            spacing: float | None, intensity: str, a_min: float | None, a_max: float | None,
-            compat: str | None = None):
+def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, sweep_mode: str,
+            heads: str, pad_queries: str, device, limit: int | None, arch: str | None, pre: Preprocessing,
+            split: str | None, compat: str | None = None):
     """Prepare the cases and run them (swept or as prepared) with online reduction."""
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe import dist
+    from attnprobe.data.preprocess import prepare_case
+    from attnprobe.errors import ConfigError
     from attnprobe.metrics.sweep import SweepSpec, prepared_flow
     from attnprobe.metrics.sweep import padding_sweep as run_sweep
+    from attnprobe.workspace import list_data, resolve_model
 
+    # every option is checked before the model is loaded: bad input fails fast
+    pre.check()
     spec = None
     if padding_sweep is not None:
         spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
-                         pad_mode=pad_mode, mode=sweep_mode)  # type: ignore[arg-type]
-
-    def preprocess_config(use_roi) -> PreprocessConfig:
-        config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
-                                  intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
-        if spec is not None and config.roi != "full":
-            spec.check_shape(config.roi)
-        return config
-
-    # With --roi every option is checked before the model is loaded: bad input fails fast.
-    given_roi = parse_roi(roi)
-    config = preprocess_config(given_roi) if given_roi is not None else None
-    from attnprobe import dist
-    from attnprobe.workspace import list_data
-
-    check_limit(limit)
+                         pad_mode=pre.pad_mode or "end", mode=sweep_mode)  # type: ignore[arg-type]
+        if len(spec.paddings) > MAX_SWEEP_LEVELS:
+            raise ConfigError("padding sweep too long", expected=f"at most {MAX_SWEEP_LEVELS} amounts",
+                              got=f"{len(spec.paddings)} amounts", fix="sweep fewer amounts")
+    ref = resolve_model(model)
+    facts = checkpoint_facts(ref.checkpoint)
+    config = pre.resolve(facts.stored, model_roi=ref.roi or facts.roi, what=Path(ref.checkpoint).name)
+    if spec is not None:  # the sweep pads as the preprocessing does (in-plane modes pad z at the end)
+        spec = replace(spec, pad_mode=config.pad_mode if config.pad_mode in ("end", "symmetric") else "end")
+    if spec is not None and config.roi != "full":
+        spec.check_shape(config.roi)
+        grown = list(config.roi)
+        if spec.mode == "grow":
+            grown[spec.axis_index] += max(spec.paddings)
+        check_memory(tuple(grown), feature_size=facts.feature_size, device=str(device),
+                     option="--roi/--padding-sweep")
+    elif config.roi != "full":
+        check_memory(config.roi, feature_size=facts.feature_size, device=str(device))  # type: ignore[arg-type]
     all_refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
     refs = [all_refs[i] for i in dist.shard(all_refs)]  # under torchrun: this rank's share
-    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
+    net, report, _ = load_model_ref(model, arch=arch, compat=compat, ref=ref)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
-    if config is None:
-        config = preprocess_config(model_roi or (96, 96, 96))
     levels = spec.paddings if spec is not None else (0,)
 
     with progress_bar(disable=not dist.is_main()) as bar:
@@ -272,7 +310,10 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
         def prepared():
             for ref in refs:
                 bar.update(task, status=f"{ref.case_id} preprocessing")
-                yield prepare_case(ref, config)
+                case = prepare_case(ref, config)
+                if spec is not None:
+                    check_fraction_changes(case, spec)
+                yield case
 
         def advance(case_id: str, p: int) -> None:
             bar.update(task, advance=1, status=f"{case_id} p={p}")
@@ -288,5 +329,43 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
              "compat": report.compat,
              "roi": str(config.roi), "heads": heads, "pad_queries": pad_queries,
              "padding_sweep": ",".join(map(str, levels)),
-             "axis": axis, "pad_mode": pad_mode, "sweep_mode": sweep_mode if spec is not None else "none"}
+             "axis": axis, "pad_mode": config.pad_mode, "sweep_mode": sweep_mode if spec is not None else "none",
+             "spacing": str(config.spacing), "intensity": config.intensity}
     return frame, attrs
+
+
+#: more amounts than this is a typo (a sweep runs one forward per case and amount)
+MAX_SWEEP_LEVELS = 64
+
+
+def check_fraction_changes(case, spec) -> None:
+    """Refuse a sweep whose padding fraction is the same at every amount for ``case``.
+
+    In ``fixed-roi`` mode, a case whose content is shorter than the ROI less the largest
+    amount already has that much padding: every amount gives the same input, and the sweep
+    would print identical rows.
+    """
+    from attnprobe.errors import ConfigError
+    from attnprobe.metrics.sweep import swept_input
+
+    if len(spec.paddings) < 2:
+        return
+    fractions = [swept_input(case, p, spec).pad_fraction for p in spec.paddings]
+    if max(fractions) - min(fractions) < 1e-9:
+        size = int(case.image.shape[spec.axis_index + 1])
+        content = _content_length(case, spec.axis_index)
+        raise ConfigError(
+            f"the padding sweep does not change the input of case {case.case_id}: its padding fraction is "
+            f"{fractions[0]:.3f} at every amount",
+            expected=f"content longer than the ROI less the largest amount on {spec.axis} "
+                     f"({size} - {max(spec.paddings)} = {size - max(spec.paddings)} voxels)",
+            got=f"{content} voxels of content on {spec.axis} (after preprocessing)",
+            fix="use a smaller --roi on that axis (the checkpoint's training ROI is the default), larger "
+                "amounts, or --sweep-mode grow")
+
+
+def _content_length(case, axis: int) -> int:
+    """Voxels along ``axis`` (0..2) that hold content in some position of the other axes."""
+    mask = case.mask.bool()[0]
+    other = tuple(d for d in range(3) if d != axis)
+    return int(mask.any(dim=other[1]).any(dim=other[0]).sum())

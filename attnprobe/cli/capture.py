@@ -9,18 +9,30 @@ import typer
 
 from attnprobe.cli.common import (
     CompatOption,
+    check_device,
+    check_limit,
     console,
     err_console,
     init_distributed,
     load_model_ref,
     one_line_errors,
-    parse_roi,
     progress_bar,
 )
+from attnprobe.cli.options import (
+    AllowMismatchOption,
+    AMaxOption,
+    AMinOption,
+    DeviceOption,
+    IntensityOption,
+    PadModeOption,
+    Preprocessing,
+    RoiOption,
+    SpacingOption,
+    check_memory,
+    checkpoint_facts,
+)
 
-PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 DType = Literal["float16", "float32"]
-Intensity = Literal["percentile", "fixed"]
 
 
 def lazy_cases(data: str, config, *, split: str, limit: int | None):
@@ -43,40 +55,52 @@ def capture(
     out: Annotated[Path, typer.Option(help="Output store (.zarr); an existing one of the same capture resumes.")],
     arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint when omitted).")] = None,
     taps: Annotated[list[str] | None, typer.Option("--taps", help="Glob over tap names, repeatable.")] = None,
-    roi: Annotated[str | None, typer.Option(help="Model ROI x,y,z (default: the model's).")] = None,
-    pad_mode: Annotated[PadMode, typer.Option(help="Where input padding goes.")] = "end",
+    roi: RoiOption = None,
+    pad_mode: PadModeOption = None,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of maps and outputs.")] = "float16",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     limit: Annotated[int | None, typer.Option(help="Capture at most N cases.")] = None,
     split: Annotated[str, typer.Option(help="Datalist split: all, training, validation, test.")] = "all",
-    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
-    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    spacing: SpacingOption = None,
+    intensity: IntensityOption = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
+    allow_roi_mismatch: AllowMismatchOption = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store instead of resuming.")] = False,
     compat: CompatOption = None,
 ) -> None:
-    """Capture attention maps and block outputs of MODEL on DATA into a Zarr store."""
+    """Capture attention maps and block outputs of MODEL on DATA into a Zarr store.
+
+    Example: attnprobe capture --model ct.pt --data cases.json --out ct.zarr --taps 'stage0.*'
+    (ROI, spacing and intensity default to what the checkpoint was trained with).
+    """
     from attnprobe import dist
-    from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.errors import ConfigError
     from attnprobe.store import capture_to_store
+    from attnprobe.workspace import resolve_model
 
-    device = init_distributed(device)
+    # every option is checked before the model loads: bad input fails fast
+    pre = Preprocessing(roi=roi, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                        pad_mode=pad_mode, allow_mismatch=allow_roi_mismatch)
+    if pre.check() == "full":
+        raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
+                          got="--roi full")
+    check_limit(limit)
+    device = init_distributed(str(check_device(device)))
     if dist.is_main():
         from attnprobe.results import check_out
 
         # --overwrite replaces only a store (or an empty folder), never other files (docs/results.md)
         check_out(out, overwrite=overwrite, kinds=(), store=True)
-    net, report, model_roi = load_model_ref(model, arch=arch, compat=compat)
+    ref = resolve_model(model)
+    facts = checkpoint_facts(ref.checkpoint)
+    config = pre.resolve(facts.stored, model_roi=ref.roi or facts.roi, what=Path(ref.checkpoint).name)
+    check_memory(config.roi, feature_size=facts.feature_size, device=device)  # type: ignore[arg-type]
+    net, report, _ = load_model_ref(model, arch=arch, compat=compat, ref=ref)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
-    use_roi = parse_roi(roi) or model_roi or (96, 96, 96)
-    if use_roi == "full":
-        raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
-                          got="--roi full")
-    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
-                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+    use_roi = config.roi
+    pad_mode = config.pad_mode
     cases = lazy_cases(data, config, split=split, limit=limit)
     with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("capture", total=len(dist.shard(cases)), status="")
@@ -89,7 +113,6 @@ def capture(
                                 attrs={"preprocessing": config_dict(config), "padding": {"mode": pad_mode}})
     if dist.is_main():
         console.print(f"wrote {path}")
-
 
 
 def config_dict(config) -> dict:

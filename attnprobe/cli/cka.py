@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,9 +20,23 @@ from attnprobe.cli.common import (
     init_distributed,
     load_model_ref,
     one_line_errors,
-    parse_roi,
     parse_size3,
+    print_json,
     progress_bar,
+)
+from attnprobe.cli.options import (
+    AllowMismatchOption,
+    AMaxOption,
+    AMinOption,
+    DeviceOption,
+    IntensityOption,
+    JsonOption,
+    PadModeOption,
+    Preprocessing,
+    RoiOption,
+    SpacingOption,
+    check_memory,
+    checkpoint_facts,
 )
 
 KernelOpt = Literal["linear", "rbf"]
@@ -31,8 +46,6 @@ BaselineOpt = Literal["random-init", "none"]
 MedianOpt = Literal["pairs", "kornblith"]
 PoolingOpt = Literal["correct", "paper-swin-axes"]
 SmallGridOpt = Literal["keep", "stretch"]
-PadMode = Literal["end", "symmetric", "inplane-symmetric"]
-Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 
 
@@ -71,6 +84,10 @@ def _parse_crop_size(text: str | None) -> tuple[int, int, int] | None:
 def _device(device: str) -> str:
     """Check ``--device``, then join torchrun's process group (see :func:`init_distributed`)."""
     return init_distributed(str(check_device(device)))
+
+
+def _size(roi) -> str:
+    return roi if isinstance(roi, str) else "x".join(map(str, roi))
 
 
 def _print_diagonal(da) -> None:
@@ -126,16 +143,16 @@ def cka_command(
              "outputs (paper-swin-axes).")] = "correct",
     small_grid: Annotated[SmallGridOpt, typer.Option(
         help="An axis shorter than --pool keeps its size, or is stretched to it as the paper did.")] = "keep",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     limit: Annotated[int | None, typer.Option(help="Use at most N cases.")] = None,
-    roi: Annotated[str | None, typer.Option(help="Input ROI x,y,z for both sides (default: the reference "
-                                            "model's).")] = None,
+    roi: RoiOption = None,
     split: Annotated[Split, typer.Option(help="Datalist split.")] = "all",
-    pad_mode: Annotated[PadMode, typer.Option(help="Where input padding goes.")] = "end",
-    spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing in mm.")] = 1.0,
-    intensity: Annotated[Intensity, typer.Option(help="Intensity scaling.")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    pad_mode: PadModeOption = None,
+    spacing: SpacingOption = None,
+    intensity: IntensityOption = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
+    allow_roi_mismatch: AllowMismatchOption = False,
     baseline: Annotated[BaselineOpt, typer.Option(
         help="Also compare with randomly initialised models of the target's architecture (models only): "
              "the CKA that unrelated weights reach on these inputs.")] = "random-init",
@@ -148,8 +165,13 @@ def cka_command(
         "--tgt-compat", help="--compat of the target model (default: --compat).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
                                             "files).")] = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """CKA of every block pair of REF and TGT (feature reuse = the diagonal), written to OUT."""
+    """CKA of every block pair of REF and TGT (feature reuse = the diagonal), written to OUT.
+
+    Example: attnprobe cka --ref ct.pt --tgt mri.pt --data cases.json --out runs/cka
+    (inputs are preprocessed as REF was trained, from its checkpoint, unless options say otherwise).
+    """
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.metrics.reuse import CKAConfig
@@ -168,6 +190,9 @@ def cka_command(
         raise ConfigError("bad --crops", expected="an integer >= 1", got=str(crops))
     check_limit(limit)
     box = _parse_crop_size(crop_size)
+    pre = Preprocessing(roi=roi, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                        pad_mode=pad_mode, allow_mismatch=allow_roi_mismatch)
+    pre.check()
     dev = _device(device)
 
     tgt_text = tgt if tgt is not None else ref
@@ -182,7 +207,9 @@ def cka_command(
     main = dist.is_main()
     if ref_kind == "store":
         for flag, value in (("--data", data), ("--tgt-data", tgt_data), ("--roi", roi), ("--crop-size", crop_size),
-                            ("--compat", compat), ("--tgt-compat", tgt_compat)):
+                            ("--compat", compat), ("--tgt-compat", tgt_compat), ("--spacing", spacing),
+                            ("--intensity", intensity), ("--a-min", a_min), ("--a-max", a_max),
+                            ("--pad-mode", pad_mode)):
             if value is not None:
                 raise ConfigError(f"{flag} does not apply to capture stores",
                                   expected="stores hold the outputs of their captured inputs",
@@ -208,8 +235,7 @@ def cka_command(
         target = check_out(out, overwrite=overwrite, kinds=("cka",)) if main else None
         with _warnings_as_lines(main):
             da = _models(ref, tgt, data=data, tgt_data=tgt_data, config=config, crops=crops, crop_size=box,
-                         seed=seed, device=dev, limit=limit, roi=roi, split=split, pad_mode=pad_mode,
-                         spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, names=names, main=main,
+                         seed=seed, device=dev, limit=limit, pre=pre, split=split, names=names, main=main,
                          compat=(compat, tgt_compat or compat), baseline=baseline, baseline_seeds=baseline_seeds)
     if da is not None and target is not None:  # rank 0 only
         if ref_kind == "store":
@@ -225,8 +251,13 @@ def cka_command(
         manifest.compat = {side: str(da.attrs[f"{side}_compat"]) for side in ("ref", "tgt")
                            if f"{side}_compat" in da.attrs}
         paths = CkaRun(matrix=da, manifest=manifest).save(out, replace=target.replace)
-        _print_diagonal(da)
-        console.print(f"wrote {', '.join(map(str, paths))}", highlight=False)
+        if json_output:
+            from attnprobe.metrics.reuse import summarize
+
+            print_json({"attrs": dict(da.attrs), "summary": summarize(da), "files": [str(p) for p in paths]})
+        else:
+            _print_diagonal(da)
+            console.print(f"wrote {', '.join(map(str, paths))}", highlight=False)
     # every rank leaves together once the outputs exist (a rank exiting early can take gloo's
     # threads down mid-collective); if rank 0 failed instead, torchrun stops the others
     dist.barrier()
@@ -270,15 +301,21 @@ def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
                               on_case=lambda c: bar.update(task, advance=1, status=c))
 
 
-def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, roi, split, pad_mode,
-            spacing, intensity, a_min, a_max, names, main, compat=(None, None), baseline="none", baseline_seeds=3):
+def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, pre, split,
+            names, main, compat=(None, None), baseline="none", baseline_seeds=3):
     from attnprobe import dist
     from attnprobe.cli.capture import lazy_cases
-    from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.metrics.reuse import check_examples, compare_models, pair_by_case_id
+    from attnprobe.workspace import resolve_model
 
-    config_roi = parse_roi(roi)
-    ref_net, ref_report, ref_roi = load_model_ref(ref, compat=compat[0])
+    config_roi = pre.check()
+    # the inputs are prepared as the reference model was trained (its checkpoint's metadata)
+    ref_ref = resolve_model(ref)
+    facts = checkpoint_facts(ref_ref.checkpoint)
+    prep = pre.resolve(facts.stored, model_roi=ref_ref.roi or facts.roi, what=Path(ref_ref.checkpoint).name)
+    if prep.roi != "full":
+        check_memory(prep.roi, feature_size=facts.feature_size, device=str(device))
+    ref_net, ref_report, ref_roi = load_model_ref(ref, compat=compat[0], ref=ref_ref)
     same_model = tgt is None and compat[1] == compat[0]  # else: the same checkpoint in two compat modes
     if same_model:
         tgt_net, tgt_report, tgt_roi = ref_net, ref_report, ref_roi
@@ -288,12 +325,12 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
         err_console.print(f"ref: {ref_report.summary()}", highlight=False)
         if not same_model:
             err_console.print(f"tgt: {tgt_report.summary()}", highlight=False)
-    use_roi = config_roi or ref_roi or tgt_roi or (96, 96, 96)
+    if config_roi is None and not facts.stored.get("roi") and not ref_ref.roi and not facts.roi:
+        prep = replace(prep, roi=tuple(ref_roi or tgt_roi or (96, 96, 96)))
+    use_roi = prep.roi
     if main and config_roi is None and ref_roi and tgt_roi and tuple(ref_roi) != tuple(tgt_roi):
         err_console.print(f"note: the models' ROIs differ ({tuple(ref_roi)} vs {tuple(tgt_roi)}); both see "
-                          f"{tuple(use_roi)} (set --roi to choose)", highlight=False)
-    prep = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing, intensity=intensity,
-                            a_min=a_min, a_max=a_max)
+                          f"{_size(use_roi)} (set --roi to choose)", highlight=False)
     ref_cases = lazy_cases(data, prep, split=split, limit=None)
     tgt_cases = None
     if tgt_data is not None:

@@ -16,9 +16,8 @@ from attnprobe.cli.common import (
     parse_roi,
     progress_bar,
 )
+from attnprobe.cli.options import AMaxOption, AMinOption, Intensity, PadMode, Preprocessing
 
-PadMode = Literal["end", "symmetric", "inplane-symmetric"]
-Intensity = Literal["percentile", "fixed"]
 Split = Literal["all", "training", "validation", "test"]
 Rule = Literal["coverage", "efficiency"]
 
@@ -61,7 +60,10 @@ def phantoms(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier phantom dataset in --out (never other "
                                             "files).")] = False,
 ) -> None:
-    """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists."""
+    """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists.
+
+    Example: attnprobe data phantoms --out phantoms --n 8 --shape 48,48,24
+    """
     from attnprobe.data.phantoms import MODALITIES, write_phantom_dataset
     from attnprobe.errors import ConfigError
     from attnprobe.results import Manifest, PhantomSet, check_out
@@ -104,8 +106,8 @@ def extent(
     spacing: Annotated[float, typer.Option(help="Isotropic spacing in mm for preprocessing.")] = 1.0,
     pad_mode: Annotated[PadMode, typer.Option(help="Where padding goes when a case is smaller than a crop.")] = "end",
     intensity: Annotated[Intensity, typer.Option(help="Intensity scaling (decides the foreground crop).")] = "percentile",
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
     coverage: Annotated[float, typer.Option(help="Quantile of axial extents the crop must cover.")] = 0.9,
     rule: Annotated[Rule, typer.Option(
         help="coverage: smallest multiple of 32 covering the quantile; efficiency: best stage-0 token "
@@ -118,7 +120,10 @@ def extent(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
                                             "files).")] = False,
 ) -> None:
-    """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation."""
+    """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation.
+
+    Example: attnprobe data extent cases.json --arch swin_unetr --candidates 96x96x96,96x96x64
+    """
     from rich.table import Table
 
     from attnprobe.results import ExtentRun, Manifest
@@ -137,6 +142,7 @@ def extent(
     from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading
+    Preprocessing(spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max, pad_mode=pad_mode).check()
     crops = parse_candidates(candidates) if candidates else default_candidates(arch, model_preset)
     check_limit(limit)
     target = _extent_out(out, overwrite=overwrite) if out is not None else None

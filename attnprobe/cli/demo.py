@@ -19,6 +19,8 @@ presets, captures a store, runs the ADI padding sweep and CKA feature reuse, eva
 Dice and HD95, measures crop token efficiency, clusters the tumors, then writes figures/ and
 report.md / report.html in --out. --quick finishes in under five minutes on two CPU cores; the
 default uses more cases and longer fine-tuning.
+
+Example: attnprobe demo --quick --out attnprobe-demo
 """
 
 

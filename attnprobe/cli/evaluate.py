@@ -32,17 +32,30 @@ import typer
 from attnprobe.cli.common import (
     CompatOption,
     check_device,
+    check_finite_weights,
     check_limit,
     console,
     err_console,
     load_checkpoint_quietly,
     one_line_errors,
-    parse_roi,
+    print_json,
     progress_bar,
 )
+from attnprobe.cli.options import (
+    AllowMismatchOption,
+    AMaxOption,
+    AMinOption,
+    DeviceOption,
+    IntensityOption,
+    JsonOption,
+    PadModeOption,
+    Preprocessing,
+    RoiOption,
+    SpacingOption,
+    check_memory,
+    checkpoint_facts,
+)
 
-Intensity = Literal["percentile", "fixed"]
-PadMode = Literal["end", "symmetric", "inplane-symmetric"]
 Scope = Literal["matched", "volume"]
 Detection = Literal["lits", "pairwise"]
 Surface = Literal["surfel", "voxel"]
@@ -80,7 +93,7 @@ def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, An
     from attnprobe.data.arrays import affine_spacing
     from attnprobe.data.io import load_volume
     from attnprobe.errors import DataError
-    from attnprobe.train.evaluate import evaluate_case
+    from attnprobe.train.evaluate import check_label_map, evaluate_case
 
     preds = _nifti_ids(pred_dir, strip_label_suffix=False)
     labels = _nifti_ids(label_dir, strip_label_suffix=True)
@@ -105,6 +118,7 @@ def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, An
                 raise DataError(f"prediction of case {case!r} is not on its label's grid",
                                 expected=f"shape {tuple(ref.shape)} and the label's affine",
                                 got=f"shape {tuple(pred.shape)}", fix="resample the prediction to the label grid")
+            check_label_map(pred.numpy(), ref.numpy(), case=case)
             results.append(evaluate_case(pred.numpy(), ref.numpy(), spacing=affine_spacing(ref.affine),
                                          case=case, **metric_options))
             bar.update(task, advance=1, status=case)
@@ -113,63 +127,73 @@ def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, An
 
 def _check_preprocessing(stored: dict[str, Any] | None, requested: dict[str, Any], *, allow: bool) -> dict[str, Any]:
     """Preprocessing to use: the stored one, with requested values refused when they differ."""
-    from attnprobe.errors import ConfigError
+    from attnprobe.cli.options import check_against_training
 
     if not stored:
         return requested
-    used = {k: stored.get(k) for k in requested}
-    diffs = [f"{k}={requested[k]!r} (trained with {used[k]!r})" for k in requested
-             if requested[k] is not None and requested[k] != used[k]]
-    if diffs and not allow:
-        raise ConfigError("preprocessing differs from the model's training",
-                          expected=", ".join(f"{k}={v!r}" for k, v in used.items() if v is not None),
-                          got="; ".join(diffs),
-                          fix="drop the option to use the trained values, or pass --allow-roi-mismatch")
-    if diffs:
-        err_console.print(f"warning: evaluating with {'; '.join(diffs)}", highlight=False)
-    return {k: (requested[k] if requested[k] is not None else used[k]) for k in requested}
+    values = check_against_training(stored, requested, allow=allow, doing="evaluating")
+    # evaluation falls back on its own defaults (below), not on the shared ones
+    return {k: (v if requested[k] is not None or stored.get(k) is not None else None) for k, v in values.items()}
 
 
-def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | None, roi: str | None,
-                       intensity: str | None, a_min: float | None, a_max: float | None, spacing: float | None,
-                       pad_mode: str | None, allow: bool, tta: bool, device: str, limit: int | None,
+def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | None, pre: Preprocessing,
+                       tta: bool, device: str, limit: int | None,
                        write: bool, out: Path, metric_options: dict[str, Any],
                        compat: str | None = None) -> tuple[list, dict[str, Any]]:
     from attnprobe.data.arrays import affine_spacing
     from attnprobe.data.io import load_volume
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
-    from attnprobe.errors import ConfigError
-    from attnprobe.train.evaluate import evaluate_case
+    from attnprobe.errors import ConfigError, DataError
+    from attnprobe.train.evaluate import check_label_map, evaluate_case
     from attnprobe.train.inference import InferenceConfig, predict_case, write_prediction
     from attnprobe.workspace import list_data, resolve_data, resolve_model
 
-    ref = resolve_model(model)
-    net, report = load_checkpoint_quietly(ref.checkpoint, arch or ref.arch, compat=compat)
-    err_console.print(f"loaded {report.summary()}", highlight=False)
-    stored = report.metadata.get("train") if isinstance(report.metadata.get("train"), dict) else None
-    crop = parse_roi(roi)
+    # everything that can be checked without the model first: options, data, labels
+    crop = pre.check()
     if crop == "full":
         raise ConfigError("--roi must be a window size", expected="three sizes like 96,96,64", got="'full'")
-    requested = {"roi": list(crop) if crop else (list(ref.roi) if ref.roi else None), "intensity": intensity,
-                 "a_min": a_min, "a_max": a_max, "spacing": spacing, "pad_mode": pad_mode}
-    pre = _check_preprocessing(stored, requested, allow=allow)
-    window = pre["roi"] or net.attnprobe_config.get("roi")
-    if window is None:
-        raise ConfigError("no ROI for the sliding window", expected="--roi or a checkpoint with a ROI", got="none")
-    config = PreprocessConfig(roi="full", spacing=pre["spacing"] if pre["spacing"] is not None else 1.0,
-                              intensity=pre["intensity"] or "percentile", a_min=pre["a_min"], a_max=pre["a_max"],
-                              pad_mode=pre["pad_mode"] or "end")
-    infer = InferenceConfig(roi=tuple(window), tta=tta)
-
     dev = check_device(device)
-    net.to(dev)
     source = resolve_data(data)
     if split is None:
         split = "test" if Path(source).suffix.lower() == ".json" and source.split == "all" else source.split
     refs = list_data(source, split=split)  # type: ignore[arg-type]
     check_limit(limit)  # after listing, as before: a bad data source is reported first
     refs = refs[:limit] if limit is not None else refs
-    results, unlabeled = [], []
+    unlabeled = [r.case_id for r in refs if r.label is None]
+    if len(unlabeled) == len(refs) and not write:
+        raise DataError(f"no case of {data} (split {split}) has a label: there is nothing to score",
+                        expected="cases with a label", got=f"{len(refs)} case(s) without one",
+                        fix="use a datalist with labels, or add --write-predictions to only predict "
+                            f"(they go to {out / 'predictions'})")
+    if unlabeled and not write:
+        err_console.print(f"note: {len(unlabeled)} case(s) without a label are skipped "
+                          f"({', '.join(unlabeled[:5])}{' ...' if len(unlabeled) > 5 else ''}); "
+                          "--write-predictions predicts them too", highlight=False, markup=False)
+        refs = [r for r in refs if r.label is not None]
+
+    ref = resolve_model(model)
+    facts = checkpoint_facts(ref.checkpoint)
+    requested = {"roi": list(crop) if crop else (list(ref.roi) if ref.roi else None), "intensity": pre.intensity,
+                 "a_min": pre.a_min, "a_max": pre.a_max, "spacing": pre.spacing, "pad_mode": pre.pad_mode}
+    stored = {k: (list(v) if isinstance(v, tuple) else v) for k, v in facts.stored.items()}
+    used = _check_preprocessing(stored, requested, allow=pre.allow_mismatch)
+    if used["roi"] is not None:
+        check_memory(tuple(used["roi"]), feature_size=facts.feature_size, device=str(dev))
+    net, report = load_checkpoint_quietly(ref.checkpoint, arch or ref.arch, compat=compat)
+    check_finite_weights(net, Path(report.path).name)
+    err_console.print(f"loaded {report.summary()}", highlight=False)
+    window = used["roi"] or net.attnprobe_config.get("roi")
+    if window is None:
+        raise ConfigError("no ROI for the sliding window", expected="--roi or a checkpoint with a ROI", got="none")
+    config = PreprocessConfig(roi="full", spacing=used["spacing"] if used["spacing"] is not None else 1.0,
+                              intensity=used["intensity"] or "percentile",
+                              a_min=used["a_min"] if used["intensity"] == "fixed" else None,
+                              a_max=used["a_max"] if used["intensity"] == "fixed" else None,
+                              pad_mode=used["pad_mode"] or "end")
+    infer = InferenceConfig(roi=tuple(window), tta=tta)
+
+    net.to(dev)
+    results, predicted_only = [], []
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=len(refs), status="")
         for case_ref in refs:
@@ -178,17 +202,20 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
             if write:
                 write_prediction(prediction, out, probabilities=True)
             if case_ref.label is None:
-                unlabeled.append(case_ref.case_id)
+                predicted_only.append(case_ref.case_id)
             else:
                 label = load_volume(case_ref.label, role="label")
-                results.append(evaluate_case(prediction.native_label(), label.numpy(),
+                native = prediction.native_label()
+                check_label_map(native, label.numpy(), case=case_ref.case_id)
+                results.append(evaluate_case(native, label.numpy(),
                                              spacing=affine_spacing(label.affine), case=case_ref.case_id,
                                              **metric_options))
             bar.update(task, advance=1, status=case_ref.case_id)
-    if unlabeled:
-        err_console.print(f"{len(unlabeled)} case(s) without a label were predicted but not scored", highlight=False)
-    info = {"model": str(ref.checkpoint), "compat": report.compat, "data": str(source.path), "split": split, "roi": list(window),
-            "tta": tta, "preprocessing": {k: v for k, v in pre.items() if k != "roi"}}
+    if predicted_only:
+        err_console.print(f"{len(predicted_only)} case(s) without a label were predicted but not scored; "
+                          f"their predictions are in {out / 'predictions'}", highlight=False, markup=False)
+    info = {"model": str(ref.checkpoint), "compat": report.compat, "data": str(source.path), "split": split,
+            "roi": list(window), "tta": tta, "preprocessing": {k: v for k, v in used.items() if k != "roi"}}
     return results, info
 
 
@@ -210,18 +237,17 @@ def evaluate(
     arch: Annotated[str | None, typer.Option(help="Architecture (guessed from the checkpoint when omitted).")] = None,
     split: Annotated[str | None, typer.Option(
         help="Datalist split (default: test for a datalist, all for a folder).")] = None,
-    roi: Annotated[str | None, typer.Option(help="Sliding-window ROI x,y,z (default: the trained one).")] = None,
-    allow_roi_mismatch: Annotated[bool, typer.Option(
-        help="Allow a ROI, intensity mode or spacing different from the model's training.")] = False,
-    intensity: Annotated[Intensity | None, typer.Option(help="Intensity scaling (default: the trained one).")] = None,
-    a_min: Annotated[float | None, typer.Option(help="Fixed window lower bound (--intensity fixed).")] = None,
-    a_max: Annotated[float | None, typer.Option(help="Fixed window upper bound (--intensity fixed).")] = None,
-    spacing: Annotated[float | None, typer.Option(help="Isotropic spacing in mm (default: the trained one).")] = None,
-    pad_mode: Annotated[PadMode | None, typer.Option(help="Where padding goes (default: the trained one).")] = None,
+    roi: RoiOption = None,
+    allow_roi_mismatch: AllowMismatchOption = False,
+    intensity: IntensityOption = None,
+    a_min: AMinOption = None,
+    a_max: AMaxOption = None,
+    spacing: SpacingOption = None,
+    pad_mode: PadModeOption = None,
     tta: Annotated[bool, typer.Option(help="Flip test-time augmentation (identity + one flip per axis).")] = False,
     write_predictions: Annotated[bool, typer.Option(
         help="Write predictions/ and probabilities/ as NIfTI in the input's native space.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     limit: Annotated[int | None, typer.Option(help="Evaluate at most N cases.")] = None,
     scope: Annotated[Scope, typer.Option(
         help="Dice/HD95 on matched lesions only (the paper) or over the whole volume.")] = "matched",
@@ -240,8 +266,13 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier attnprobe result in --out (never other "
                                             "files).")] = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """Score a model on data (--model/--data) or existing segmentations (--pred/--labels), or compare two runs."""
+    """Score a model on data (--model/--data) or existing segmentations (--pred/--labels), or compare two runs.
+
+    Example: attnprobe evaluate --model runs/mri/last.pt --data cases.json --out runs/eval
+    (or --pred PRED_DIR --labels LABEL_DIR; preprocessing defaults to the checkpoint's training).
+    """
     import pandas as pd
 
     from attnprobe.errors import ConfigError
@@ -276,9 +307,10 @@ def evaluate(
         manifest.add_input(pred, "predictions")  # type: ignore[arg-type]
         manifest.add_input(labels, "labels")  # type: ignore[arg-type]
     else:
+        pre = Preprocessing(roi=roi, spacing=spacing, intensity=intensity, a_min=a_min, a_max=a_max,
+                            pad_mode=pad_mode, allow_mismatch=allow_roi_mismatch)
         results, info = _predict_and_score(
-            model, data, arch=arch, split=split, roi=roi, intensity=intensity, a_min=a_min,  # type: ignore[arg-type]
-            a_max=a_max, spacing=spacing, pad_mode=pad_mode, allow=allow_roi_mismatch, tta=tta, device=device,
+            model, data, arch=arch, split=split, pre=pre, tta=tta, device=device,  # type: ignore[arg-type]
             limit=limit, write=write_predictions, out=out, metric_options=metric_options, compat=compat)
         manifest.add_input(info["model"], "checkpoint")
         manifest.add_data(data)  # type: ignore[arg-type]
@@ -289,7 +321,9 @@ def evaluate(
     EvaluationRun(cases=frame, summary={**summary, **info, **metric_options}, preset=preset, backbone=backbone,
                   label=preset, manifest=manifest).save(out, replace=target.replace,
                                                         extra_files=("predictions", "probabilities"))
-    if results:
+    if json_output:
+        print_json({**summary, **info, **metric_options, "files": [str(out / "cases.csv"), str(out / "summary.json")]})
+    elif results:
         console.print(f"{summary['n_detected']}/{summary['n_with_reference']} detected"
                       f" ({_pct(summary['detection_rate'])} {_interval(summary, 'detection_rate', pct=True)}), "
                       f"Dice {_num(summary['dice_mean'], 4)} {_interval(summary, 'dice')}, "

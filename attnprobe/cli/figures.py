@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from attnprobe.cli.common import console, err_console, one_line_errors
+from attnprobe.cli.common import console, err_console, one_line_errors, plain_numbers
 
 Format = Literal["png", "pdf", "svg"]
 
@@ -26,16 +26,20 @@ def figures(
     stores: Annotated[bool, typer.Option(help="Also reduce capture stores (*.zarr) to attention-flow "
                                               "figures (reads every stored map).")] = True,
 ) -> None:
-    """Find what RUN_DIR holds and draw every figure it can, each with a caption file."""
+    """Find what RUN_DIR holds and draw every figure it can, each with a caption file.
+
+    Example: attnprobe figures runs/ --out figures/ --format pdf
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window
     from attnprobe.figures.discover import draw_figures
 
     def written(record) -> None:
-        err_console.print(f"{record.path.name}: {record.caption}", highlight=False, soft_wrap=True)
+        err_console.print(f"{record.path.name}: {record.caption}", highlight=False, soft_wrap=True, markup=False)
 
     result = draw_figures(run_dir, out, fmt=format, stores=stores, on_figure=written)
     for name, reason in result.skipped:
-        err_console.print(f"skipped {name}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"skipped {name}: {plain_numbers(reason)}", highlight=False, soft_wrap=True,
+                          markup=False)
     console.print(f"wrote {len(result.figures)} figure(s) to {out}", highlight=False)

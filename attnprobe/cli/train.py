@@ -9,6 +9,7 @@ import typer
 
 from attnprobe.cli.common import (
     Compat,
+    check_device,
     console,
     err_console,
     init_distributed,
@@ -38,6 +39,8 @@ run: repeat the original command and add --resume.
 Under torchrun (torchrun --nproc_per_node K -m attnprobe train ...) the ranks train one model
 with DistributedDataParallel: --batch-size stays the volumes per step over all ranks, each rank
 taking its share, so the run follows the single-process one; rank 0 writes the run folder.
+
+Example: attnprobe train --data cases.json --out runs/mri-act --preset act --init ct --epochs 100
 """
 
 
@@ -61,7 +64,7 @@ def train(
         "'current'. Default: what it records; 'original' for checkpoints attnprobe did not write.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (scratch trains twice as many).")] = 100,
     roi: Annotated[str | None, typer.Option(help="Crop x,y,z overriding the preset's (e.g. 96,96,64).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (AMP on cuda).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (AMP on cuda).")] = "cpu",
     val_every: Annotated[int, typer.Option(help="Validate every K epochs.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and augmentation.")] = 0,
     batch_size: Annotated[int | None, typer.Option(
@@ -100,7 +103,10 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
                           got="both")
-    device = init_distributed(device)
+    crop = parse_roi(roi)  # options first: bad input fails before anything is loaded
+    if crop == "full":
+        raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")
+    device = str(check_device(init_distributed(device)))
     main = dist.is_main()
     random_init = init is not None and init.lower() == "none"
     init_ref = None if random_init else init
@@ -113,9 +119,6 @@ def train(
         declared_roi = ref.roi
     if not get_preset(preset).pretrained and init_ref is not None and main:
         err_console.print(f"preset {preset} starts from random weights: --init {init_ref} is ignored", highlight=False)
-    crop = parse_roi(roi)
-    if crop == "full":
-        raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")
     config = resolve_train_config(
         preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
         init=init_ref, init_compat=init_compat, declared_roi=declared_roi, val_every=val_every, seed=seed,

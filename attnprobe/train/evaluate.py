@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from attnprobe.data.arrays import check_spacing, volume_3d
-from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.errors import ConfigError, DataError, ShapeError
 from attnprobe.train.surface import SurfaceMethod, check_surface, hd_and_surface_dice, voxel_distances
 
 Connectivity = Literal[6, 18, 26]
@@ -221,6 +221,46 @@ def _match(table: np.ndarray, *, detection: Detection, iou_threshold: float) -> 
 #: (``attnprobe evaluate --compare`` pairs only runs scored alike).
 DEFAULT_DEFINITIONS: dict[str, Any] = {"scope": "matched", "detection": "lits", "surface": "surfel",
                                        "min_component_voxels": 10, "iou_threshold": 0.1, "tolerance_mm": 2.0}
+
+
+def check_label_map(pred: Any, ref: Any, *, case: str = "", what: str = "prediction") -> None:
+    """Refuse a prediction that is not a label map of the reference's classes.
+
+    A segmentation holds integer class values, each one the reference uses (0 = background,
+    1 = tumor for a binary label). An intensity image given by mistake (``--pred`` pointing at
+    the images) has fractional or out-of-range values and would score near 0 without a word.
+
+    Raises
+    ------
+    DataError
+        Non-finite or non-integer values, or classes the reference does not have.
+    """
+    p = np.asarray(pred.detach().cpu().numpy() if hasattr(pred, "detach") else pred)
+    r = np.asarray(ref.detach().cpu().numpy() if hasattr(ref, "detach") else ref)
+    label = f" of case {case!r}" if case else ""
+    if np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.complexfloating):
+        finite = np.isfinite(p)
+        if not finite.all():
+            raise DataError(f"the {what}{label} is not a label map", expected="integer class values",
+                            got=f"{int((~finite).sum())} NaN/inf values",
+                            fix="pass segmentations (label maps), not images or probabilities")
+        frac = p != np.round(p)
+        if frac.any():
+            sample = float(p[frac].flat[0])
+            raise DataError(f"the {what}{label} is not a label map", expected="integer class values like 0 and 1",
+                            got=f"{int(frac.sum())} fractional values (e.g. {sample:g}), range "
+                                f"{float(p.min()):g}..{float(p.max()):g}",
+                            fix="pass segmentations (label maps), not images or probabilities")
+    classes = np.unique(p)
+    allowed = set(np.unique(r).astype(np.int64).tolist()) | {0}
+    if allowed == {0}:
+        allowed = {0, 1}  # an empty reference: the prediction may still be binary
+    extra = sorted(int(c) for c in classes if int(c) not in allowed)
+    if extra:
+        raise DataError(f"the {what}{label} has classes its reference does not have",
+                        expected=f"classes among {sorted(allowed)}",
+                        got=f"classes {extra[:5]}{' ...' if len(extra) > 5 else ''} ({len(classes)} distinct values)",
+                        fix="pass segmentations with the label's classes, not images or probabilities")
 
 
 def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = "",

@@ -96,7 +96,7 @@ def test_labels_follow_the_sweep(phantoms, tmp_path, swin_ckpt):
     (("--padding-sweep", "0,x"), "cannot read --padding-sweep"),
     (("--padding-sweep", "0,32"), "leaves no content"),
     (("--key-kind", "both"), "Invalid value"),
-    (("--roi", "64,64,40"), "not divisible by 32"),
+    (("--roi", "64,64,40"), "not a positive multiple of 32"),  # before the model loads
 ])
 def test_bad_options_are_one_line_errors(phantoms, tmp_path, swin_ckpt, args, needle):
     result = run("ablate", "--model", swin_ckpt, "--data", phantoms, "--out", tmp_path / "x", *COMMON, *args)
