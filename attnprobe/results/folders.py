@@ -88,7 +88,8 @@ def owned_entries(folder: Path, kinds: Iterable[str] = ()) -> tuple[frozenset[st
 
 
 def _check_writable(folder: Path, option: str) -> None:
-    """Create ``folder`` (and parents) if needed, and write-test it."""
+    """Write-test ``folder``; folders created for the test are removed again, so a refused run leaves nothing."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
@@ -97,11 +98,17 @@ def _check_writable(folder: Path, option: str) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write to {option} {folder}", expected="a folder this user can write",
                           got=exc.strerror or str(exc), fix=f"pass another {option} or fix the permissions") from None
+    finally:
+        for path in created:  # innermost first; writers create what they need when they write
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 def check_out(out: str | os.PathLike[str], *, overwrite: bool, kinds: Iterable[str], option: str = "--out",
               store: bool = False) -> OutFolder:
-    """Check ``--out`` before computing anything; the folder is created but nothing is removed.
+    """Check ``--out`` before computing anything; nothing is created or removed.
 
     Parameters
     ----------
