@@ -23,6 +23,7 @@ import torch
 from attnprobe.errors import DataError, ShapeError
 from attnprobe.metrics.cka_base import (
     _COL_CHUNK,
+    _ROW_CHUNK,
     F64,
     Estimator,
     GemmDtype,
@@ -420,71 +421,93 @@ def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, thresh
 
 # --------------------------------------------------------------------------- linear fast path
 
-_GROUP_ELEMENTS = 1 << 24  # features per batched GEMM operand (64 MiB in float32)
+_BATCH_LAYER = 1 << 18  # layers up to this many feature values share one batched GEMM ...
+_BATCH_TOTAL = 1 << 22  # ... of up to this many values (16 MiB in float32)
 
 
 def _raw_grams(feats: Sequence[torch.Tensor], names: Sequence[str], dt: torch.dtype) -> torch.Tensor:
     """Grams ``W Wᵀ`` of features centred about their rounded column means, stacked (L, n, n).
 
-    Every layer is centred once before its GEMM: float64 column sums, the mean rounded to the
-    subtraction dtype (float32 for float32 inputs and GEMMs) and subtracted in that dtype.
-    Layers of equal width and dtype share one batched GEMM. The Grams are *not* centred: the
-    small offset the rounded mean leaves is removed exactly by :func:`_linear_terms`.
-    Float32 Grams stay float32 unless the features span several column chunks, whose partial
-    Grams are added in float64.
+    Every layer is centred once, before its GEMM: column sums accumulated in float64 (float32
+    within row chunks of :data:`_ROW_CHUNK`, as in :func:`_centre`), the mean rounded to the
+    subtraction dtype and subtracted in it. Small layers of equal width and dtype share one
+    batched GEMM (per-call overhead dominates there); large ones run one by one, so no big
+    stacked copy is made. The Grams are *not* centred: the offset the rounded mean leaves is
+    removed exactly by :func:`_linear_terms`. Features wider than :data:`_COL_CHUNK` add
+    their partial Grams in float64.
     """
     n = feats[0].shape[0]
     dev = feats[0].device
     groups: dict[tuple[int, torch.dtype], list[int]] = {}
     for i, x in enumerate(feats):
         groups.setdefault((x.shape[1], _sub_dtype(x, dt)), []).append(i)
-    out: torch.Tensor | None = None
+    parts: list[tuple[list[int], torch.Tensor]] = []
     with _tf32_off(dev):
         for (p, sub), members in groups.items():
-            width = min(p, _COL_CHUNK)
-            per = max(1, _GROUP_ELEMENTS // max(n * width, 1))
+            size = n * min(p, _COL_CHUNK)
+            per = max(1, _BATCH_TOTAL // size) if size <= _BATCH_LAYER else 1
             for g in range(0, len(members), per):
                 idx = members[g:g + per]
-                k = _group_gram([feats[i] for i in idx], [names[i] for i in idx], sub, dt)
-                if out is None:
-                    out = torch.empty(len(feats), n, n, dtype=k.dtype, device=dev)
-                elif k.dtype != out.dtype:
-                    out = out.to(F64)
-                    k = k.to(F64)
-                out[idx] = k
-    if out is None:  # pragma: no cover - callers pass at least one layer
-        raise ShapeError("no layers", expected="at least one layer", got="0 layers")
+                parts.append((idx, _group_gram([feats[i] for i in idx], [names[i] for i in idx], sub, dt)))
+    if len(parts) == 1:
+        return parts[0][1]
+    out_dtype = F64 if any(k.dtype == F64 for _, k in parts) else parts[0][1].dtype
+    out = torch.empty(len(feats), n, n, dtype=out_dtype, device=dev)
+    for idx, k in parts:
+        if idx == list(range(idx[0], idx[-1] + 1)):
+            out[idx[0]:idx[-1] + 1] = k
+        else:
+            out.index_copy_(0, torch.tensor(idx, device=dev), k.to(out_dtype))
     return out
+
+
+def _column_sums(w: torch.Tensor) -> torch.Tensor:
+    """Sums over dim -2 of ``w`` (g, n, c): float32 within row chunks, float64 across them."""
+    n = w.shape[-2]
+    acc = w[..., :_ROW_CHUNK, :].sum(-2).to(F64)
+    for s in range(_ROW_CHUNK, n, _ROW_CHUNK):
+        acc += w[..., s:s + _ROW_CHUNK, :].sum(-2)
+    return acc
 
 
 def _group_gram(xs: list[torch.Tensor], names: list[str], sub: torch.dtype,
                 dt: torch.dtype) -> torch.Tensor:
-    """Grams of same-width layers: (g, n, n), centred features, one batched GEMM per column chunk."""
+    """Grams (g, n, n) of same-width layers from centred features, one GEMM per column chunk."""
     n, p = xs[0].shape
-    sums = torch.stack([x.sum(0, dtype=F64) for x in xs])  # (g, p) float64 column sums
-    if not bool(torch.isfinite(sums).all()):
-        bad = next(j for j in range(len(xs)) if not bool(torch.isfinite(sums[j]).all()))
-        _check_finite(sums[bad], names[bad])
-    centre = (sums / n).to(sub)
     acc: torch.Tensor | None = None
     for s in range(0, p, _COL_CHUNK):
         e = min(p, s + _COL_CHUNK)
-        if all(x.dtype == sub for x in xs):
-            w = torch.stack([x[:, s:e] for x in xs])
+        if len(xs) == 1:  # one pass for the sums, one for the centred copy
+            x = xs[0][:, s:e].to(sub)
+            sums = _column_sums(x)[None]
+            _finite_sums(sums, names)
+            w = (x - (sums / n).to(sub))[None]
         else:
-            w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
-            for j, x in enumerate(xs):
-                w[j].copy_(x[:, s:e])
-        w.sub_(centre[:, None, s:e])
+            if all(x.dtype == sub for x in xs):
+                w = torch.stack([x[:, s:e] for x in xs])
+            else:
+                w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
+                for j, x in enumerate(xs):
+                    w[j].copy_(x[:, s:e])
+            sums = _column_sums(w)
+            _finite_sums(sums, names)
+            w.sub_((sums / n).to(sub)[:, None, :])
         if w.dtype != dt:
             w = w.to(dt)
         k = torch.bmm(w, w.transpose(1, 2))
         if acc is None:
             acc = k
         else:
-            acc = acc.to(F64) if acc.dtype != F64 else acc
+            acc = acc if acc.dtype == F64 else acc.to(F64)
             acc += k
     return acc  # type: ignore[return-value]
+
+
+def _finite_sums(sums: torch.Tensor, names: list[str]) -> None:
+    """Non-finite features show up as non-finite column sums; name the first such layer."""
+    if not bool(torch.isfinite(sums).all()):
+        bad = next(j for j in range(len(names)) if not bool(torch.isfinite(sums[j]).all()))
+        _check_finite(sums[bad], names[bad])
 
 
 def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dtype: str
@@ -521,15 +544,20 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
         kx.diagonal(0, 1, 2).zero_()
         ky.diagonal(0, 1, 2).zero_()
         a, b = 1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2)
-    rx, ry = kx.sum(-1, dtype=F64), ky.sum(-1, dtype=F64)  # (L, n)
-    sx, sy = rx.sum(-1), ry.sum(-1)
     fx64 = kx.reshape(kx.shape[0], -1).to(F64)
     fy64 = ky.reshape(ky.shape[0], -1).to(F64)
+    rx, ry = fx64.view(-1, n, n).sum(-1), fy64.view(-1, n, n).sum(-1)  # (L, n) row sums
+    sx, sy = rx.sum(-1), ry.sum(-1)
     s = _hsic_scale(n, estimator)
     xy = (fx64 @ fy64.T - b * (rx @ ry.T) + a * torch.outer(sx, sy)) * s
-    xx = (torch.linalg.vecdot(fx64, fx64) - b * torch.linalg.vecdot(rx, rx) + a * sx * sx) * s
-    yy = (torch.linalg.vecdot(fy64, fy64) - b * torch.linalg.vecdot(ry, ry) + a * sy * sy) * s
+    xx = (_self_dots(fx64) - b * _self_dots(rx) + a * sx * sx) * s
+    yy = (_self_dots(fy64) - b * _self_dots(ry) + a * sy * sy) * s
     return xy, xx, yy
+
+
+def _self_dots(a: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``<a_i, a_i>`` as one batched product (no elementwise temporary)."""
+    return torch.bmm(a[:, None, :], a[:, :, None]).reshape(-1)
 
 
 def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:

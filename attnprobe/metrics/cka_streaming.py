@@ -4,10 +4,11 @@
 - :class:`StreamingLinearCKA` -- exact linear CKA over huge ``n`` from float64 sufficient
   statistics, mergeable and all-reducible with ``torch.distributed``.
 
-Both hold sums about a centre (:class:`_Moments`). A stream keeps one fixed centre (its first
-batch's rounded mean), so each update is three GEMMs added into float32 partial sums that
-move to float64 every ``chunk_rows`` rows; the sums are re-expressed about the data mean
-once, when a result or the state is asked for.
+Both hold float64 sums about a centre (:class:`_Moments`). A stream keeps one centre (its
+first batch's rounded mean): each batch is centred on its own mean for its three GEMMs, and its
+sums join the state by addition; the rank-two terms of the shift between the two centres are
+collected and applied many batches at a time, and the sums are re-expressed about the data
+mean once, when a result is asked for.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from attnprobe.metrics.cka_base import (
     Estimator,
     GemmDtype,
     _centre,
-    _check_finite,
     _choice,
     _feature_pair,
     _gemm_torch_dtype,
@@ -203,50 +203,81 @@ def _moments_of(x: torch.Tensor, y: torch.Tensor, dt: torch.dtype, chunk: int) -
     return m
 
 
-class _Partial:
-    """Sums of a few batches about the stream's centre, in the GEMM dtype (float32 by default).
+class _Pending:
+    """Outer-product terms of batches shifted onto the stream's centre, not yet added.
 
-    ``cxx``, ``cyy``, ``cxy`` take one ``addmm_`` each; ``rw = Σ w [d, e, 1]`` and
-    ``rz = Σ z [d, e, 1]`` hold the row-norm sums and ``Σw``, ``Σz`` in one product each; the
-    fourth-order sums ``[Σd², Σde, Σe²]`` go straight to float64.
+    Re-expressing a batch's sums about another centre adds rank-two terms to ``XᵀX``,
+    ``YᵀY`` and ``XᵀY``; their factors are collected here and added for many batches at
+    once by one float64 GEMM each (:meth:`add_to`).
     """
 
-    def __init__(self, p: int, q: int, dt: torch.dtype, device: torch.device) -> None:
-        z = lambda *s: torch.zeros(*s, dtype=dt, device=device)  # noqa: E731
-        self.cxx, self.cyy, self.cxy = z(p, p), z(q, q), z(p, q)
-        self.rw, self.rz = z(p, 3), z(q, 3)
-        self.quad = torch.zeros(2, 2, dtype=F64, device=device)
-        self.rows = 0
+    LIMIT = 256  # batches between two flushes
 
-    def add_rows(self, w: torch.Tensor, z: torch.Tensor) -> None:
-        d, e = torch.linalg.vecdot(w, w), torch.linalg.vecdot(z, z)
-        de1 = torch.stack([d, e, torch.ones_like(d)], 1)
-        self.cxx.addmm_(w.T, w)
-        self.cyy.addmm_(z.T, z)
-        self.cxy.addmm_(w.T, z)
-        self.rw.addmm_(w.T, de1)
-        self.rz.addmm_(z.T, de1)
-        de64 = de1[:, :2].to(F64)
-        self.quad.addmm_(de64.T, de64)
-        self.rows += w.shape[0]
+    def __init__(self) -> None:
+        self.ux: list[torch.Tensor] = []
+        self.ax: list[torch.Tensor] = []
+        self.uy: list[torch.Tensor] = []
+        self.by: list[torch.Tensor] = []
+        self.px: list[torch.Tensor] = []
+        self.qy: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.ax)
 
     def add_to(self, m: _Moments) -> None:
-        """Add these sums into the float64 state ``m`` (same centre), in place."""
-        _check_finite(self.rw[:, 2], "x")
-        _check_finite(self.rz[:, 2], "y")
-        m.n += self.rows
-        m.cxx += self.cxx
-        m.cyy += self.cyy
-        m.cxy += self.cxy
-        m.rx += self.rw[:, 0]
-        m.ryx += self.rw[:, 1]
-        m.sx += self.rw[:, 2]
-        m.rxy += self.rz[:, 0]
-        m.ry += self.rz[:, 1]
-        m.sy += self.rz[:, 2]
-        m.dd += self.quad[0, 0]
-        m.de += self.quad[0, 1]
-        m.ee += self.quad[1, 1]
+        if not self.ax:
+            return
+        ux, ax = torch.stack(self.ux, 1), torch.stack(self.ax, 1)
+        uy, by = torch.stack(self.uy, 1), torch.stack(self.by, 1)
+        px, qy = torch.cat(self.px, 1), torch.cat(self.qy, 1)
+        m.cxx.addmm_(ux, ax.T).addmm_(ax, ux.T)
+        m.cyy.addmm_(uy, by.T).addmm_(by, uy.T)
+        m.cxy.addmm_(px, qy.T)
+        self.__init__()  # type: ignore[misc]
+
+
+def _add_batch(m: _Moments, pend: _Pending, w: torch.Tensor, z: torch.Tensor,
+               a: torch.Tensor, b: torch.Tensor) -> None:
+    """Add one batch, centred on its own mean (``w``, ``z``), to ``m`` about ``m``'s centre.
+
+    ``a = m.cx - batch centre`` and ``b = m.cy - batch centre`` (float64). The batch's GEMMs
+    do not depend on the stream's history, so any split of the data into ranks gives the same
+    products; the shift onto the common centre is :meth:`_Moments.about` with its
+    outer-product terms deferred to ``pend``.
+    """
+    n = float(w.shape[0])
+    d, e = torch.linalg.vecdot(w, w), torch.linalg.vecdot(z, z)
+    de1 = torch.stack([d, e, torch.ones_like(d)], 1)
+    cxx, cyy, cxy = (w.T @ w).to(F64), (z.T @ z).to(F64), (w.T @ z).to(F64)
+    rw, rz = (w.T @ de1).to(F64), (z.T @ de1).to(F64)  # [Σdw, Σew, Σw], [Σdz, Σez, Σz]
+    de64 = de1[:, :2].to(F64)
+    quad = de64.T @ de64  # [[Σd², Σde], [Σde, Σe²]]
+    rx, ryx, sx = rw.unbind(1)
+    rxy, ry, sy = rz.unbind(1)
+    tx, ty = de64.sum(0).unbind()
+    cxx_a, cyy_b, cxy_b, cyx_a = cxx @ a, cyy @ b, cxy @ b, cxy.T @ a
+    aa, bb, sxa, syb = a @ a, b @ b, sx @ a, sy @ b
+    m.n += n
+    m.cxx += cxx
+    m.cyy += cyy
+    m.cxy += cxy
+    m.sx += sx - n * a
+    m.sy += sy - n * b
+    m.rx += rx - a * tx - 2 * cxx_a + 2 * sxa * a + aa * sx - n * aa * a
+    m.ry += ry - b * ty - 2 * cyy_b + 2 * syb * b + bb * sy - n * bb * b
+    m.rxy += rxy - b * tx - 2 * cyx_a + 2 * sxa * b + aa * sy - n * aa * b
+    m.ryx += ryx - a * ty - 2 * cxy_b + 2 * syb * a + bb * sx - n * bb * a
+    m.dd += quad[0, 0] - 4 * (a @ rx) + 4 * (a @ cxx_a) + 2 * aa * tx - 4 * aa * sxa + n * aa * aa
+    m.ee += quad[1, 1] - 4 * (b @ ry) + 4 * (b @ cyy_b) + 2 * bb * ty - 4 * bb * syb + n * bb * bb
+    m.de += (quad[0, 1] - 2 * (b @ rxy) - 2 * (a @ ryx) + 4 * (a @ cxy_b) + bb * tx + aa * ty
+             - 2 * bb * sxa - 2 * aa * syb + n * aa * bb)
+    # Σ(w-a)(w-a)ᵀ = Σwwᵀ + u aᵀ + a uᵀ with u = n a/2 - Σw; likewise for y and the cross term
+    pend.ux.append(0.5 * n * a - sx)
+    pend.ax.append(a)
+    pend.uy.append(0.5 * n * b - sy)
+    pend.by.append(b)
+    pend.px.append(torch.stack([n * a - sx, -a], 1))
+    pend.qy.append(torch.stack([b, sy], 1))
 
 
 def _hsic_terms(m: _Moments, estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -335,7 +366,7 @@ class StreamingLinearCKA:
         self.chunk_rows = int(chunk_rows)
         self.device = torch.device(device) if device is not None else None
         self._m: _Moments | None = None
-        self._part: _Partial | None = None  # float32 sums of the rows since the last flush
+        self._pend = _Pending()  # deferred outer-product terms of the batches added since a flush
         if dim_x is not None and dim_y is not None:
             self._m = _Moments.zeros(int(dim_x), int(dim_y), self.device)
         elif (dim_x is None) != (dim_y is None):
@@ -345,8 +376,7 @@ class StreamingLinearCKA:
     @property
     def n(self) -> int:
         """Examples seen so far (over all ranks after :meth:`reduce_`)."""
-        pending = 0 if self._part is None else self._part.rows
-        return (0 if self._m is None else int(round(float(self._m.n)))) + pending
+        return 0 if self._m is None else int(round(float(self._m.n)))
 
     @property
     def dims(self) -> tuple[int, int] | None:
@@ -359,18 +389,17 @@ class StreamingLinearCKA:
                              got=f"({p}, {q})", fix="stream one pair of taps per accumulator")
 
     def _flush(self) -> _Moments | None:
-        """Move the float32 partial sums into the float64 state; returns the state."""
-        if self._part is not None:
-            self._part.add_to(self._m)
-            self._part = None
+        """Add the deferred outer-product terms into the float64 state; returns the state."""
+        if self._m is not None:
+            self._pend.add_to(self._m)
         return self._m
 
     def update(self, x: Any, y: Any) -> StreamingLinearCKA:
         """Add a batch: ``x`` shape (b, p), ``y`` shape (b, q), same examples; returns self.
 
-        The first batch fixes the centre (its column means, rounded to the subtraction dtype);
-        later batches add their sums about that centre: three GEMMs into float32 partial sums,
-        which move to the float64 state every ``chunk_rows`` rows.
+        Each chunk of ``chunk_rows`` rows is centred on its own rounded mean and costs three
+        GEMMs; its float64 sums are added about the stream's centre (the first batch's mean)
+        by plain addition plus rank-two terms that are applied many batches at a time.
         """
         xt, yt = _feature_pair(x, y)
         if self.device is not None:
@@ -384,21 +413,21 @@ class StreamingLinearCKA:
                 self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
             return self
         sub_x, sub_y = _sub_dtype(xt, self._dt), _sub_dtype(yt, self._dt)
-        if self.n == 0:  # the first rows fix the centre
+        if self.n == 0:  # a fresh state, on the data's device; the first batch fixes the centre
             self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
-            self._m.cx = _centre(xt, sub_x, "x", self.chunk_rows).to(F64)
-            self._m.cy = _centre(yt, sub_y, "y", self.chunk_rows).to(F64)
+            self._pend = _Pending()
         m = self._m
-        cx, cy = m.cx.to(sub_x), m.cy.to(sub_y)
-        for s in range(0, b, self.chunk_rows):
-            if self._part is None:
-                self._part = _Partial(m.cx.numel(), m.cy.numel(), self._dt, xt.device)
-            part = self._part
-            w = (xt[s:s + self.chunk_rows].to(sub_x) - cx).to(self._dt)
-            z = (yt[s:s + self.chunk_rows].to(sub_y) - cy).to(self._dt)
-            part.add_rows(w, z)
-            if part.rows >= self.chunk_rows:
-                self._flush()
+        with _tf32_off(xt.device):
+            for s in range(0, b, self.chunk_rows):
+                xs, ys = xt[s:s + self.chunk_rows], yt[s:s + self.chunk_rows]
+                cx, cy = _centre(xs, sub_x, "x"), _centre(ys, sub_y, "y")
+                if float(m.n) == 0:
+                    m.cx, m.cy = cx.to(F64), cy.to(F64)
+                w = (xs.to(sub_x) - cx).to(self._dt)
+                z = (ys.to(sub_y) - cy).to(self._dt)
+                _add_batch(m, self._pend, w, z, m.cx - cx.to(F64), m.cy - cy.to(F64))
+                if len(self._pend) >= _Pending.LIMIT:
+                    self._pend.add_to(m)
         return self
 
     def merge(self, other: StreamingLinearCKA) -> StreamingLinearCKA:
