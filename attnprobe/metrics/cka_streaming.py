@@ -246,21 +246,20 @@ def _add_batch(m: _Moments, pend: _Pending, w: torch.Tensor, z: torch.Tensor,
     outer-product terms deferred to ``pend``.
     """
     n = float(w.shape[0])
-    d, e = torch.linalg.vecdot(w, w), torch.linalg.vecdot(z, z)
-    de1 = torch.stack([d, e, torch.ones_like(d)], 1)
-    cxx, cyy, cxy = (w.T @ w).to(F64), (z.T @ z).to(F64), (w.T @ z).to(F64)
-    rw, rz = (w.T @ de1).to(F64), (z.T @ de1).to(F64)  # [Σdw, Σew, Σw], [Σdz, Σez, Σz]
-    de64 = de1[:, :2].to(F64)
-    quad = de64.T @ de64  # [[Σd², Σde], [Σde, Σe²]]
-    rx, ryx, sx = rw.unbind(1)
-    rxy, ry, sy = rz.unbind(1)
-    tx, ty = de64.sum(0).unbind()
-    cxx_a, cyy_b, cxy_b, cyx_a = cxx @ a, cyy @ b, cxy @ b, cxy.T @ a
+    # the p x p work is the three GEMMs; everything else is (b, p) or smaller, in float64
+    w64, z64 = w.to(F64), z.to(F64)
+    d, e = torch.linalg.vecdot(w64, w64), torch.linalg.vecdot(z64, z64)
+    cols = torch.stack([d, e, torch.ones_like(d), w64 @ a, z64 @ b], 1)
+    rw, rz = w64.T @ cols, z64.T @ cols  # Σw[d, e, 1, w·a, z·b], Σz[d, e, 1, w·a, z·b]
+    quad = cols[:, :2].T @ cols[:, :2]  # [[Σd², Σde], [Σde, Σe²]]
+    rx, ryx, sx, cxx_a, cxy_b = rw.unbind(1)
+    rxy, ry, sy, cyx_a, cyy_b = rz.unbind(1)
+    tx, ty = d.sum(), e.sum()
     aa, bb, sxa, syb = a @ a, b @ b, sx @ a, sy @ b
     m.n += n
-    m.cxx += cxx
-    m.cyy += cyy
-    m.cxy += cxy
+    m.cxx += w.T @ w  # the float32 products are promoted as they are added
+    m.cyy += z.T @ z
+    m.cxy += w.T @ z
     m.sx += sx - n * a
     m.sy += sy - n * b
     m.rx += rx - a * tx - 2 * cxx_a + 2 * sxa * a + aa * sx - n * aa * a
