@@ -423,6 +423,7 @@ def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, thresh
 
 _BATCH_LAYER = 1 << 18  # layers up to this many feature values share one batched GEMM ...
 _BATCH_TOTAL = 1 << 22  # ... of up to this many values (16 MiB in float32)
+_SMALL_GRAM = 1 << 14  # n² up to which one (L1+L2)² product of the Grams is cheaper than two
 
 
 def _raw_grams(feats: Sequence[torch.Tensor], names: Sequence[str], dt: torch.dtype) -> torch.Tensor:
@@ -536,19 +537,22 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
                          got=f"n in {sorted(rows)}", fix="compute every layer on the same examples")
     n = rows.pop()
     _need_n(n, estimator)
-    kx = _raw_grams(fx, [f"xs[{i}]" for i in range(len(fx))], dt)
-    ky = _raw_grams(fy, [f"ys[{j}]" for j in range(len(fy))], dt)
+    l1 = len(fx)
+    k = _raw_grams(fx + fy, [f"xs[{i}]" for i in range(l1)] + [f"ys[{j}]" for j in range(len(fy))], dt)
     if estimator == "biased":
         a, b = 1.0 / (n * n), 2.0 / n
     else:
-        kx.diagonal(0, 1, 2).zero_()
-        ky.diagonal(0, 1, 2).zero_()
+        k.diagonal(0, 1, 2).zero_()
         a, b = 1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2)
-    fx64 = kx.reshape(kx.shape[0], -1).to(F64)
-    fy64 = ky.reshape(ky.shape[0], -1).to(F64)
-    rx, ry = fx64.view(-1, n, n).sum(-1), fy64.view(-1, n, n).sum(-1)  # (L, n) row sums
-    sx, sy = rx.sum(-1), ry.sum(-1)
+    f = k.reshape(k.shape[0], -1).to(F64)
+    r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
+    tot = r.sum(-1)
     s = _hsic_scale(n, estimator)
+    if n * n <= _SMALL_GRAM:  # one product for cross and self terms: fewer calls beat fewer flops
+        full = (f @ f.T - b * (r @ r.T) + a * torch.outer(tot, tot)) * s
+        diag = full.diagonal()
+        return full[:l1, l1:], diag[:l1], diag[l1:]
+    fx64, fy64, rx, ry, sx, sy = f[:l1], f[l1:], r[:l1], r[l1:], tot[:l1], tot[l1:]
     xy = (fx64 @ fy64.T - b * (rx @ ry.T) + a * torch.outer(sx, sy)) * s
     xx = (_self_dots(fx64) - b * _self_dots(rx) + a * sx * sx) * s
     yy = (_self_dots(fy64) - b * _self_dots(ry) + a * sy * sy) * s
@@ -562,11 +566,12 @@ def _self_dots(a: torch.Tensor) -> torch.Tensor:
 
 def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
     """CKA matrix from HSIC terms; a constant layer (zero self-HSIC) is an error."""
-    for norms, name in ((xx, "x"), (yy, "y")):
-        bad = (norms <= 0).nonzero().flatten().tolist()
-        if bad:
-            raise DataError(f"CKA is undefined for constant {name} layers",
-                            expected="features that vary across examples",
-                            got=f"zero centred Gram at layer(s) {bad}",
-                            fix="drop those layers or check the taps")
+    if bool((xx <= 0).any()) or bool((yy <= 0).any()):
+        for norms, name in ((xx, "x"), (yy, "y")):
+            bad = (norms <= 0).nonzero().flatten().tolist()
+            if bad:
+                raise DataError(f"CKA is undefined for constant {name} layers",
+                                expected="features that vary across examples",
+                                got=f"zero centred Gram at layer(s) {bad}",
+                                fix="drop those layers or check the taps")
     return xy / torch.sqrt(xx[:, None] * yy[None, :])
