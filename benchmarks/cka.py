@@ -33,7 +33,7 @@ from types import ModuleType
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))
 
 from _timing import race, ratio, setup_device  # noqa: E402
 
