@@ -403,7 +403,7 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
     _choice(kernel, "kernel", get_args(Kernel))
     _choice(estimator, "estimator", get_args(Estimator))
     if kernel == "linear":
-        return _normalised(*_linear_terms(xs, ys, estimator, gemm_dtype))
+        return _normalised(*_linear_terms(xs, ys, estimator, gemm_dtype, check=False), feats=(xs, ys))
     gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     return cka_matrix_from_grams(gx, gy, estimator=estimator)
 
@@ -490,9 +490,12 @@ def _group_gram(xs: list[torch.Tensor], names: list[str], sub: torch.dtype,
                 w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
                 for j, x in enumerate(xs):
                     w[j].copy_(x[:, s:e])
-            sums = _column_sums(w)
-            _finite_sums(sums, names)
-            w.sub_((sums / n).to(sub)[:, None, :])
+            if n <= _ROW_CHUNK:  # one float32 reduction; NaN/inf surface in the result
+                w.sub_(w.mean(1, keepdim=True))
+            else:
+                sums = _column_sums(w)
+                _finite_sums(sums, names)
+                w.sub_((sums / n).to(sub)[:, None, :])
         if w.dtype != dt:
             w = w.to(dt)
         k = torch.bmm(w, w.transpose(1, 2))
@@ -511,8 +514,8 @@ def _finite_sums(sums: torch.Tensor, names: list[str]) -> None:
         _check_finite(sums[bad], names[bad])
 
 
-def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dtype: str
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dtype: str, *,
+                  check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Linear HSIC of all layer pairs: ``(L1, L2)`` cross terms and ``(L1,)``, ``(L2,)`` self terms.
 
     With ``K`` the Gram of (nearly) centred features -- its diagonal zeroed for the unbiased
@@ -521,6 +524,7 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     for ``tr(KHLH)``, and ``a = 1/((n-1)(n-2))``, ``b = 2/(n-2)`` for Song et al.'s unbiased
     form. The Gram inner products are one float64 product of the stacked flattened Grams; the
     corrections are exact in float64, and small because the features were centred first.
+    ``check=False`` leaves the test for non-finite features to the caller (:func:`_normalised`).
     """
     dt = _gemm_torch_dtype(gemm_dtype)
     xs, ys = list(xs), list(ys)
@@ -548,8 +552,10 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
     tot = r.sum(-1)
     s = _hsic_scale(n, estimator)
+    if check and not bool(torch.isfinite(tot).all()):  # non-finite features give non-finite sums
+        _name_non_finite(fx, fy)
     if n * n <= _SMALL_GRAM:  # one product for cross and self terms: fewer calls beat fewer flops
-        full = (f @ f.T - b * (r @ r.T) + a * torch.outer(tot, tot)) * s
+        full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).addmm_(f, f.T).mul_(s)
         diag = full.diagonal()
         return full[:l1, l1:], diag[:l1], diag[l1:]
     fx64, fy64, rx, ry, sx, sy = f[:l1], f[l1:], r[:l1], r[l1:], tot[:l1], tot[l1:]
@@ -564,11 +570,21 @@ def _self_dots(a: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a[:, None, :], a[:, :, None]).reshape(-1)
 
 
-def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-    """CKA matrix from HSIC terms; a constant layer (zero self-HSIC) is an error."""
-    if bool((xx <= 0).any()) or bool((yy <= 0).any()):
+def _name_non_finite(fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> None:
+    for i, t in enumerate(fx):
+        _check_finite(t.sum(0), f"xs[{i}]")
+    for j, t in enumerate(fy):
+        _check_finite(t.sum(0), f"ys[{j}]")
+
+
+def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor,
+                feats: tuple[Sequence[Any], Sequence[Any]] | None = None) -> torch.Tensor:
+    """CKA matrix from HSIC terms; non-finite features and constant layers are errors."""
+    if not (bool((xx > 0).all()) and bool((yy > 0).all())):  # NaN fails the test too
+        if feats is not None:
+            _name_non_finite([_features(x, "x") for x in feats[0]], [_features(y, "y") for y in feats[1]])
         for norms, name in ((xx, "x"), (yy, "y")):
-            bad = (norms <= 0).nonzero().flatten().tolist()
+            bad = (~(norms > 0)).nonzero().flatten().tolist()
             if bad:
                 raise DataError(f"CKA is undefined for constant {name} layers",
                                 expected="features that vary across examples",
