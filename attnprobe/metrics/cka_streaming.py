@@ -204,35 +204,62 @@ def _moments_of(x: torch.Tensor, y: torch.Tensor, dt: torch.dtype, chunk: int) -
 
 
 class _Pending:
-    """Outer-product terms of batches shifted onto the stream's centre, not yet added.
+    """Batches added to ``XᵀX``, ``YᵀY``, ``XᵀY`` but not yet shifted onto the stream's centre.
 
-    Re-expressing a batch's sums about another centre adds rank-two terms to ``XᵀX``,
-    ``YᵀY`` and ``XᵀY``; their factors are collected here and added for many batches at
-    once by one float64 GEMM each (:meth:`add_to`).
+    Per batch it keeps ``n``, the shifts ``a = centre - batch centre`` (x) and ``b`` (y), the
+    small products ``Σw[d, e, 1, w·a, z·b]``, ``Σz[d, e, 1, w·a, z·b]``, ``[Σd, Σe]`` and
+    ``[[Σd², Σde], [Σde, Σe²]]``. :meth:`add_to` applies :meth:`_Moments.about`'s expansion
+    to all of them at once -- vector terms as products over the batch axis, the rank-two terms
+    of the three matrices as one float64 GEMM each -- instead of ~70 small operations a batch.
     """
 
-    LIMIT = 256  # batches between two flushes
+    LIMIT = 128  # batches between two flushes
 
     def __init__(self) -> None:
-        self.ux: list[torch.Tensor] = []
-        self.ax: list[torch.Tensor] = []
-        self.uy: list[torch.Tensor] = []
-        self.by: list[torch.Tensor] = []
-        self.px: list[torch.Tensor] = []
-        self.qy: list[torch.Tensor] = []
+        self.n: list[float] = []
+        self.a: list[torch.Tensor] = []
+        self.b: list[torch.Tensor] = []
+        self.rw: list[torch.Tensor] = []
+        self.rz: list[torch.Tensor] = []
+        self.t: list[torch.Tensor] = []
+        self.quad: list[torch.Tensor] = []
 
     def __len__(self) -> int:
-        return len(self.ax)
+        return len(self.n)
 
     def add_to(self, m: _Moments) -> None:
-        if not self.ax:
+        """Shift every pending batch onto ``m``'s centre and add it (the matrices are in already)."""
+        if not self.n:
             return
-        ux, ax = torch.stack(self.ux, 1), torch.stack(self.ax, 1)
-        uy, by = torch.stack(self.uy, 1), torch.stack(self.by, 1)
-        px, qy = torch.cat(self.px, 1), torch.cat(self.qy, 1)
-        m.cxx.addmm_(ux, ax.T).addmm_(ax, ux.T)
-        m.cyy.addmm_(uy, by.T).addmm_(by, uy.T)
-        m.cxy.addmm_(px, qy.T)
+        n = torch.tensor(self.n, dtype=F64, device=m.n.device)  # (B,)
+        a, b = torch.stack(self.a), torch.stack(self.b)  # (B, p), (B, q)
+        rx, ryx, sx, cxx_a, cxy_b = torch.stack(self.rw).unbind(2)  # each (B, p)
+        rxy, ry, sy, cyx_a, cyy_b = torch.stack(self.rz).unbind(2)  # each (B, q)
+        tx, ty = torch.stack(self.t).unbind(1)  # Σd, Σe per batch
+        quad = torch.stack(self.quad)  # (B, 2, 2)
+
+        def dot(u, v):  # per-batch inner products, (B,)
+            return torch.linalg.vecdot(u, v)
+
+        aa, bb, sxa, syb = dot(a, a), dot(b, b), dot(sx, a), dot(sy, b)
+        m.n += n.sum()
+        m.sx += sx.sum(0) - n @ a
+        m.sy += sy.sum(0) - n @ b
+        m.rx += rx.sum(0) - 2 * cxx_a.sum(0) + (2 * sxa - tx - n * aa) @ a + aa @ sx
+        m.ry += ry.sum(0) - 2 * cyy_b.sum(0) + (2 * syb - ty - n * bb) @ b + bb @ sy
+        m.rxy += rxy.sum(0) - 2 * cyx_a.sum(0) + (2 * sxa - tx - n * aa) @ b + aa @ sy
+        m.ryx += ryx.sum(0) - 2 * cxy_b.sum(0) + (2 * syb - ty - n * bb) @ a + bb @ sx
+        m.dd += (quad[:, 0, 0] - 4 * dot(a, rx) + 4 * dot(a, cxx_a) + 2 * aa * tx - 4 * aa * sxa
+                 + n * aa * aa).sum()
+        m.ee += (quad[:, 1, 1] - 4 * dot(b, ry) + 4 * dot(b, cyy_b) + 2 * bb * ty - 4 * bb * syb
+                 + n * bb * bb).sum()
+        m.de += (quad[:, 0, 1] - 2 * dot(b, rxy) - 2 * dot(a, ryx) + 4 * dot(a, cxy_b) + bb * tx + aa * ty
+                 - 2 * bb * sxa - 2 * aa * syb + n * aa * bb).sum()
+        # Σ(w-a)(w-a)ᵀ = Σwwᵀ + u aᵀ + a uᵀ with u = n a/2 - Σw; likewise for y and the cross term
+        ux, uy = 0.5 * n[:, None] * a - sx, 0.5 * n[:, None] * b - sy
+        m.cxx.addmm_(ux.T, a).addmm_(a.T, ux)
+        m.cyy.addmm_(uy.T, b).addmm_(b.T, uy)
+        m.cxy.addmm_((n[:, None] * a - sx).T, b).addmm_(a.T, sy, alpha=-1)
         self.__init__()  # type: ignore[misc]
 
 
@@ -242,41 +269,24 @@ def _add_batch(m: _Moments, pend: _Pending, w: torch.Tensor, z: torch.Tensor,
 
     ``a = m.cx - batch centre`` and ``b = m.cy - batch centre`` (float64). The batch's GEMMs
     do not depend on the stream's history, so any split of the data into ranks gives the same
-    products; the shift onto the common centre is :meth:`_Moments.about` with its
-    outer-product terms deferred to ``pend``.
+    products. Its three ``p x p`` products are added now; everything that the shift between
+    the two centres changes waits in ``pend`` (:meth:`_Pending.add_to`).
     """
-    n = float(w.shape[0])
     # the p x p work is the three GEMMs; everything else is (b, p) or smaller, in float64
     w64, z64 = w.to(F64), z.to(F64)
     d, e = torch.linalg.vecdot(w64, w64), torch.linalg.vecdot(z64, z64)
     cols = torch.stack([d, e, torch.ones_like(d), w64 @ a, z64 @ b], 1)
-    rw, rz = w64.T @ cols, z64.T @ cols  # Σw[d, e, 1, w·a, z·b], Σz[d, e, 1, w·a, z·b]
-    quad = cols[:, :2].T @ cols[:, :2]  # [[Σd², Σde], [Σde, Σe²]]
-    rx, ryx, sx, cxx_a, cxy_b = rw.unbind(1)
-    rxy, ry, sy, cyx_a, cyy_b = rz.unbind(1)
-    tx, ty = d.sum(), e.sum()
-    aa, bb, sxa, syb = a @ a, b @ b, sx @ a, sy @ b
-    m.n += n
+    de = cols[:, :2]
     m.cxx += w.T @ w  # the float32 products are promoted as they are added
     m.cyy += z.T @ z
     m.cxy += w.T @ z
-    m.sx += sx - n * a
-    m.sy += sy - n * b
-    m.rx += rx - a * tx - 2 * cxx_a + 2 * sxa * a + aa * sx - n * aa * a
-    m.ry += ry - b * ty - 2 * cyy_b + 2 * syb * b + bb * sy - n * bb * b
-    m.rxy += rxy - b * tx - 2 * cyx_a + 2 * sxa * b + aa * sy - n * aa * b
-    m.ryx += ryx - a * ty - 2 * cxy_b + 2 * syb * a + bb * sx - n * bb * a
-    m.dd += quad[0, 0] - 4 * (a @ rx) + 4 * (a @ cxx_a) + 2 * aa * tx - 4 * aa * sxa + n * aa * aa
-    m.ee += quad[1, 1] - 4 * (b @ ry) + 4 * (b @ cyy_b) + 2 * bb * ty - 4 * bb * syb + n * bb * bb
-    m.de += (quad[0, 1] - 2 * (b @ rxy) - 2 * (a @ ryx) + 4 * (a @ cxy_b) + bb * tx + aa * ty
-             - 2 * bb * sxa - 2 * aa * syb + n * aa * bb)
-    # Σ(w-a)(w-a)ᵀ = Σwwᵀ + u aᵀ + a uᵀ with u = n a/2 - Σw; likewise for y and the cross term
-    pend.ux.append(0.5 * n * a - sx)
-    pend.ax.append(a)
-    pend.uy.append(0.5 * n * b - sy)
-    pend.by.append(b)
-    pend.px.append(torch.stack([n * a - sx, -a], 1))
-    pend.qy.append(torch.stack([b, sy], 1))
+    pend.n.append(float(w.shape[0]))
+    pend.a.append(a)
+    pend.b.append(b)
+    pend.rw.append(w64.T @ cols)  # Σw[d, e, 1, w·a, z·b]
+    pend.rz.append(z64.T @ cols)  # Σz[d, e, 1, w·a, z·b]
+    pend.t.append(de.sum(0))
+    pend.quad.append(de.T @ de)
 
 
 def _hsic_terms(m: _Moments, estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,7 +385,7 @@ class StreamingLinearCKA:
     @property
     def n(self) -> int:
         """Examples seen so far (over all ranks after :meth:`reduce_`)."""
-        return 0 if self._m is None else int(round(float(self._m.n)))
+        return 0 if self._m is None else int(round(float(self._m.n) + sum(self._pend.n)))
 
     @property
     def dims(self) -> tuple[int, int] | None:
@@ -416,12 +426,14 @@ class StreamingLinearCKA:
             self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
             self._pend = _Pending()
         m = self._m
+        first = self.n == 0
         with _tf32_off(xt.device):
             for s in range(0, b, self.chunk_rows):
                 xs, ys = xt[s:s + self.chunk_rows], yt[s:s + self.chunk_rows]
                 cx, cy = _centre(xs, sub_x, "x"), _centre(ys, sub_y, "y")
-                if float(m.n) == 0:
+                if first:
                     m.cx, m.cy = cx.to(F64), cy.to(F64)
+                    first = False
                 w = (xs.to(sub_x) - cx).to(self._dt)
                 z = (ys.to(sub_y) - cy).to(self._dt)
                 _add_batch(m, self._pend, w, z, m.cx - cx.to(F64), m.cy - cy.to(F64))
