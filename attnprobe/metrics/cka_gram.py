@@ -542,27 +542,61 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     n = rows.pop()
     _need_n(n, estimator)
     l1 = len(fx)
+    a, b = (1.0 / (n * n), 2.0 / n) if estimator == "biased" else (1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2))
+    s = _hsic_scale(n, estimator)
+    if n * n > _SMALL_GRAM:  # one model at a time: smaller buffers that the allocator reuses
+        kx = _raw_grams(fx, [f"xs[{i}]" for i in range(l1)], dt)
+        ky = _raw_grams(fy, [f"ys[{j}]" for j in range(len(fy))], dt)
+        if estimator == "unbiased":
+            kx.diagonal(0, 1, 2).zero_()
+            ky.diagonal(0, 1, 2).zero_()
+        kk_xy, kk_x, kk_y, rx, ry = _gram_products(kx, ky)
+        sx, sy = rx.sum(-1), ry.sum(-1)
+        if check and not (bool(torch.isfinite(sx).all()) and bool(torch.isfinite(sy).all())):
+            _name_non_finite(fx, fy)
+        xy = (kk_xy - b * (rx @ ry.T) + a * torch.outer(sx, sy)) * s
+        xx = (kk_x - b * _self_dots(rx) + a * sx * sx) * s
+        yy = (kk_y - b * _self_dots(ry) + a * sy * sy) * s
+        return xy, xx, yy
     k = _raw_grams(fx + fy, [f"xs[{i}]" for i in range(l1)] + [f"ys[{j}]" for j in range(len(fy))], dt)
-    if estimator == "biased":
-        a, b = 1.0 / (n * n), 2.0 / n
-    else:
+    if estimator == "unbiased":
         k.diagonal(0, 1, 2).zero_()
-        a, b = 1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2)
     f = k.reshape(k.shape[0], -1).to(F64)
     r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
     tot = r.sum(-1)
-    s = _hsic_scale(n, estimator)
     if check and not bool(torch.isfinite(tot).all()):  # non-finite features give non-finite sums
         _name_non_finite(fx, fy)
-    if n * n <= _SMALL_GRAM:  # one product for cross and self terms: fewer calls beat fewer flops
-        full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).addmm_(f, f.T).mul_(s)
-        diag = full.diagonal()
-        return full[:l1, l1:], diag[:l1], diag[l1:]
-    fx64, fy64, rx, ry, sx, sy = f[:l1], f[l1:], r[:l1], r[l1:], tot[:l1], tot[l1:]
-    xy = (fx64 @ fy64.T - b * (rx @ ry.T) + a * torch.outer(sx, sy)) * s
-    xx = (_self_dots(fx64) - b * _self_dots(rx) + a * sx * sx) * s
-    yy = (_self_dots(fy64) - b * _self_dots(ry) + a * sy * sy) * s
-    return xy, xx, yy
+    # small n: one product for cross and self terms; fewer calls beat fewer flops
+    full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).addmm_(f, f.T).mul_(s)
+    diag = full.diagonal()
+    return full[:l1, l1:], diag[:l1], diag[l1:]
+
+
+_POST_ROWS = 1 << 15  # Gram entries per layer converted to float64 at a time
+
+
+def _gram_products(kx: torch.Tensor, ky: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``<Kᵢ, Lⱼ>``, ``|Kᵢ|²``, ``|Lⱼ|²`` and the row sums of stacked Grams, all in float64.
+
+    The Grams are converted to float64 a block of rows at a time, so no float64 copy of the
+    whole stack is made: large fresh allocations cost page faults on every call.
+    """
+    (l1, n, _), l2 = kx.shape, ky.shape[0]
+    step = max(1, _POST_ROWS // n)
+    cross = kx.new_zeros(l1, l2, dtype=F64)
+    sx, sy = kx.new_zeros(l1, dtype=F64), kx.new_zeros(l2, dtype=F64)
+    rx, ry = kx.new_empty(l1, n, dtype=F64), kx.new_empty(l2, n, dtype=F64)
+    for i in range(0, n, step):
+        bx = kx[:, i:i + step].to(F64)
+        by = ky[:, i:i + step].to(F64)
+        torch.sum(bx, -1, out=rx[:, i:i + step])
+        torch.sum(by, -1, out=ry[:, i:i + step])
+        bx, by = bx.reshape(l1, -1), by.reshape(l2, -1)
+        cross.addmm_(bx, by.T)
+        sx += _self_dots(bx)
+        sy += _self_dots(by)
+    return cross, sx, sy, rx, ry
 
 
 def _self_dots(a: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,16 @@ def layers(seed: int, n: int, widths: list[int], mean: float) -> list[torch.Tens
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("mean", [0.0, 1e4])
-def test_all_pairs_match_float64_brute_force(estimator, mean, monkeypatch):
+@pytest.mark.parametrize("large_n_path", [False, True])
+def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monkeypatch):
     # two equal widths (one batched GEMM), one other width, and one layer wider than a column
-    # chunk (partial Grams added in float64): every grouping path of _raw_grams
+    # chunk (partial Grams added in float64): every grouping path of _raw_grams; and both ways
+    # of forming the Gram products (one stacked product / row blocks per model)
     monkeypatch.setattr(cka_base, "_COL_CHUNK", 64)
     monkeypatch.setattr("attnprobe.metrics.cka_gram._COL_CHUNK", 64)
+    if large_n_path:
+        monkeypatch.setattr("attnprobe.metrics.cka_gram._SMALL_GRAM", 0)
+        monkeypatch.setattr("attnprobe.metrics.cka_gram._POST_ROWS", 100)  # 4 rows a block
     xs = layers(0, 24, [12, 12, 30, 150], mean)
     ys = layers(1, 24, [12, 40, 150], mean)
     got = cka_matrix(xs, ys, estimator=estimator)
