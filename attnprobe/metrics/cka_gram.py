@@ -475,27 +475,34 @@ def _group_gram(xs: list[torch.Tensor], names: list[str], sub: torch.dtype,
                 dt: torch.dtype) -> torch.Tensor:
     """Grams (g, n, n) of same-width layers from centred features, one GEMM per column chunk."""
     n, p = xs[0].shape
+    if len(xs) == 1:  # a large layer: one pass for the sums, one for the centred copy
+        x = xs[0].to(sub)
+        sums = (x.new_ones(n) @ x).to(F64) if n <= _ROW_CHUNK else _column_sums(x)
+        _finite_sums(sums[None], names)
+        w = x - (sums / n).to(sub)
+        if w.dtype != dt:
+            w = w.to(dt)
+        one: torch.Tensor | None = None
+        for s in range(0, p, _COL_CHUNK):
+            part = w[:, s:s + _COL_CHUNK]
+            k = part @ part.T
+            one = k if one is None else (one if one.dtype == F64 else one.to(F64)) + k
+        return one[None]  # type: ignore[index]
     acc: torch.Tensor | None = None
     for s in range(0, p, _COL_CHUNK):
         e = min(p, s + _COL_CHUNK)
-        if len(xs) == 1:  # one pass for the sums, one for the centred copy
-            x = xs[0][:, s:e].to(sub)
-            sums = _column_sums(x)[None]
-            _finite_sums(sums, names)
-            w = (x - (sums / n).to(sub))[None]
+        if all(x.dtype == sub for x in xs):
+            w = torch.stack([x[:, s:e] for x in xs])
         else:
-            if all(x.dtype == sub for x in xs):
-                w = torch.stack([x[:, s:e] for x in xs])
-            else:
-                w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
-                for j, x in enumerate(xs):
-                    w[j].copy_(x[:, s:e])
-            if n <= _ROW_CHUNK:  # one float32 reduction; NaN/inf surface in the result
-                w.sub_(w.mean(1, keepdim=True))
-            else:
-                sums = _column_sums(w)
-                _finite_sums(sums, names)
-                w.sub_((sums / n).to(sub)[:, None, :])
+            w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
+            for j, x in enumerate(xs):
+                w[j].copy_(x[:, s:e])
+        if n <= _ROW_CHUNK:  # one float32 reduction; NaN/inf surface in the result
+            w.sub_(w.mean(1, keepdim=True))
+        else:
+            sums = _column_sums(w)
+            _finite_sums(sums, names)
+            w.sub_((sums / n).to(sub)[:, None, :])
         if w.dtype != dt:
             w = w.to(dt)
         k = torch.bmm(w, w.transpose(1, 2))
