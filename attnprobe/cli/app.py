@@ -1,8 +1,13 @@
-"""The ``attnprobe`` command line: one module per command, each a thin call into the library."""
+"""The ``attnprobe`` command line: one module per command, each a thin call into the library.
+
+Start-up stays light: the command modules import torch, MONAI, zarr and matplotlib only inside
+the commands, so ``attnprobe --help``, ``attnprobe CMD --help`` and ``--version`` never load them.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -17,6 +22,39 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+def _versions() -> dict[str, str]:
+    """Installed versions from package metadata: no package is imported to get them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("attnprobe", "torch", "monai"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    if out["attnprobe"] == "not installed":  # running from a source tree
+        from attnprobe import __version__
+
+        out["attnprobe"] = __version__
+    return out
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(" ".join(f"{k} {v}" for k, v in _versions().items()))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the attnprobe, torch and MONAI versions and exit.")] = False,
+) -> None:
+    """Probe CT-pretrained 3D shifted-window transformers fine-tuned on MRI."""
+
 
 app.command("capture")(_capture.capture)
 app.command("inspect")(_inspect.inspect_checkpoint)

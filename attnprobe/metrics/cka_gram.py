@@ -1,0 +1,634 @@
+"""Gram matrices, HSIC and CKA from Grams, and all layer pairs at once (docs/cka.md).
+
+- :func:`linear_gram`, :func:`rbf_gram`, :func:`gram` -- ``n x n`` Grams of ``(n, p)`` features.
+- :func:`center_gram`, :func:`ucenter_gram`, :func:`hsic`, :func:`cka_from_grams`.
+- :func:`cka` -- one pair of feature matrices (linear or RBF, biased or unbiased HSIC).
+- :func:`cka_matrix`, :func:`cka_matrix_from_grams` -- all ``L1 x L2`` layer pairs.
+
+The linear all-pairs path (:func:`cka_matrix`, also behind
+:class:`~attnprobe.metrics.cka_minibatch.MinibatchCKA`) centres each layer's features once
+(float64 means, float32 subtraction), forms all Grams of equally wide layers in one batched
+float32 GEMM, and never centres a Gram: the centring enters as exact float64 corrections from
+the Grams' row sums (:func:`_linear_terms`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, get_args
+
+import torch
+
+from attnprobe.errors import DataError, ShapeError
+from attnprobe.metrics.cka_base import (
+    _COL_CHUNK,
+    _ROW_CHUNK,
+    F64,
+    Estimator,
+    GemmDtype,
+    Kernel,
+    Median,
+    _as_tensor,
+    _centre,
+    _check_finite,
+    _check_threshold,
+    _choice,
+    _device_of,
+    _feature_pair,
+    _features,
+    _gemm_torch_dtype,
+    _hsic_scale,
+    _need_n,
+    _ratio,
+    _sub_dtype,
+    _tf32_off,
+)
+from attnprobe.metrics.cka_streaming import linear_cka
+
+__all__ = [
+    "cka",
+    "cka_from_grams",
+    "hsic",
+    "linear_gram",
+    "rbf_gram",
+    "gram",
+    "center_gram",
+    "ucenter_gram",
+    "cka_matrix",
+    "cka_matrix_from_grams",
+]
+
+
+# --------------------------------------------------------------------------- Grams
+
+
+def linear_gram(x: Any, *, gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
+    """Linear Gram matrix of column-centred features.
+
+    Parameters
+    ----------
+    x : array or tensor, shape (n, p)
+        Features, one row per example.
+    gemm_dtype : {"float32", "float64"}
+        Dtype of the GEMMs; partial sums over feature chunks are added in float64.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n), float64
+        ``Xc Xcᵀ`` with ``Xc = X - mean(X)``. Centring does not change CKA and keeps float32
+        products accurate when features have a large mean.
+
+    Notes
+    -----
+    ``x`` minus its float32-rounded mean is formed in float32 (correctly rounded, and exact
+    where the mean dominates); the remaining tiny offset is removed exactly by double-centring
+    the float64 Gram.
+    """
+    xt = _features(x, "x")
+    dt = _gemm_torch_dtype(gemm_dtype)
+    sub = _sub_dtype(xt, dt)
+    n, p = xt.shape
+    centre = _centre(xt, sub, "x")
+    k = torch.zeros(n, n, dtype=F64, device=xt.device)
+    with _tf32_off(xt.device):
+        for s in range(0, p, _COL_CHUNK):
+            w = (xt[:, s:s + _COL_CHUNK].to(sub) - centre[s:s + _COL_CHUNK]).to(dt)
+            k += w @ w.T
+    k = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    return 0.5 * (k + k.T)  # exact symmetry keeps the U-centred Gram symmetric too
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The usual median of a 1-D tensor: the mean of the two middle values when the count is even."""
+    m = values.numel()
+    lo = torch.kthvalue(values, (m + 1) // 2).values
+    hi = torch.kthvalue(values, m // 2 + 1).values
+    return 0.5 * (lo + hi)
+
+
+def _bandwidth_scale(sq_dist: torch.Tensor, median: Median) -> torch.Tensor:
+    """The distance ``d`` that ``sigma = threshold * d`` scales (see :func:`rbf_gram`)."""
+    if median == "pairs":
+        n = sq_dist.shape[0]
+        iu = torch.triu_indices(n, n, offset=1, device=sq_dist.device)
+        return _median(sq_dist[iu[0], iu[1]].sqrt())
+    # Kornblith et al.'s reference code: the median of the squared distances over all n² entries,
+    # zero diagonal included; sigma² = threshold² x that median.
+    return _median(sq_dist.reshape(-1)).sqrt()
+
+
+def rbf_gram(x: Any, *, threshold: float = 1.0, median: Median = "pairs",
+             gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
+    """RBF Gram matrix ``exp(-|xi - xj|² / (2 sigma²))``.
+
+    Parameters
+    ----------
+    x : array or tensor, shape (n, p)
+        Features, one row per example; ``n >= 2``.
+    threshold : float
+        ``sigma = threshold * d`` with ``d`` the median distance chosen by ``median``.
+    median : {"pairs", "kornblith"}
+        ``"pairs"`` (default): ``d`` = median of the distances ``|xi - xj|`` over the
+        ``n(n-1)/2`` pairs ``i < j``. ``"kornblith"``: ``d² = `` median of the squared distances
+        over all ``n²`` entries, the ``n`` zeros of the diagonal included, as in Kornblith et
+        al.'s reference code (``sigma² = threshold² * median(|xi - xj|²)``); a slightly
+        smaller bandwidth. See ``docs/conventions.md``.
+    gemm_dtype : {"float32", "float64"}
+        Dtype of the GEMM behind the distances.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n), float64
+    """
+    threshold = _check_threshold(threshold)
+    _choice(median, "median", get_args(Median))
+    k = linear_gram(x, gemm_dtype=gemm_dtype)
+    _need_n(k.shape[0], "biased")
+    diag = k.diagonal()
+    sq = (diag[:, None] + diag[None, :] - 2 * k).clamp_min(0)
+    sq.fill_diagonal_(0)
+    scale = _bandwidth_scale(sq, median)
+    if float(scale) <= 0:
+        raise DataError("RBF bandwidth is zero", expected="a positive median pairwise distance",
+                        got="more than half of all example pairs are identical",
+                        fix="deduplicate examples or use kernel='linear'")
+    sigma = threshold * scale
+    return torch.exp(-sq / (2 * sigma * sigma))
+
+
+def gram(x: Any, *, kernel: Kernel = "linear", threshold: float = 1.0, median: Median = "pairs",
+         gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
+    """Gram matrix of ``x`` (shape (n, p)) for ``kernel`` in {"linear", "rbf"}; (n, n) float64.
+
+    ``threshold`` and ``median`` set the RBF bandwidth (:func:`rbf_gram`); the linear kernel
+    ignores them."""
+    _choice(kernel, "kernel", get_args(Kernel))
+    _choice(median, "median", get_args(Median))
+    if kernel == "linear":
+        return linear_gram(x, gemm_dtype=gemm_dtype)
+    return rbf_gram(x, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+
+
+def _square(k: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    t = _as_tensor(k, name, device)
+    if t.ndim != 2 or t.shape[0] != t.shape[1]:
+        raise ShapeError(f"{name} must be a square Gram matrix", expected="shape (n, n)",
+                         got=f"shape {tuple(t.shape)}", fix="pass K = X Xᵀ, not the features")
+    _check_finite(t, name)
+    return t.to(F64)
+
+
+def center_gram(k: Any) -> torch.Tensor:
+    """Double-centred Gram ``H K H`` with ``H = I - 11ᵀ/n``; (n, n) -> (n, n) float64."""
+    t = _square(k, "k")
+    return t - t.mean(0, keepdim=True) - t.mean(1, keepdim=True) + t.mean()
+
+
+def ucenter_gram(k: Any) -> torch.Tensor:
+    """U-centred Gram (Song et al. 2012) whose inner products give unbiased HSIC.
+
+    Parameters
+    ----------
+    k : array or tensor, shape (n, n), n >= 4
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n), float64
+        Off the diagonal ``K̃_ij - r_i/(n-2) - c_j/(n-2) + S/((n-1)(n-2))`` with ``K̃`` the
+        Gram with zeroed diagonal, ``r``/``c`` its row/column sums and ``S`` its total; zero
+        on the diagonal.
+    """
+    t = _square(k, "k").clone()
+    n = t.shape[0]
+    _need_n(n, "unbiased")
+    t.fill_diagonal_(0)
+    row, col, total = t.sum(1, keepdim=True), t.sum(0, keepdim=True), t.sum()
+    out = t - row / (n - 2) - col / (n - 2) + total / ((n - 1) * (n - 2))
+    return out.fill_diagonal_(0)
+
+
+def _centre_for(k: torch.Tensor, estimator: str) -> torch.Tensor:
+    return center_gram(k) if estimator == "biased" else ucenter_gram(k)
+
+
+def _gram_pair(gram_x: Any, gram_y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    dev = _device_of(gram_x, gram_y)
+    kt, lt = _square(gram_x, "gram_x", dev), _square(gram_y, "gram_y", dev)
+    if kt.shape != lt.shape:
+        raise ShapeError("gram_x and gram_y must be Grams of the same examples",
+                         expected="equal shapes",
+                         got=f"{tuple(kt.shape)} and {tuple(lt.shape)}",
+                         fix="compute both Grams on the same n examples")
+    return kt, lt
+
+
+def hsic(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
+    """HSIC between two Gram matrices.
+
+    Parameters
+    ----------
+    gram_x, gram_y : array or tensor, shape (n, n)
+    estimator : {"biased", "unbiased"}
+        ``"biased"``: ``tr(K H L H) / (n-1)²``. ``"unbiased"``: ``<K̂, L̂>_F / (n(n-3))`` with
+        U-centred Grams (needs ``n >= 4``).
+
+    Returns
+    -------
+    float
+    """
+    _choice(estimator, "estimator", get_args(Estimator))
+    kt, lt = _gram_pair(gram_x, gram_y)
+    n = kt.shape[0]
+    _need_n(n, estimator)
+    val = (_centre_for(kt, estimator) * _centre_for(lt, estimator)).sum()
+    return float(val) * _hsic_scale(n, estimator)
+
+
+def cka_from_grams(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
+    """CKA from two Gram matrices, shapes (n, n); ``HSIC(K,L) / sqrt(HSIC(K,K) HSIC(L,L))``."""
+    _choice(estimator, "estimator", get_args(Estimator))
+    kt, lt = _gram_pair(gram_x, gram_y)
+    _need_n(kt.shape[0], estimator)
+    kc, lc = _centre_for(kt, estimator), _centre_for(lt, estimator)
+    return _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
+
+
+
+def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "biased",
+        threshold: float = 1.0, median: Median = "pairs", gemm_dtype: GemmDtype = "float32") -> float:
+    """Centered kernel alignment between two feature matrices of the same examples.
+
+    Parameters
+    ----------
+    x : array or tensor, shape (n, p)
+    y : array or tensor, shape (n, q)
+        numpy arrays or torch tensors (any device; both on one device).
+    kernel : {"linear", "rbf"}
+        Linear kernel, or RBF with ``sigma = threshold * median pairwise distance``.
+    estimator : {"biased", "unbiased"}
+        Biased HSIC ``tr(KHLH)/(n-1)²`` or unbiased U-centred HSIC (``n >= 4``).
+    threshold : float
+        RBF bandwidth factor (ignored for the linear kernel).
+    median : {"pairs", "kornblith"}
+        Which median distance the RBF bandwidth scales (:func:`rbf_gram`); ``"kornblith"``
+        reproduces Kornblith et al.'s reference values.
+    gemm_dtype : {"float32", "float64"}
+        Dtype of the GEMMs on centred features; sums are float64 either way.
+
+    Returns
+    -------
+    float
+        ``HSIC(K,L) / sqrt(HSIC(K,K) HSIC(L,L))``; 1 for ``y = x``. The unbiased estimate can
+        be slightly negative.
+
+    Notes
+    -----
+    The linear kernel uses feature cross-products (no ``n x n`` memory) when ``n`` exceeds
+    both feature counts, and Grams otherwise; both are exact.
+    """
+    _choice(kernel, "kernel", get_args(Kernel))
+    _choice(estimator, "estimator", get_args(Estimator))
+    _choice(median, "median", get_args(Median))
+    xt, yt = _feature_pair(x, y)
+    n = xt.shape[0]
+    _need_n(n, estimator)
+    if kernel == "linear" and n > max(xt.shape[1], yt.shape[1]):
+        return linear_cka(xt, yt, estimator=estimator, gemm_dtype=gemm_dtype)
+    gx = gram(xt, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    gy = gram(yt, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    return cka_from_grams(gx, gy, estimator=estimator)
+
+
+# --------------------------------------------------------------------------- all pairs
+
+
+def _stack_centred(grams: Iterable[Any], estimator: str, name: str,
+                   device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened centred Grams as rows (L, n²) plus their float64 squared norms (L,)."""
+    rows = []
+    for i, k in enumerate(grams):
+        kt = _square(k, f"{name}[{i}]", device)
+        _need_n(kt.shape[0], estimator)
+        rows.append(_centre_for(kt, estimator).reshape(-1))
+    if not rows:
+        raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
+                         fix="pass a list of per-layer features or Grams")
+    sizes = {r.numel() for r in rows}
+    if len(sizes) != 1:
+        raise ShapeError(f"all Grams in {name} must cover the same examples",
+                         expected="one n for every layer",
+                         got=f"n in {sorted(int(math.isqrt(s)) for s in sizes)}",
+                         fix="compute every layer on the same examples")
+    a = torch.stack(rows)
+    return a, (a * a).sum(1)
+
+
+def _hsic_stack(ks: Iterable[Any], ls: Iterable[Any], estimator: str,
+                device: torch.device | None, normalise: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stacked product of flattened centred Grams: (L1, L2) cross terms and self terms.
+
+    The product runs in float64: it costs ``L1 L2 n²``, small next to forming the Grams
+    (``(L1 + L2) n² p``), and a float32 sum over ``n²`` terms would cost ~1e-6 of accuracy.
+    """
+    a, na = _stack_centred(ks, estimator, "grams_x", device)
+    b, nb = _stack_centred(ls, estimator, "grams_y", a.device)
+    if a.shape[1] != b.shape[1]:
+        raise ShapeError("both models' Grams must cover the same examples",
+                         expected=f"n = {math.isqrt(a.shape[1])}",
+                         got=f"n = {math.isqrt(b.shape[1])}", fix="use the same examples")
+    if normalise:  # unit rows: the product is the CKA matrix itself
+        for norms, name in ((na, "x"), (nb, "y")):
+            bad = (norms <= 0).nonzero().flatten().tolist()
+            if bad:
+                raise DataError(f"CKA is undefined for constant {name} layers",
+                                expected="features that vary across examples",
+                                got=f"zero centred Gram at layer(s) {bad}",
+                                fix="drop those layers or check the taps")
+        a, b = a / na.sqrt()[:, None], b / nb.sqrt()[:, None]
+    return a @ b.T, na, nb
+
+
+def cka_matrix_from_grams(grams_x: Sequence[Any], grams_y: Sequence[Any], *,
+                          estimator: Estimator = "biased") -> torch.Tensor:
+    """CKA of every layer pair from per-layer Grams, in one stacked matrix product.
+
+    Parameters
+    ----------
+    grams_x : sequence of L1 arrays or tensors, each shape (n, n)
+    grams_y : sequence of L2 arrays or tensors, each shape (n, n)
+    estimator : {"biased", "unbiased"}
+
+    Returns
+    -------
+    torch.Tensor, shape (L1, L2), float64
+        Entry ``[i, j]`` is CKA(layer i of x, layer j of y).
+
+    Notes
+    -----
+    Each centred Gram is flattened and scaled to unit norm; the whole matrix is then one
+    float64 product ``(L1, n²) @ (n², L2)``.
+    """
+    _choice(estimator, "estimator", get_args(Estimator))
+    dev = _device_of(*grams_x, *grams_y)
+    out, _, _ = _hsic_stack(grams_x, grams_y, estimator, dev, True)
+    return out
+
+
+def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear",
+               estimator: Estimator = "biased", threshold: float = 1.0, median: Median = "pairs",
+               gemm_dtype: GemmDtype = "float32") -> torch.Tensor:
+    """CKA of every layer pair of two models, e.g. pretrained vs fine-tuned blocks.
+
+    Parameters
+    ----------
+    xs : sequence of L1 arrays or tensors, shapes (n, p_i)
+        Per-layer features of model 1 on n examples.
+    ys : sequence of L2 arrays or tensors, shapes (n, q_j)
+        Per-layer features of model 2 on the same n examples.
+    kernel, estimator, threshold, median, gemm_dtype
+        As in :func:`cka`.
+
+    Returns
+    -------
+    torch.Tensor, shape (L1, L2), float64
+
+    Notes
+    -----
+    One Gram per layer (``L1 + L2`` Grams, not ``2 L1 L2``), then one matrix product of the
+    stacked flattened Grams. Linear kernels centre the features once before a batched float32
+    GEMM and never centre a Gram (:func:`_linear_terms`). Memory ``O((L1 + L2) n²)``.
+    """
+    _choice(kernel, "kernel", get_args(Kernel))
+    _choice(estimator, "estimator", get_args(Estimator))
+    if kernel == "linear":
+        return _normalised(*_linear_terms(xs, ys, estimator, gemm_dtype, check=False), feats=(xs, ys))
+    gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    return cka_matrix_from_grams(gx, gy, estimator=estimator)
+
+
+def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, threshold: float, median: Median,
+                 gemm_dtype: GemmDtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One Gram per layer of each side (features named ``xs[i]`` / ``ys[j]``), all on one device."""
+    dev = _device_of(*xs, *ys)
+    kw = dict(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(xs)]
+    gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ys)]
+    return gx, gy
+
+
+
+# --------------------------------------------------------------------------- linear fast path
+
+_BATCH_LAYER = 1 << 18  # layers up to this many feature values share one batched GEMM ...
+_BATCH_TOTAL = 1 << 22  # ... of up to this many values (16 MiB in float32)
+_SMALL_GRAM = 1 << 14  # n² up to which one (L1+L2)² product of the Grams is cheaper than two
+
+
+def _raw_grams(feats: Sequence[torch.Tensor], names: Sequence[str], dt: torch.dtype) -> torch.Tensor:
+    """Grams ``W Wᵀ`` of features centred about their rounded column means, stacked (L, n, n).
+
+    Every layer is centred once, before its GEMM: column sums accumulated in float64 (float32
+    within row chunks of :data:`_ROW_CHUNK`, as in :func:`_centre`), the mean rounded to the
+    subtraction dtype and subtracted in it. Small layers of equal width and dtype share one
+    batched GEMM (per-call overhead dominates there); large ones run one by one, so no big
+    stacked copy is made. The Grams are *not* centred: the offset the rounded mean leaves is
+    removed exactly by :func:`_linear_terms`. Features wider than :data:`_COL_CHUNK` add
+    their partial Grams in float64.
+    """
+    n = feats[0].shape[0]
+    dev = feats[0].device
+    groups: dict[tuple[int, torch.dtype], list[int]] = {}
+    for i, x in enumerate(feats):
+        groups.setdefault((x.shape[1], _sub_dtype(x, dt)), []).append(i)
+    parts: list[tuple[list[int], torch.Tensor]] = []
+    with _tf32_off(dev):
+        for (p, sub), members in groups.items():
+            size = n * min(p, _COL_CHUNK)
+            per = max(1, _BATCH_TOTAL // size) if size <= _BATCH_LAYER else 1
+            for g in range(0, len(members), per):
+                idx = members[g:g + per]
+                parts.append((idx, _group_gram([feats[i] for i in idx], [names[i] for i in idx], sub, dt)))
+    if len(parts) == 1:
+        return parts[0][1]
+    out_dtype = F64 if any(k.dtype == F64 for _, k in parts) else parts[0][1].dtype
+    out = torch.empty(len(feats), n, n, dtype=out_dtype, device=dev)
+    for idx, k in parts:
+        if idx == list(range(idx[0], idx[-1] + 1)):
+            out[idx[0]:idx[-1] + 1] = k
+        else:
+            out.index_copy_(0, torch.tensor(idx, device=dev), k.to(out_dtype))
+    return out
+
+
+def _column_sums(w: torch.Tensor) -> torch.Tensor:
+    """Sums over dim -2 of ``w`` (g, n, c): float32 within row chunks, float64 across them."""
+    n = w.shape[-2]
+    acc = w[..., :_ROW_CHUNK, :].sum(-2).to(F64)
+    for s in range(_ROW_CHUNK, n, _ROW_CHUNK):
+        acc += w[..., s:s + _ROW_CHUNK, :].sum(-2)
+    return acc
+
+
+def _group_gram(xs: list[torch.Tensor], names: list[str], sub: torch.dtype,
+                dt: torch.dtype) -> torch.Tensor:
+    """Grams (g, n, n) of same-width layers from centred features, one GEMM per column chunk."""
+    n, p = xs[0].shape
+    if len(xs) == 1:  # a large layer: one pass for the sums, one for the centred copy
+        x = xs[0].to(sub)
+        sums = (x.new_ones(n) @ x).to(F64) if n <= _ROW_CHUNK else _column_sums(x)
+        _finite_sums(sums[None], names)
+        w = x - (sums / n).to(sub)
+        if w.dtype != dt:
+            w = w.to(dt)
+        one: torch.Tensor | None = None
+        for s in range(0, p, _COL_CHUNK):
+            part = w[:, s:s + _COL_CHUNK]
+            k = part @ part.T
+            one = k if one is None else (one if one.dtype == F64 else one.to(F64)) + k
+        return one[None]  # type: ignore[index]
+    acc: torch.Tensor | None = None
+    for s in range(0, p, _COL_CHUNK):
+        e = min(p, s + _COL_CHUNK)
+        if all(x.dtype == sub for x in xs):
+            w = torch.stack([x[:, s:e] for x in xs])
+        else:
+            w = torch.empty(len(xs), n, e - s, dtype=sub, device=xs[0].device)
+            for j, x in enumerate(xs):
+                w[j].copy_(x[:, s:e])
+        if n <= _ROW_CHUNK:  # one float32 reduction; NaN/inf surface in the result
+            w.sub_(w.mean(1, keepdim=True))
+        else:
+            sums = _column_sums(w)
+            _finite_sums(sums, names)
+            w.sub_((sums / n).to(sub)[:, None, :])
+        if w.dtype != dt:
+            w = w.to(dt)
+        k = torch.bmm(w, w.transpose(1, 2))
+        if acc is None:
+            acc = k
+        else:
+            acc = acc if acc.dtype == F64 else acc.to(F64)
+            acc += k
+    return acc  # type: ignore[return-value]
+
+
+def _finite_sums(sums: torch.Tensor, names: list[str]) -> None:
+    """Non-finite features show up as non-finite column sums; name the first such layer."""
+    if not bool(torch.isfinite(sums).all()):
+        bad = next(j for j in range(len(names)) if not bool(torch.isfinite(sums[j]).all()))
+        _check_finite(sums[bad], names[bad])
+
+
+def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dtype: str, *,
+                  check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear HSIC of all layer pairs: ``(L1, L2)`` cross terms and ``(L1,)``, ``(L2,)`` self terms.
+
+    With ``K`` the Gram of (nearly) centred features -- its diagonal zeroed for the unbiased
+    estimator -- ``r = K1`` and ``S = 1ᵀK1``, both estimators are
+    ``<K, L> - b rₖᵀ rₗ + a Sₖ Sₗ`` (times :func:`_hsic_scale`): ``a = 1/n²``, ``b = 2/n``
+    for ``tr(KHLH)``, and ``a = 1/((n-1)(n-2))``, ``b = 2/(n-2)`` for Song et al.'s unbiased
+    form. The Gram inner products are one float64 product of the stacked flattened Grams; the
+    corrections are exact in float64, and small because the features were centred first.
+    ``check=False`` leaves the test for non-finite features to the caller (:func:`_normalised`).
+    """
+    dt = _gemm_torch_dtype(gemm_dtype)
+    xs, ys = list(xs), list(ys)
+    for side, name in ((xs, "xs"), (ys, "ys")):
+        if not side:
+            raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
+                             fix="pass a list of per-layer features")
+    dev = _device_of(*xs, *ys)
+    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
+    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
+    rows = {t.shape[0] for t in fx + fy}
+    if len(rows) != 1:
+        raise ShapeError("all layers must hold the same examples", expected="one n for every layer",
+                         got=f"n in {sorted(rows)}", fix="compute every layer on the same examples")
+    n = rows.pop()
+    _need_n(n, estimator)
+    l1 = len(fx)
+    a, b = (1.0 / (n * n), 2.0 / n) if estimator == "biased" else (1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2))
+    s = _hsic_scale(n, estimator)
+    if n * n > _SMALL_GRAM:  # one model at a time: smaller buffers that the allocator reuses
+        kx = _raw_grams(fx, [f"xs[{i}]" for i in range(l1)], dt)
+        ky = _raw_grams(fy, [f"ys[{j}]" for j in range(len(fy))], dt)
+        if estimator == "unbiased":
+            kx.diagonal(0, 1, 2).zero_()
+            ky.diagonal(0, 1, 2).zero_()
+        kk_xy, kk_x, kk_y, rx, ry = _gram_products(kx, ky)
+        sx, sy = rx.sum(-1), ry.sum(-1)
+        if check and not (bool(torch.isfinite(sx).all()) and bool(torch.isfinite(sy).all())):
+            _name_non_finite(fx, fy)
+        xy = (kk_xy - b * (rx @ ry.T) + a * torch.outer(sx, sy)) * s
+        xx = (kk_x - b * _self_dots(rx) + a * sx * sx) * s
+        yy = (kk_y - b * _self_dots(ry) + a * sy * sy) * s
+        return xy, xx, yy
+    k = _raw_grams(fx + fy, [f"xs[{i}]" for i in range(l1)] + [f"ys[{j}]" for j in range(len(fy))], dt)
+    if estimator == "unbiased":
+        k.diagonal(0, 1, 2).zero_()
+    f = k.reshape(k.shape[0], -1).to(F64)
+    r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
+    tot = r.sum(-1)
+    if check and not bool(torch.isfinite(tot).all()):  # non-finite features give non-finite sums
+        _name_non_finite(fx, fy)
+    # small n: one product for cross and self terms; fewer calls beat fewer flops
+    full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).addmm_(f, f.T).mul_(s)
+    diag = full.diagonal()
+    return full[:l1, l1:], diag[:l1], diag[l1:]
+
+
+_POST_ROWS = 1 << 15  # Gram entries per layer converted to float64 at a time
+
+
+def _gram_products(kx: torch.Tensor, ky: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``<Kᵢ, Lⱼ>``, ``|Kᵢ|²``, ``|Lⱼ|²`` and the row sums of stacked Grams, all in float64.
+
+    The Grams are converted to float64 a block of rows at a time, so no float64 copy of the
+    whole stack is made: large fresh allocations cost page faults on every call.
+    """
+    (l1, n, _), l2 = kx.shape, ky.shape[0]
+    step = max(1, _POST_ROWS // n)
+    cross = kx.new_zeros(l1, l2, dtype=F64)
+    sx, sy = kx.new_zeros(l1, dtype=F64), kx.new_zeros(l2, dtype=F64)
+    rx, ry = kx.new_empty(l1, n, dtype=F64), kx.new_empty(l2, n, dtype=F64)
+    for i in range(0, n, step):
+        bx = kx[:, i:i + step].to(F64)
+        by = ky[:, i:i + step].to(F64)
+        torch.sum(bx, -1, out=rx[:, i:i + step])
+        torch.sum(by, -1, out=ry[:, i:i + step])
+        bx, by = bx.reshape(l1, -1), by.reshape(l2, -1)
+        cross.addmm_(bx, by.T)
+        sx += _self_dots(bx)
+        sy += _self_dots(by)
+    return cross, sx, sy, rx, ry
+
+
+def _self_dots(a: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``<a_i, a_i>`` as one batched product (no elementwise temporary)."""
+    return torch.bmm(a[:, None, :], a[:, :, None]).reshape(-1)
+
+
+def _name_non_finite(fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> None:
+    for i, t in enumerate(fx):
+        _check_finite(t.sum(0), f"xs[{i}]")
+    for j, t in enumerate(fy):
+        _check_finite(t.sum(0), f"ys[{j}]")
+
+
+def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor,
+                feats: tuple[Sequence[Any], Sequence[Any]] | None = None) -> torch.Tensor:
+    """CKA matrix from HSIC terms; non-finite features and constant layers are errors."""
+    if not (bool((xx > 0).all()) and bool((yy > 0).all())):  # NaN fails the test too
+        if feats is not None:
+            _name_non_finite([_features(x, "x") for x in feats[0]], [_features(y, "y") for y in feats[1]])
+        for norms, name in ((xx, "x"), (yy, "y")):
+            bad = (~(norms > 0)).nonzero().flatten().tolist()
+            if bad:
+                raise DataError(f"CKA is undefined for constant {name} layers",
+                                expected="features that vary across examples",
+                                got=f"zero centred Gram at layer(s) {bad}",
+                                fix="drop those layers or check the taps")
+    return xy / torch.sqrt(xx[:, None] * yy[None, :])

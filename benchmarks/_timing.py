@@ -1,0 +1,72 @@
+"""Timing shared by the benchmarks: interleaved rounds, median and min, CPU or CUDA.
+
+On the CPU each call is timed in single-thread CPU time (``time.thread_time``), which other
+processes on a shared machine disturb far less than wall time; on CUDA with CUDA events.
+Rounds interleave the candidates (A B C, A B C, ...) so that load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1e3, out
+    t0 = time.thread_time()
+    out = fn()
+    return time.thread_time() - t0, out
+
+
+def race(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int,
+         warmup: int = 1) -> tuple[dict[str, Timing], dict[str, object]]:
+    """Time every candidate ``rounds`` times, interleaved; returns timings and last results."""
+    out: dict[str, object] = {}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            out[name] = fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            dt, out[name] = _time_once(fn, device)
+            times[name].append(dt)
+    return {k: Timing(v) for k, v in times.items()}, out
+
+
+def ratio(a: Timing, b: Timing) -> str:
+    """``median (min)`` of a / b."""
+    return f"{a.median / b.median:5.2f} ({a.min / b.min:4.2f})"
+
+
+def setup_device(name: str, threads: int) -> torch.device:
+    """The device to run on; on the CPU, ``threads`` torch threads (1 for CPU-time ratios)."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return device

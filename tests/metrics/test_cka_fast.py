@@ -1,0 +1,119 @@
+"""The fast linear paths (batched all-pairs Grams, minibatch, streaming) against float64 brute force.
+
+The references form uncentred float64 Grams of the very same float32 inputs and centre them
+with an explicit ``H`` (biased) or Song et al.'s closed form (unbiased), so a path that skipped
+or botched the centring, or lost precision to a large mean, shows up here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnprobe.metrics import cka_base
+from attnprobe.metrics.cka import MinibatchCKA, StreamingLinearCKA, cka_matrix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ESTIMATORS = ("biased", "unbiased")
+
+
+def ref_hsic(k: np.ndarray, l_: np.ndarray, estimator: str) -> float:
+    n = k.shape[0]
+    if estimator == "biased":
+        h = np.eye(n) - 1.0 / n
+        return float(np.trace(k @ h @ l_ @ h)) / (n - 1) ** 2
+    kt, lt = k - np.diag(np.diag(k)), l_ - np.diag(np.diag(l_))
+    one = np.ones(n)
+    val = (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+           - 2.0 / (n - 2) * (one @ kt @ lt @ one))
+    return float(val) / (n * (n - 3))
+
+
+def ref_cka(x: torch.Tensor, y: torch.Tensor, estimator: str) -> float:
+    xd, yd = x.double().numpy(), y.double().numpy()
+    xd, yd = xd - xd.mean(0), yd - yd.mean(0)  # float64 centring: the reference's only job
+    k, l_ = xd @ xd.T, yd @ yd.T
+    return ref_hsic(k, l_, estimator) / np.sqrt(ref_hsic(k, k, estimator) * ref_hsic(l_, l_, estimator))
+
+
+def layers(seed: int, n: int, widths: list[int], mean: float) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    out = []
+    for p in widths:
+        x = shared @ torch.randn(4, p, generator=g, dtype=torch.float64) + torch.randn(n, p, generator=g,
+                                                                                       dtype=torch.float64)
+        out.append((x + mean * (1 + torch.rand(p, generator=g, dtype=torch.float64))).float())
+    return out
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("mean", [0.0, 1e4])
+@pytest.mark.parametrize("large_n_path", [False, True])
+def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monkeypatch):
+    # two equal widths (one batched GEMM), one other width, and one layer wider than a column
+    # chunk (partial Grams added in float64): every grouping path of _raw_grams; and both ways
+    # of forming the Gram products (one stacked product / row blocks per model)
+    monkeypatch.setattr(cka_base, "_COL_CHUNK", 64)
+    monkeypatch.setattr("attnprobe.metrics.cka_gram._COL_CHUNK", 64)
+    if large_n_path:
+        monkeypatch.setattr("attnprobe.metrics.cka_gram._SMALL_GRAM", 0)
+        monkeypatch.setattr("attnprobe.metrics.cka_gram._POST_ROWS", 100)  # 4 rows a block
+    xs = layers(0, 24, [12, 12, 30, 150], mean)
+    ys = layers(1, 24, [12, 40, 150], mean)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+    assert got.dtype == torch.float64 and got.shape == (4, 3)
+
+
+def test_all_pairs_large_layers_run_one_by_one():
+    # layers too big to batch take the one-layer path; same answer as the batched one
+    xs = layers(2, 16, [20000], 1e4)
+    ys = layers(3, 16, [20000, 8], 1e4)
+    got = cka_matrix(xs, ys, estimator="unbiased")
+    want = [ref_cka(xs[0], y, "unbiased") for y in ys]
+    np.testing.assert_allclose(got[0].numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_minibatch_linear_matches_brute_force_average():
+    xs, ys = layers(4, 60, [10, 25], 1e4), layers(5, 60, [10], 1e4)
+    acc = MinibatchCKA()
+    for s in range(0, 60, 20):
+        acc.update([x[s:s + 20] for x in xs], [y[s:s + 20] for y in ys])
+
+    def gram(a, s):  # float64 centring first: unbiased HSIC ignores it, float64 rounding does not
+        u = a[s:s + 20].double().numpy()
+        u = u - u.mean(0)
+        return u @ u.T
+
+    def avg(a, b):
+        return np.mean([ref_hsic(gram(a, s), gram(b, s), "unbiased") for s in range(0, 60, 20)])
+
+    want = [[avg(x, ys[0]) / np.sqrt(avg(x, x) * avg(ys[0], ys[0]))] for x in xs]
+    np.testing.assert_allclose(acc.compute().numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_streaming_small_batches_with_large_drifting_means(estimator):
+    x, y = layers(6, 400, [9], 1e4)[0], layers(7, 400, [5], 1e4)[0]
+    x[200:] += 50.0  # the second half's mean is far from the stream's centre (its first batch)
+    acc = StreamingLinearCKA()
+    for s in range(0, 400, 16):
+        acc.update(x[s:s + 16], y[s:s + 16])
+    assert acc.n == 400
+    assert acc.compute(estimator) == pytest.approx(ref_cka(x, y, estimator), abs=1e-6)
+
+
+def test_streaming_split_and_merge_equal_one_pass():
+    x, y = layers(8, 300, [7], 1e3)[0], layers(9, 300, [6], 1e3)[0]
+    one = StreamingLinearCKA()
+    for s in range(0, 300, 25):
+        one.update(x[s:s + 25], y[s:s + 25])
+    left, right = StreamingLinearCKA(), StreamingLinearCKA()
+    for s in range(0, 300, 25):
+        (left if s < 125 else right).update(x[s:s + 25], y[s:s + 25])
+    merged = left.merge(right)
+    for est in ESTIMATORS:  # same batch products, so agreement to float64 rounding
+        assert merged.compute(est) == pytest.approx(one.compute(est), rel=1e-11)
