@@ -44,7 +44,7 @@ from attnprobe.capture.geometry import check_input_shape, grid_token_kinds, toke
 from attnprobe.capture.lifecycle import force_explicit_softmax, release
 from attnprobe.capture.probe import Probe
 from attnprobe.errors import TapError
-from attnprobe.models.adapter import Adapter, BlockGeometry, BlockRef
+from attnprobe.models.adapter import Adapter, BlockGeometry, BlockRef, as_triple
 from attnprobe.models.registry import adapter_for
 from attnprobe.tokens import REAL
 
@@ -163,8 +163,8 @@ class Intervene:
 
     def _begin(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        spatial = tuple(int(s) for s in x.shape[2:])
-        check_input_shape(self.adapter, spatial)  # type: ignore[arg-type]
+        spatial = as_triple(x.shape[2:], "input size")
+        check_input_shape(self.adapter, spatial)
         batch = int(x.shape[0])
         mask = self._pending_mask
         if mask is None:

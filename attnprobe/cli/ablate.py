@@ -133,10 +133,10 @@ def ablate(
     if given_roi == "full":
         raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
     if given_roi is not None:
-        spec.check_shape(given_roi)  # type: ignore[arg-type]
+        spec.check_shape(given_roi)
     check_limit(limit)
     dev = check_device(device)
-    refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
+    refs = list_data(data, split=split, limit=limit)
     unlabeled = [r.case_id for r in refs if r.label is None]
     if unlabeled:
         raise DataError(f"{len(unlabeled)} case(s) have no label", expected="a label for every case",
@@ -145,14 +145,14 @@ def ablate(
     err_console.print(f"loaded {report.summary()}", highlight=False)
     n_stages = len({ref.stage for ref in adapter_for(net).blocks(net)})
     names = names if names is not None else standard_interventions(n_stages)
-    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]  # type: ignore[arg-type]
+    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]
     use_roi = given_roi or model_roi
     if use_roi is None:
         raise ConfigError("no ROI for the model", expected="--roi or a checkpoint with a ROI", got="none")
     spec.check_shape(use_roi)
-    check_input_shape(adapter_for(net), tuple(use_roi))  # type: ignore[arg-type]
-    config = PreprocessConfig(roi=tuple(use_roi), pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
-                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+    check_input_shape(adapter_for(net), tuple(use_roi))
+    config = PreprocessConfig(roi=tuple(use_roi), pad_mode=pad_mode, spacing=spacing,
+                              intensity=intensity, a_min=a_min, a_max=a_max)
     metric_options = {"scope": scope, "detection": detection, "surface": surface}
 
     with progress_bar() as bar:

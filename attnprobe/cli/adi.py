@@ -60,7 +60,7 @@ def _write_outputs(frame, out: Path, attrs: dict):
     return tables
 
 
-def _netcdf_engine() -> str:
+def _netcdf_engine() -> Literal["h5netcdf", "scipy"]:
     """h5netcdf (netCDF4) when its h5py writer is installed, else scipy's netCDF3 writer."""
     import importlib.util
 
@@ -178,7 +178,7 @@ def _offline(store_path: Path, *, heads: str, pad_queries: str, device, limit: i
 
     check_limit(limit)
     tree = open_store(store_path, chunks={})
-    done = int(tree["done"].values.sum())
+    done = int(tree.dataset["done"].values.sum())
     stats = OfflineStats()
     with progress_bar() as bar:
         task = bar.add_task("adi (store)", total=min(done, limit or done), status="")
@@ -235,7 +235,8 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, pad_
 
     spec = None
     if padding_sweep is not None:
-        spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
+        # plain strings from the CLI; SweepSpec checks each option
+        spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,  # type: ignore[arg-type]
                          pad_mode=pad_mode, mode=sweep_mode)  # type: ignore[arg-type]
 
     def preprocess_config(use_roi) -> PreprocessConfig:

@@ -70,8 +70,8 @@ def capture(
     if use_roi == "full":
         raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
                           got="--roi full")
-    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,  # type: ignore[arg-type]
-                              intensity=intensity, a_min=a_min, a_max=a_max)  # type: ignore[arg-type]
+    config = PreprocessConfig(roi=use_roi, pad_mode=pad_mode, spacing=spacing,
+                              intensity=intensity, a_min=a_min, a_max=a_max)
     cases = lazy_cases(data, config, split=split, limit=limit)
     with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("capture", total=len(dist.shard(cases)), status="")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -61,7 +61,7 @@ def phantoms(
         help="Exact array shape x,y,z for small, fast phantoms (e.g. 48,48,24); default: 1.5x1.5x2.5 mm voxels.")] = None,
 ) -> None:
     """Write synthetic pelvic phantoms (MRI- and CT-like renderings of one anatomy) with datalists."""
-    from attnprobe.data.phantoms import MODALITIES, write_phantom_dataset
+    from attnprobe.data.phantoms import MODALITIES, Modality, write_phantom_dataset
     from attnprobe.errors import ConfigError
 
     mods = tuple(modality or MODALITIES)
@@ -75,7 +75,7 @@ def phantoms(
             size = ()
         if len(size) != 3 or min(size) < 8:
             raise ConfigError("cannot read --shape", expected="three sizes >= 8 like 48,48,24", got=repr(shape))
-    paths = write_phantom_dataset(out, n=n, seed=seed, modalities=mods, shape=size)
+    paths = write_phantom_dataset(out, n=n, seed=seed, modalities=cast("tuple[Modality, ...]", mods), shape=size)
     for mod, path in paths.items():
         console.print(f"{mod}: {path}", highlight=False)
 

@@ -116,7 +116,7 @@ def train(
     if crop == "full":
         raise ConfigError("--roi must be a crop size", expected="three sizes like 96,96,64", got="'full'")
     config = resolve_train_config(
-        preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
+        preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,
         init=init_ref, init_compat=init_compat, declared_roi=declared_roi, val_every=val_every, seed=seed,
         num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing,
         # options left unset take the preset's recipe (attnprobe's or the paper's)

@@ -53,7 +53,8 @@ from torch import nn
 
 from attnprobe.data.arrays import affine_spacing
 from attnprobe.errors import ConfigError
-from attnprobe.models import ARCH_LABELS
+from attnprobe.models import ARCH_LABELS, model_config
+from attnprobe.models.adapter import as_triple
 
 __all__ = [
     "Tier",
@@ -319,7 +320,7 @@ def save_supervised_layout(model: nn.Module, path: str | os.PathLike[str], *,
         state[key] = tensor
     tmp = path.with_name(path.name + ".tmp")
     # the compat mode it computes goes with the weights (attnprobe.models.compat)
-    info = {"compat": model.attnprobe_config.get("compat", "current"), **dict(info or {})}
+    info = {"compat": model_config(model).get("compat", "current"), **dict(info or {})}
     torch.save({"state_dict": state, "info": info}, tmp)
     tmp.replace(path)
     return path
@@ -367,7 +368,7 @@ def pretrain_ct(arch: str, out_path: str | os.PathLike[str], *, spec: PretrainSp
     from attnprobe.train.trainer import train
 
     spec = spec or PretrainSpec()
-    crop = tuple(spec.crop) if spec.crop is not None else tuple(resolve_config(arch, model_preset)["roi"])
+    crop = as_triple(spec.crop if spec.crop is not None else resolve_config(arch, model_preset)["roi"], "crop")
     work = Path(work_dir)
     datalist = work / "ct_data" / "datalist_ct.json"
     if not datalist.is_file():
@@ -455,7 +456,7 @@ def check_ssl_layout(ssl_path: str | os.PathLike[str], source: str | os.PathLike
     encoder = [k for k in ref if adapter.is_backbone_key(k)]
     identical = all(torch.equal(own[k], ref[k]) for k in encoder)
     raw = read_checkpoint(ssl_path)
-    inner = raw.get("state_dict") if isinstance(raw.get("state_dict"), Mapping) else raw.get("student", {})
+    inner = sd if isinstance(sd := raw.get("state_dict"), Mapping) else raw.get("student", {})
     naive = {k[len("module."):] if k.startswith("module.") else k for k in inner}
     naive_matched = len(naive & set(build_model(arch, preset=model_preset).state_dict()))
     return {"file": Path(ssl_path).name, "format": report.format, "matched": len(report.matched),
@@ -554,8 +555,11 @@ def attention_volume(model: nn.Module, case: Any, *, padding: int, block: str = 
     with torch.no_grad(), Probe(model, [tap]) as probe:
         probe.run(item.image[None], mask=item.mask[None])
         probs = probe.cache[tap][0]
-        kinds = probe.context.kinds[block][0]
-        geom = probe.context.geometry[block]
+        context = probe.context
+        if context is None:  # run() sets it
+            raise RuntimeError("internal: the probe saw no forward")
+        kinds = context.kinds[block][0]
+        geom = context.geometry[block]
     tokens = received_attention(probs, kinds, geom, adapter_for(model))
     spatial = tuple(int(s) for s in item.image.shape[1:])
     voxels = to_voxels(tokens, spatial)  # type: ignore[arg-type]
@@ -685,7 +689,7 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
     else:
         config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end", intensity="fixed",
                                   a_min=float(window[0]), a_max=float(window[1]))
-    infer = InferenceConfig(roi=tuple(int(v) for v in roi))
+    infer = InferenceConfig(roi=as_triple(roi, "roi"))
     refs = list_cases(data, split=split)  # type: ignore[arg-type]
     results = []
     for ref in refs[:limit] if limit is not None else refs:
@@ -992,7 +996,8 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             with clock.step(f"fine-tune {name}"):
                 tuned[(arch, preset)] = finetune(
                     arch, preset, init=ct[arch], data=mri, out_dir=out / "train" / name, settings=settings,
-                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))
+                    # mypy cannot infer a lambda with a default argument
+                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))  # type: ignore[misc]
 
     cube = {arch: pretrained_roi(arch, settings.model_preset) for arch in settings.backbones}
     aniso = {arch: anisotropic_roi(arch, settings.model_preset) for arch in settings.backbones}

@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NoReturn, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -77,7 +77,10 @@ _COL_CHUNK = 16384  # features per float32 Gram GEMM before the partial sum move
 # --------------------------------------------------------------------------- validation
 
 
-def _choice(value: str, name: str, options: tuple[str, ...]) -> str:
+_S = TypeVar("_S", bound=str)
+
+
+def _choice(value: _S, name: str, options: tuple[str, ...]) -> _S:
     if value not in options:
         raise ConfigError(f"unknown {name}", expected=" or ".join(repr(o) for o in options),
                           got=repr(value), fix=f"pass {name}= one of those")
@@ -144,6 +147,11 @@ def _need_n(n: int, estimator: str) -> None:
     if n < 2:
         raise ShapeError("HSIC needs at least 2 examples", expected="n >= 2", got=f"n = {n}",
                          fix="use more examples")
+
+
+def _no_examples(estimator: str) -> NoReturn:
+    _need_n(0, estimator)
+    raise RuntimeError("internal: _need_n(0) did not raise")
 
 
 def _check_threshold(threshold: float) -> float:
@@ -769,7 +777,7 @@ def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, thresh
                  gemm_dtype: GemmDtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One Gram per layer of each side (features named ``xs[i]`` / ``ys[j]``), all on one device."""
     dev = _device_of(*xs, *ys)
-    kw = dict(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
+    kw: dict[str, Any] = dict(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
     gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(xs)]
     gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ys)]
     return gx, gy
@@ -807,7 +815,7 @@ class MinibatchCKA:
                  gemm_dtype: GemmDtype = "float32") -> None:
         self.kernel = _choice(kernel, "kernel", get_args(Kernel))
         self.threshold = _check_threshold(threshold)
-        self.median: Median = _choice(median, "median", get_args(Median))  # type: ignore[assignment]
+        self.median: Median = _choice(median, "median", get_args(Median))
         _gemm_torch_dtype(gemm_dtype)
         self.gemm_dtype = gemm_dtype
         self.batches = 0
@@ -831,7 +839,7 @@ class MinibatchCKA:
         xy, xx, yy = _hsic_stack(gx, gy, "unbiased", dev, False)
         b = gx[0].shape[0]
         s = _hsic_scale(b, "unbiased")
-        if self._xy is None:
+        if self._xy is None or self._xx is None or self._yy is None:  # all three are set together
             self._xy, self._xx, self._yy = xy * s, xx * s, yy * s
         else:
             if xy.shape != self._xy.shape:
@@ -846,7 +854,7 @@ class MinibatchCKA:
 
     def compute(self) -> torch.Tensor:
         """CKA matrix, shape (L1, L2), float64, from the batch-averaged unbiased HSICs."""
-        if self._xy is None:
+        if self._xy is None or self._xx is None or self._yy is None:
             raise ShapeError("no minibatch was added", expected="at least one update()",
                              got="0 batches", fix="call update(xs, ys) first")
         xx, yy = self._xx / self.batches, self._yy / self.batches
@@ -952,7 +960,7 @@ class StreamingLinearCKA:
                 self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
             return self
         batch = _moments_of(xt, yt, self._dt, self.chunk_rows)
-        if self.n == 0:
+        if self._m is None or self.n == 0:
             self._m = batch
         else:
             self._m = _merge(self._m, batch.to(self._m.n.device))
@@ -962,8 +970,8 @@ class StreamingLinearCKA:
         """Fold another accumulator's examples into this one (in place); returns self."""
         if other._m is None:
             return self
-        self._check_dims(*other.dims)
-        if self.n == 0:
+        self._check_dims(other._m.cx.numel(), other._m.cy.numel())
+        if self._m is None or self.n == 0:
             self._m = other._m.clone() if self.device is None else other._m.to(self.device).clone()
         else:
             self._m = _merge(self._m, other._m.to(self._m.n.device))
@@ -1004,7 +1012,7 @@ class StreamingLinearCKA:
                               got="a rank with no data and no dims",
                               fix="construct the accumulator with dim_x and dim_y")
         m = self._m
-        p, q = self.dims
+        p, q = m.cx.numel(), m.cy.numel()
         head = torch.cat([m.n.reshape(1), m.n * m.cx + m.sx, m.n * m.cy + m.sy])
         dist.all_reduce(head, op=dist.ReduceOp.SUM, group=group)
         n = head[0]
@@ -1020,7 +1028,7 @@ class StreamingLinearCKA:
         """``(HSIC(X,Y), HSIC(X,X), HSIC(Y,Y))`` for the linear kernel."""
         _choice(estimator, "estimator", get_args(Estimator))
         if self._m is None:
-            _need_n(0, estimator)
+            _no_examples(estimator)
         xy, xx, yy = _hsic_terms(self._m, estimator)
         return float(xy), float(xx), float(yy)
 
@@ -1028,7 +1036,7 @@ class StreamingLinearCKA:
         """Linear CKA of all examples seen, biased or unbiased."""
         _choice(estimator, "estimator", get_args(Estimator))
         if self._m is None:
-            _need_n(0, estimator)
+            _no_examples(estimator)
         return _ratio(*_hsic_terms(self._m, estimator))
 
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -92,8 +93,8 @@ def intervention_from_name(name: str, *, n_stages: int, key_kind: PaddingKind = 
     if stage and int(stage.group(1)) < n_stages:
         return Intervention(name=name, edits=(MaskKeys(blocks=f"stage{int(stage.group(1))}.*", kind=key_kind),))
     if name in ("mean-ablate", "zero-ablate"):
-        value = "mean-real" if name == "mean-ablate" else "zero"
-        return Intervention(name=name, edits=(ReplaceTokens(blocks="*", kind="input", value=value),))
+        return Intervention(name=name, edits=(ReplaceTokens(blocks="*", kind="input",
+                                                            value="mean-real" if name == "mean-ablate" else "zero"),))
     near = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
     raise ConfigError(f"unknown intervention {name!r}", expected=" | ".join(names), got=repr(name),
                       fix=f"did you mean {', '.join(near)}?" if near else "pick names from the expected list")
@@ -194,7 +195,8 @@ def run_ablation(
                     with Intervene(model, iv, measure_moved=True, adapter=adapter) as edit:
                         logits = edit.run(image, mask=mask, probe=probe, tag=tag)
                     pred = (logits[0].argmax(0) * mask[0, 0]).cpu().numpy()
-                    res = evaluate_case(pred, item.label[0].numpy(), spacing=spacing, case=item.case_id, **options)
+                    res = evaluate_case(pred, cast(torch.Tensor, item.label)[0].numpy(),  # labels checked above
+                                         spacing=spacing, case=item.case_id, **options)
                     results.setdefault((iv.name, p), []).append(res)
                     flow = flows_to_frame([reducer.records.pop()]).assign(intervention=iv.name)
                     flows.append(flow)
@@ -276,7 +278,7 @@ def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_ablation(result: AblationResult, summary: pd.DataFrame, out: str | Path, *,
+def write_ablation(result: AblationResult, summary: pd.DataFrame, out: str | os.PathLike[str], *,
                    info: Mapping[str, Any]) -> list[Path]:
     """Write an ablation run: the tidy table, the ADI of the same forwards, the summary (CSV and
     JSON with ``info``); returns the paths in :data:`ABLATION_FILES` order."""
