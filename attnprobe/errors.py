@@ -59,3 +59,14 @@ class StoreError(AttnprobeError):
 
 class TapError(AttnprobeError):
     """A tap pattern that matches nothing, or a tap that did not fire as expected."""
+
+
+def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(
+            f"unknown {name} option",
+            expected=" | ".join(repr(a) for a in allowed),
+            got=repr(value),
+            fix=f"pass {name}= one of the allowed values",
+        )

@@ -14,7 +14,7 @@ active for the same forward and the probe reads the *edited* values -- the atten
 the softmax's output, computed from the masked logits, and the edit of a block output is
 registered ahead of every other forward hook of that block, so a probe's ``out`` tap sees the
 replaced tokens whichever context was entered first. An online
-:class:`~attnprobe.capture.reducers.FlowReducer` in that probe thus measures the ADI of the
+:class:`~attnprobe.metrics.reducers.FlowReducer` in that probe thus measures the ADI of the
 edited forward.
 
 With an empty intervention (or edits that select no token) the output is bit-identical to

@@ -109,15 +109,15 @@ def extent(
     """Axial-extent distribution, token efficiency of candidate crops, and a crop recommendation."""
     from rich.table import Table
 
-    from attnprobe.data.extent import (
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.models.registry import resolve_config
+    from attnprobe.workflows.extent import (
         default_candidates,
         extent_and_efficiency,
         recommend_crop,
         summarize_efficiency,
         summarize_extents,
     )
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
-    from attnprobe.models.registry import resolve_config
     from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading

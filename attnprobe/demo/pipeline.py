@@ -727,10 +727,10 @@ def crop_efficiency(data: str | os.PathLike[str], *, arch: str, model_preset: st
     -------
     (extents, efficiency, recommendation)
         Per-case extents, the per-(candidate, stage) summary of
-        :func:`attnprobe.data.extent.summarize_efficiency` with an ``arch`` column, and the
-        :class:`~attnprobe.data.extent.CropRecommendation`.
+        :func:`attnprobe.workflows.extent.summarize_efficiency` with an ``arch`` column, and the
+        :class:`~attnprobe.workflows.extent.CropRecommendation`.
     """
-    from attnprobe.data.extent import (
+    from attnprobe.workflows.extent import (
         default_candidates,
         extent_and_efficiency,
         recommend_crop,

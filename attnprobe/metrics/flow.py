@@ -58,7 +58,7 @@ from typing import Literal
 
 import torch
 
-from attnprobe.errors import ConfigError, DataError, ShapeError
+from attnprobe.errors import ConfigError, DataError, ShapeError, check_option
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD, PaddingKind
 
 __all__ = [
@@ -144,17 +144,6 @@ class FlowResult:
 
 
 _OPTION_FIELDS = ("padding", "heads", "pad_queries")
-
-
-def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(
-            f"unknown {name} option",
-            expected=" | ".join(repr(a) for a in allowed),
-            got=repr(value),
-            fix=f"pass {name}= one of the allowed values",
-        )
 
 
 def check_reduction_options(heads: object, padding_kinds: Sequence[object],

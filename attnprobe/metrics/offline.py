@@ -4,7 +4,7 @@ The store's ``attn`` arrays are chunked one sample by a few windows (about 8 MiB
 :func:`store_flow` reads them chunk by chunk through the store's dask-backed xarray view and
 feeds a :class:`~attnprobe.metrics.flow.FlowAccumulator` per (sample, block), so at most two
 chunks (the one reduced and the one being read ahead) are in memory, whatever the block size.
-The rows are the ones the online :class:`~attnprobe.capture.reducers.FlowReducer` produces
+The rows are the ones the online :class:`~attnprobe.metrics.reducers.FlowReducer` produces
 for the same forwards; with a float32 store they agree to ~1e-12 (float16 stores differ by the
 storage rounding of the maps, ~1e-4 relative).
 """
@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from attnprobe.capture.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.errors import ConfigError, StoreError
 from attnprobe.metrics.flow import (
     FlowAccumulator,
@@ -33,6 +32,7 @@ from attnprobe.metrics.flow import (
     check_kind_codes,
     check_reduction_options,
 )
+from attnprobe.metrics.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.store import as_tree, block_names
 from attnprobe.store.writer import CHUNK_BYTES
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
@@ -300,7 +300,7 @@ def store_flow(
     -------
     pandas.DataFrame
         Block-level tidy frame, same columns and row order as
-        :meth:`attnprobe.capture.reducers.FlowReducer.frame` for the same forwards. Samples not
+        :meth:`attnprobe.metrics.reducers.FlowReducer.frame` for the same forwards. Samples not
         marked done are left out (their ids in ``stats.skipped_samples``).
 
     Raises

@@ -7,7 +7,7 @@ For each case, each padding amount p of a :class:`~attnprobe.metrics.sweep.Sweep
    placed exactly like the image) runs through the model inside an
    :class:`~attnprobe.capture.intervene.Intervene` and a read-only
    :class:`~attnprobe.capture.probe.Probe` with an online
-   :class:`~attnprobe.capture.reducers.FlowReducer`, so the ADI is that of the *edited* forward;
+   :class:`~attnprobe.metrics.reducers.FlowReducer`, so the ADI is that of the *edited* forward;
 2. the prediction (argmax, 0 on padding voxels) is scored against the swept label with
    :func:`~attnprobe.train.evaluate.evaluate_case`.
 
@@ -44,9 +44,9 @@ from torch import nn
 from attnprobe.capture.edits import Intervention, MaskKeys, ReplaceTokens
 from attnprobe.capture.intervene import Intervene
 from attnprobe.capture.probe import Probe
-from attnprobe.capture.reducers import FlowReducer, FlowTag, flows_to_frame
 from attnprobe.errors import ConfigError, DataError
 from attnprobe.metrics.aggregate import model_means
+from attnprobe.metrics.reducers import FlowReducer, FlowTag, flows_to_frame
 from attnprobe.metrics.sweep import SweepSpec, swept_input
 from attnprobe.models.registry import adapter_for
 from attnprobe.tokens import PaddingKind
@@ -110,7 +110,7 @@ class AblationResult:
         Tidy ``case, padding, pad_fraction, intervention, metric, value`` (module docstring).
     adi
         Block-level attention flow of the same forwards (the columns of
-        :func:`~attnprobe.capture.reducers.flows_to_frame` plus ``intervention``).
+        :func:`~attnprobe.metrics.reducers.flows_to_frame` plus ``intervention``).
     results
         ``(intervention, padding)`` -> per-case :class:`~attnprobe.train.evaluate.CaseResult`.
     """
