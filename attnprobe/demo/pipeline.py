@@ -7,7 +7,7 @@ report read back::
 
     OUT/
       data/                     phantoms: NIfTI, datalist_mri.json, datalist_ct.json, phantoms.json
-      pretrained/               the CT checkpoints used (copied from fixtures/pretrained, or trained)
+      pretrained/               the CT checkpoints used (copied from attnprobe/demo/pretrained, or trained)
       ssl/                      their encoders re-exported in the self-supervised key layouts
       train/<arch>-<preset>/    fine-tuning runs (config.json, metrics.csv, last.pt)
       capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output) of padded inputs
@@ -93,7 +93,7 @@ TIERS: tuple[Tier, ...] = get_args(Tier)
 ARCHS: tuple[str, ...] = ("swin_unetr", "smit")
 
 PRETRAINED_FILES = {"swin_unetr": "swin_unetr_ct_tiny.pt", "smit": "smit_ct_tiny.pt"}
-"""File name of each architecture's CT checkpoint in ``fixtures/pretrained``."""
+"""File name of each architecture's CT checkpoint in ``attnprobe/demo/pretrained``."""
 
 CT_ONLY = "CT only"
 """Preset label of the pretrained CT model evaluated on MRI without fine-tuning."""
@@ -268,8 +268,8 @@ class PretrainSpec:
 
 
 def pretrained_dir() -> Path:
-    """``fixtures/pretrained`` of the source tree this package runs from (may not exist)."""
-    return Path(__file__).resolve().parents[2] / "fixtures" / "pretrained"
+    """The CT checkpoints shipped inside the package (``attnprobe/demo/pretrained``, package data)."""
+    return Path(__file__).resolve().parent / "pretrained"
 
 
 def find_pretrained(arch: str, folder: str | os.PathLike[str] | None = None) -> Path | None:
@@ -944,7 +944,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     settings
         Sizes (default ``settings_for("full")``).
     pretrained
-        Folder holding the CT checkpoints (default ``fixtures/pretrained``); missing ones are
+        Folder holding the CT checkpoints (default ``attnprobe/demo/pretrained``); missing ones are
         trained first (slower).
     figure_format
         ``"png"``, ``"pdf"`` or ``"svg"`` (the HTML report embeds PNGs only).
