@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from attnprobe.data.extent import (  # noqa: E402
+from attnprobe.data.preprocess import iter_cases  # noqa: E402
+from attnprobe.figures import token_efficiency  # noqa: E402
+from attnprobe.workflows.extent import (  # noqa: E402
     default_candidates,
     extent_and_efficiency,
     recommend_crop,
     summarize_efficiency,
 )
-from attnprobe.data.preprocess import iter_cases  # noqa: E402
-from attnprobe.figures import token_efficiency  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:

@@ -2,6 +2,12 @@
 
 Messages follow one shape so a user can act on them: what was expected, what came,
 and how to fix it. The CLI turns any ``AttnprobeError`` into one line and exit code 2.
+
+The errors that mean "a bad value was passed" (:class:`ConfigError`, :class:`ShapeError`,
+:class:`DataError`) are also :class:`ValueError`, so ``except ValueError`` catches them as it
+catches PyTorch's, NumPy's and MONAI's. The others (:class:`CheckpointError`,
+:class:`StoreError`, :class:`TapError`) concern files on disk or the hooks' state and derive
+from :class:`AttnprobeError` only.
 """
 
 from __future__ import annotations
@@ -31,20 +37,20 @@ class AttnprobeError(Exception):
         self.what, self.expected, self.got, self.fix = what, expected, got, fix
 
 
-class ConfigError(AttnprobeError):
-    """Unknown architecture, bad option value, bad workspace file."""
+class ConfigError(AttnprobeError, ValueError):
+    """Unknown architecture, bad option value, bad workspace file (also a ``ValueError``)."""
 
 
 class CheckpointError(AttnprobeError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
-class ShapeError(AttnprobeError):
-    """A tensor or volume with the wrong shape, rank or size."""
+class ShapeError(AttnprobeError, ValueError):
+    """A tensor or volume with the wrong shape, rank or size (also a ``ValueError``)."""
 
 
-class DataError(AttnprobeError):
-    """Input data that cannot be read or used (empty datalist, NaNs, bad NIfTI)."""
+class DataError(AttnprobeError, ValueError):
+    """Input data that cannot be read or used (empty datalist, NaNs, bad NIfTI; also a ``ValueError``)."""
 
 
 class StoreError(AttnprobeError):
@@ -53,3 +59,14 @@ class StoreError(AttnprobeError):
 
 class TapError(AttnprobeError):
     """A tap pattern that matches nothing, or a tap that did not fire as expected."""
+
+
+def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(
+            f"unknown {name} option",
+            expected=" | ".join(repr(a) for a in allowed),
+            got=repr(value),
+            fix=f"pass {name}= one of the allowed values",
+        )

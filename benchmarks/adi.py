@@ -59,7 +59,7 @@ def _peak_rss_mb() -> float:
 def _rss_child(args: argparse.Namespace) -> None:
     """One forward of a case at p = max sweep amount, plain or hooked; print the peak RSS."""
     from attnprobe.capture import Probe
-    from attnprobe.capture.reducers import FlowReducer, FlowTag
+    from attnprobe.metrics.reducers import FlowReducer, FlowTag
     from attnprobe.metrics.sweep import SweepSpec, swept_input
     from attnprobe.models import build_model
 

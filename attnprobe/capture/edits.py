@@ -24,8 +24,7 @@ from typing import Literal
 
 import torch
 
-from attnprobe.errors import ConfigError, ShapeError
-from attnprobe.metrics.flow import check_option
+from attnprobe.errors import ConfigError, ShapeError, check_option
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD, PaddingKind
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnprobe.errors import ShapeError
-from attnprobe.models.adapter import Adapter, BlockGeometry, Triple
+from attnprobe.models.adapter import Adapter, BlockGeometry, Triple, as_triple
 from attnprobe.models.registry import adapter_for
 from attnprobe.tokens import INPUT_PAD, REAL, WINDOW_PAD
 
@@ -119,7 +119,7 @@ def token_kinds(
     """
     adapter = adapter or adapter_for(model)
     mask = check_mask(real_mask)
-    geoms = adapter.geometry(model, tuple(mask.shape[2:]))
+    geoms = adapter.geometry(model, as_triple(mask.shape[2:]))
     per_stage = grid_token_kinds(model, mask, adapter=adapter, n_stages=max(g.stage for g in geoms) + 1)
     geometry = {g.name: g for g in geoms}
     kinds = {g.name: block_token_kinds(adapter, g, per_stage[g.stage]) for g in geoms}

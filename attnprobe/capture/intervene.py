@@ -14,7 +14,7 @@ active for the same forward and the probe reads the *edited* values -- the atten
 the softmax's output, computed from the masked logits, and the edit of a block output is
 registered ahead of every other forward hook of that block, so a probe's ``out`` tap sees the
 replaced tokens whichever context was entered first. An online
-:class:`~attnprobe.capture.reducers.FlowReducer` in that probe thus measures the ADI of the
+:class:`~attnprobe.metrics.reducers.FlowReducer` in that probe thus measures the ADI of the
 edited forward.
 
 With an empty intervention (or edits that select no token) the output is bit-identical to
@@ -44,7 +44,7 @@ from attnprobe.capture.geometry import check_input_shape, grid_token_kinds, toke
 from attnprobe.capture.lifecycle import force_explicit_softmax, release
 from attnprobe.capture.probe import Probe
 from attnprobe.errors import TapError
-from attnprobe.models.adapter import Adapter, BlockGeometry, BlockRef
+from attnprobe.models.adapter import Adapter, BlockGeometry, BlockRef, as_triple
 from attnprobe.models.registry import adapter_for
 from attnprobe.tokens import REAL
 
@@ -163,8 +163,8 @@ class Intervene:
 
     def _begin(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        spatial = tuple(int(s) for s in x.shape[2:])
-        check_input_shape(self.adapter, spatial)  # type: ignore[arg-type]
+        spatial = as_triple(x.shape[2:], "input size")
+        check_input_shape(self.adapter, spatial)
         batch = int(x.shape[0])
         mask = self._pending_mask
         if mask is None:

@@ -20,8 +20,8 @@ def force_explicit_softmax(modules: Iterable[nn.Module], saved: FlashFlags) -> N
     """Switch ``use_flash_attention`` off where it exists, recording each old value in ``saved``."""
     for module in modules:
         if hasattr(module, "use_flash_attention"):
-            saved.append((module, module.use_flash_attention))
-            module.use_flash_attention = False
+            saved.append((module, bool(module.use_flash_attention)))
+            module.use_flash_attention = False  # type: ignore[assignment]  # a plain bool attribute
 
 
 def release(handles: Handles, saved: FlashFlags) -> None:
@@ -32,5 +32,5 @@ def release(handles: Handles, saved: FlashFlags) -> None:
     finally:
         handles.clear()
         for module, flag in reversed(saved):
-            module.use_flash_attention = flag
+            module.use_flash_attention = flag  # type: ignore[assignment]  # a plain bool attribute
         saved.clear()

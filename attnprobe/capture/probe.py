@@ -25,7 +25,7 @@ from torch import nn
 from attnprobe.capture.geometry import check_input_shape, token_kinds
 from attnprobe.capture.lifecycle import force_explicit_softmax, release
 from attnprobe.errors import TapError
-from attnprobe.models.adapter import Adapter, BlockGeometry, TapSpec
+from attnprobe.models.adapter import Adapter, BlockGeometry, TapSpec, as_triple
 from attnprobe.models.registry import adapter_for
 
 
@@ -155,9 +155,9 @@ class Probe:
 
     def _begin(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        spatial = tuple(int(s) for s in x.shape[2:])
-        check_input_shape(self.adapter, spatial)  # type: ignore[arg-type]
-        geometry, kinds = self._geometry(spatial, self._pending_mask, int(x.shape[0]), x.device)  # type: ignore[arg-type]
+        spatial = as_triple(x.shape[2:], "input size")
+        check_input_shape(self.adapter, spatial)
+        geometry, kinds = self._geometry(spatial, self._pending_mask, int(x.shape[0]), x.device)
         self.context = ForwardContext(spatial, int(x.shape[0]), geometry, kinds,
                                       {t.name: 0 for t in self.taps}, self._pending_tag)
         if self.keep:

@@ -161,7 +161,7 @@ def ablate(
     if given_roi == "full":
         raise ConfigError("--roi must be a window size", expected="three sizes like 64,64,32", got="'full'")
     if given_roi is not None:
-        spec.check_shape(given_roi)  # type: ignore[arg-type]
+        spec.check_shape(given_roi)
     check_limit(limit)
     dev = check_device(device)
     target = check_out(out, overwrite=overwrite, kinds=("ablation",))

@@ -218,7 +218,7 @@ def _offline(store_path: Path, *, heads: str, pad_queries: str, device, limit: i
 
     check_limit(limit)
     tree = open_store(store_path, chunks={})
-    done = int(tree["done"].values.sum())
+    done = int(tree.dataset["done"].values.sum())
     stats = OfflineStats()
     with progress_bar() as bar:
         task = bar.add_task("adi (store)", total=min(done, limit or done), status="")
@@ -240,8 +240,8 @@ def _offline(store_path: Path, *, heads: str, pad_queries: str, device, limit: i
 
 
 def _limited_store_flow(tree, *, heads, pad_queries, device, stats, on_sample, limit):
-    from attnprobe.capture.reducers import flows_to_frame
     from attnprobe.metrics.offline import store_flow_records
+    from attnprobe.metrics.reducers import flows_to_frame
 
     records = store_flow_records(tree, heads=heads, pad_queries=pad_queries, device=device, stats=stats,
                                  on_sample=on_sample)

@@ -154,13 +154,15 @@ def parse_size3(text: str, *, option: str, expected: str) -> tuple[int, int, int
         parts = parts * 3
     if len(parts) != 3 or min(parts) <= 0:
         raise ConfigError(f"cannot read {option}", expected=expected, got=repr(text))
-    return parts  # type: ignore[return-value]
+    return parts
 
 
-def parse_roi(text: str | None) -> tuple[int, int, int] | str | None:
+def parse_roi(text: str | None) -> tuple[int, int, int] | Literal["full"] | None:
     """``"96,96,64"`` -> (96, 96, 64); ``"full"`` stays; None stays."""
-    if text is None or text == "full":
-        return text
+    if text is None:
+        return None
+    if text == "full":
+        return "full"
     return parse_size3(text, option="--roi", expected="three positive sizes like 96,96,64 (or one, or 'full')")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -64,7 +64,7 @@ def phantoms(
 
     Example: attnprobe data phantoms --out phantoms --n 8 --shape 48,48,24
     """
-    from attnprobe.data.phantoms import MODALITIES, write_phantom_dataset
+    from attnprobe.data.phantoms import MODALITIES, Modality, write_phantom_dataset
     from attnprobe.errors import ConfigError
     from attnprobe.results import Manifest, PhantomSet, check_out
     from attnprobe.results.folders import remove_entries
@@ -85,7 +85,7 @@ def phantoms(
     target = check_out(out, overwrite=overwrite, kinds=("phantoms",))
     # an earlier dataset goes first: a new seed or n must not leave orphan cases behind
     remove_entries(target.path, target.replace)
-    paths = write_phantom_dataset(out, n=n, seed=seed, modalities=mods, shape=size)
+    paths = write_phantom_dataset(out, n=n, seed=seed, modalities=cast("tuple[Modality, ...]", mods), shape=size)
     entries = sorted(p.name for p in target.path.iterdir() if p.name not in ("record.json", "manifest.json"))
     PhantomSet(entries=entries, manifest=manifest).save(out)
     for mod, path in paths.items():
@@ -130,15 +130,15 @@ def extent(
 
     manifest = Manifest.start("data extent", locals())
 
-    from attnprobe.data.extent import (
+    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.models.registry import resolve_config
+    from attnprobe.workflows.extent import (
         default_candidates,
         extent_and_efficiency,
         recommend_crop,
         summarize_efficiency,
         summarize_extents,
     )
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
-    from attnprobe.models.registry import resolve_config
     from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading

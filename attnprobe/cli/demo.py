@@ -14,7 +14,7 @@ Format = Literal["png", "pdf", "svg"]
 HELP = """Run everything attnprobe is for on generated pelvic phantoms.
 
 Generates MRI- and CT-like phantoms, loads tiny CT-pretrained Swin UNETR and SMIT checkpoints
-(fixtures/pretrained; trained first when missing), fine-tunes them on MRI with the base and act
+(attnprobe/demo/pretrained; trained first when missing), fine-tunes them on MRI with the base and act
 presets, captures a store, runs the ADI padding sweep and CKA feature reuse, evaluates detection,
 Dice and HD95, measures crop token efficiency, clusters the tumors, then writes figures/ and
 report.md / report.html in --out. --quick finishes in under five minutes on two CPU cores; the
@@ -59,7 +59,7 @@ def demo(
     smoke: Annotated[bool, typer.Option("--smoke", hidden=True,
                                         help="Every step at its smallest (test suite).")] = False,
     pretrained: Annotated[Path | None, typer.Option(
-        help="Folder with the CT checkpoints (default: fixtures/pretrained).")] = None,
+        help="Folder with the CT checkpoints (default: the ones shipped in the package).")] = None,
     format: Annotated[Format, typer.Option("--format", help="Figure format (the HTML report inlines PNG/SVG).")] = "png",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:

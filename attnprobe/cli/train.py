@@ -120,7 +120,7 @@ def train(
     if not get_preset(preset).pretrained and init_ref is not None and main:
         err_console.print(f"preset {preset} starts from random weights: --init {init_ref} is ignored", highlight=False)
     config = resolve_train_config(
-        preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,  # type: ignore[arg-type]
+        preset, arch=arch or "swin_unetr", model_preset=model_preset, epochs=epochs, roi=crop,
         init=init_ref, init_compat=init_compat, declared_roi=declared_roi, val_every=val_every, seed=seed,
         num_samples=num_samples, lr=lr, weight_decay=weight_decay, spacing=spacing,
         # options left unset take the preset's recipe (attnprobe's or the paper's)

@@ -87,8 +87,8 @@ def _tumor_mask(img: Any, label: Any, tumor_label: int) -> Any:
     if isinstance(img, torch.Tensor):
         lab = torch.as_tensor(label.as_tensor() if isinstance(label, MetaTensor) else label, device=img.device)
         return (lab == tumor_label).reshape(lab_shape)
-    lab = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-    return (lab == tumor_label).reshape(lab_shape)
+    lab_np = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    return (lab_np == tumor_label).reshape(lab_shape)
 
 
 def apply_tumor_intensity(img: Any, label: Any, *, scale: float, shift: float, tumor_label: int = 1) -> Any:
@@ -115,10 +115,10 @@ def apply_tumor_intensity(img: Any, label: Any, *, scale: float, shift: float, t
         src = img if img.is_floating_point() else img.float()
         # where() copies the untouched voxels exactly; MetaTensor keeps its meta through it
         return torch.where(mask, src * scale + shift, src)
-    src = np.asarray(img)
-    if not np.issubdtype(src.dtype, np.floating):
-        src = src.astype(np.float32)
-    return np.where(mask, src * src.dtype.type(scale) + src.dtype.type(shift), src)
+    arr = np.asarray(img)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return np.where(mask, arr * arr.dtype.type(scale) + arr.dtype.type(shift), arr)
 
 
 class _TumorIntensityDraw(RandomizableTransform):
@@ -172,7 +172,8 @@ class RandTumorIntensity(_TumorIntensityDraw):
                  shift_range: Sequence[float] = (-0.2, 0.2), tumor_label: int = 1) -> None:
         super().__init__(prob, scale_range=scale_range, shift_range=shift_range, tumor_label=tumor_label)
 
-    def __call__(self, img: Any, label: Any, randomize: bool = True) -> Any:
+    # The label travels beside the image, so the signature differs from Transform's one argument.
+    def __call__(self, img: Any, label: Any, randomize: bool = True) -> Any:  # type: ignore[override]
         """Apply to one channel-first image given its label map (see class docstring)."""
         if randomize:
             self.randomize()
@@ -356,7 +357,7 @@ def paper_augmentation(keys: Sequence[str] = ("image", "label"), *, label_keys: 
     keys, labels = tuple(keys), tuple(label_keys)
     image_keys = [k for k in keys if k not in labels]
     modes = ["nearest" if k in labels else "bilinear" for k in keys]
-    kw = {"allow_missing_keys": allow_missing_keys}
+    kw: dict[str, Any] = {"allow_missing_keys": allow_missing_keys}
     ops: list[Any] = [RandAffined(keys, prob=0.3, rotate_range=(math.radians(15),) * 3, scale_range=(0.1,) * 3,
                                   mode=modes, padding_mode="zeros", **kw)]
     ops += [RandFlipd(keys, prob=0.2, spatial_axis=axis, **kw) for axis in (0, 1, 2)]

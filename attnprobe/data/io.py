@@ -44,7 +44,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import numpy as np
 
@@ -467,7 +467,7 @@ def _check_volume(vol: MetaTensor, path: Path, role: str) -> MetaTensor:
     shape = tuple(vol.shape)
     # (x, y, z, 1[, 1]) is a 3D volume stored with extra singleton dims; drop them.
     while vol.ndim > 3 and vol.shape[-1] == 1:
-        vol = vol[..., 0]
+        vol = cast("MetaTensor", vol[..., 0])  # MetaTensor indexing keeps the subclass
     if vol.ndim != 3:
         if vol.ndim < 3:
             fix = "provide a 3D volume; a single 2D slice cannot be used"

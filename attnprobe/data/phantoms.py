@@ -186,7 +186,7 @@ def _draw_anatomy(seed: int, *, cluster: int | None, n_clusters: int, fov_mm: Se
     u = rng.uniform
     drawn = int(rng.integers(n_clusters))  # always drawn, so a cluster override leaves the anatomy alone
     cl = drawn if cluster is None else cluster
-    drawn_extent = float(u(*axial_range_mm))  # drawn even when overridden, for the same reason
+    drawn_extent = float(u(axial_range_mm[0], axial_range_mm[1]))  # drawn even when overridden, for the same reason
     extent = drawn_extent if axial_extent_mm is None else float(axial_extent_mm)
 
     half_x, half_y = fov_mm[0] / 2.0, fov_mm[1] / 2.0
@@ -232,10 +232,10 @@ def _draw_anatomy(seed: int, *, cluster: int | None, n_clusters: int, fov_mm: Se
     lo_min, lo_max = tz + rz + margin - extent, tz - rz - margin
     z_lo = u(lo_min, lo_max) if lo_max > lo_min else (lo_min + lo_max) / 2.0
     if shape is None:
-        sp = tuple(float(s) for s in spacing)
+        sp = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
         grid = (max(4, round(fov_mm[0] / sp[0])), max(4, round(fov_mm[1] / sp[1])), max(4, round(extent / sp[2])))
     else:
-        grid = tuple(int(s) for s in shape)
+        grid = (int(shape[0]), int(shape[1]), int(shape[2]))
         sp = (fov_mm[0] / grid[0], fov_mm[1] / grid[1], extent / grid[2])
     nx, ny, nz = grid
     # centre the in-plane grid on the origin; the axial window starts at z_lo
@@ -330,7 +330,7 @@ def _render_checked(an: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return tissue, tumor
 
 
-def _texture(an: _Anatomy, region: tuple[slice, slice, slice]) -> np.ndarray:
+def _texture(an: _Anatomy, region: tuple[slice, ...]) -> np.ndarray:
     """Unit-variance texture field on ``region`` of the grid (sum of random plane waves)."""
     x, y, z = _coords(an)
     x, y, z = x[region[0]], y[:, region[1]], z[:, :, region[2]]
@@ -413,7 +413,7 @@ def _phantom(an: _Anatomy, tissue: np.ndarray, tumor: np.ndarray, modality: Moda
         "tumor_volume_mm3": float(tumor.sum()) * vox_mm3,
         "units": "a.u. (T2w)" if modality == "mri" else "HU",
     }
-    return Phantom(image=img, label=tumor.astype(np.uint8), spacing=tuple(float(s) for s in an.spacing),
+    return Phantom(image=img, label=tumor.astype(np.uint8), spacing=(float(an.spacing[0]), float(an.spacing[1]), float(an.spacing[2])),
                    affine=_affine(an), case_id=case_id, cluster=an.cluster,
                    axial_extent_mm=float(an.shape[2] * an.spacing[2]), modality=modality, metadata=meta)
 
@@ -572,6 +572,8 @@ def write_phantom_dataset(out_dir: str | Path, *, n: int = 24, seed: int = 0,
             image_rel = f"images_{m}/{case}{ext}"
             save_nifti(ph.image, ph.affine, out / image_rel)
             lists[m][split_of[i]].append({"image": image_rel, "label": label_rel, "case": case})
+        if ph is None:  # mods is checked non-empty above
+            raise RuntimeError("internal: no modality rendered")
         manifest.append({"case": case, "split": split_of[i], "cluster": an.cluster,
                          "axial_extent_mm": ph.axial_extent_mm,
                          **{k: v for k, v in ph.metadata.items() if k not in ("modality", "units")}})

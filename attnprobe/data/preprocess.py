@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ def pad_transforms(keys: Sequence[str], pad_mode: str, *, roi: Sequence[int] | N
     from monai.transforms import DivisiblePadd, SpatialPadd
 
     methods = pad_methods(pad_mode)
-    steps = []
+    steps: list[Any] = []
     for method in dict.fromkeys(methods):
         mine = [m == method for m in methods]
         if roi is not None:
@@ -159,7 +159,7 @@ def _check_axcodes(code: object) -> str:
             expected="three axis codes, one of L/R, one of A/P, one of S/I, e.g. 'RAS'",
             got=repr(code),
         )
-    return code.upper()  # type: ignore[union-attr]
+    return str(code).upper()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,7 +247,7 @@ def _normalise_spacing(spacing: object) -> tuple[float, float, float] | None:
         return None
     values = (spacing,) * 3 if isinstance(spacing, (int, float)) and not isinstance(spacing, bool) else spacing
     try:
-        out = tuple(float(v) for v in values)  # type: ignore[union-attr]
+        out = tuple(float(v) for v in values)  # type: ignore[attr-defined]  # any iterable; TypeError caught
     except (TypeError, ValueError):
         out = ()
     if len(out) != 3 or not all(math.isfinite(v) and v > 0 for v in out):
@@ -256,7 +256,7 @@ def _normalise_spacing(spacing: object) -> tuple[float, float, float] | None:
             expected="None, one positive number (mm, isotropic) or three (x, y, z)",
             got=repr(spacing),
         )
-    return out  # type: ignore[return-value]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,12 +319,14 @@ class CropPadBox:
                 got=str(tuple(array.shape)),
             )
         lead = tuple(array.shape[:-3])
+        out: np.ndarray | torch.Tensor
         if isinstance(array, torch.Tensor):
             out = torch.full(lead + self.resampled_shape, fill, dtype=array.dtype, device=array.device)
         else:
             out = np.full(lead + self.resampled_shape, fill, dtype=array.dtype)
-        dst = tuple(slice(a, b) for a, b in zip(self.crop_start, self.crop_stop, strict=True))
-        out[(..., *dst)] = array[(..., *self.kept_slices)]
+        dst: tuple[Any, ...] = (..., *(slice(a, b) for a, b in zip(self.crop_start, self.crop_stop, strict=True)))
+        src: tuple[Any, ...] = (..., *self.kept_slices)
+        out[dst] = array[src]
         return out
 
     def to_native(
@@ -477,7 +479,7 @@ def prepare_array(
         )
     if affine is None:
         sp = _normalise_spacing(1.0 if spacing is None else spacing)
-        aff = np.diag([*sp, 1.0])  # type: ignore[misc]
+        aff = np.diag([*sp, 1.0])  # type: ignore[misc, list-item]  # sp is never None for a given spacing
     else:
         aff = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
         if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
@@ -602,7 +604,8 @@ def _prepare(
     native_affine = np.asarray(image.affine, dtype=np.float64).copy()
 
     # The mask starts as ones on the loaded grid: every loaded voxel is real by definition.
-    data = {"image": image, "mask": torch.ones_like(image)}
+    # MONAI's dictionary transforms are typed Hashable -> Tensor; values here are MetaTensors.
+    data: Any = {"image": image, "mask": torch.ones_like(image)}
     if label is not None:
         data["label"] = label
     keys = list(data)
@@ -623,12 +626,14 @@ def _prepare(
     resampled_shape = tuple(int(s) for s in data["image"].shape[1:])
     resampled_affine = np.asarray(data["image"].affine, dtype=np.float64).copy()
 
+    scale: Any
     if config.intensity == "percentile":
         lo, hi = config.percentiles
         scale = ScaleIntensityRangePercentilesd(keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0,
                                                 clip=True)
     else:
-        scale = ScaleIntensityRanged(keys="image", a_min=config.a_min, a_max=config.a_max, b_min=0.0,
+        # a_min/a_max are floats in "fixed" mode (checked in PreprocessConfig.__post_init__).
+        scale = ScaleIntensityRanged(keys="image", a_min=cast(float, config.a_min), a_max=cast(float, config.a_max), b_min=0.0,
                                      b_max=1.0, clip=True)
     data = scale(data)
     # Voxels that are not real are padding and read as 0, like all padding.
@@ -636,10 +641,10 @@ def _prepare(
 
     start = np.zeros(3, dtype=int)
     if config.crop_foreground:
-        box = _bbox((data["image"] > 0) & (data["mask"] > 0.5))
-        if box is not None:  # a blank volume keeps its extent rather than vanishing
-            data = SpatialCropd(keys=keys, roi_start=box[0].tolist(), roi_end=box[1].tolist())(data)
-            start += box[0]
+        fg = _bbox((data["image"] > 0) & (data["mask"] > 0.5))
+        if fg is not None:  # a blank volume keeps its extent rather than vanishing
+            data = SpatialCropd(keys=keys, roi_start=fg[0].tolist(), roi_end=fg[1].tolist())(data)
+            start += fg[0]
 
     if config.roi != "full":
         roi = np.asarray(config.roi, dtype=int)

@@ -1,7 +1,7 @@
 """``attnprobe demo``: the whole toolkit on generated data, in one call.
 
 The demo generates pelvic phantoms (MRI-like and CT-like renderings of one anatomy), loads tiny
-CT-"pretrained" Swin UNETR and SMIT checkpoints (shipped in ``fixtures/pretrained``, or
+CT-"pretrained" Swin UNETR and SMIT checkpoints (shipped in ``attnprobe/demo/pretrained``, or
 regenerated), fine-tunes them on the MRI rendering with the ``base`` and ``act`` presets,
 captures a store, runs the ADI padding sweep and CKA feature reuse, evaluates detection, Dice
 and HD95, measures the token efficiency of the anisotropic crop and clusters the tumors, then

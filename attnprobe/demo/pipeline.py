@@ -7,7 +7,7 @@ report read back::
 
     OUT/
       data/                     phantoms: NIfTI, datalist_mri.json, datalist_ct.json, phantoms.json
-      pretrained/               the CT checkpoints used (copied from fixtures/pretrained, or trained)
+      pretrained/               the CT checkpoints used (copied from attnprobe/demo/pretrained, or trained)
       ssl/                      their encoders re-exported in the self-supervised key layouts
       train/<arch>-<preset>/    fine-tuning runs (config.json, metrics.csv, last.pt)
       capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output) of padded inputs
@@ -54,7 +54,8 @@ from torch import nn
 from attnprobe.data.arrays import affine_spacing
 from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
-from attnprobe.models import ARCH_LABELS
+from attnprobe.models import ARCH_LABELS, model_config
+from attnprobe.models.adapter import as_triple
 
 __all__ = [
     "Tier",
@@ -93,7 +94,7 @@ TIERS: tuple[Tier, ...] = get_args(Tier)
 ARCHS: tuple[str, ...] = ("swin_unetr", "smit")
 
 PRETRAINED_FILES = {"swin_unetr": "swin_unetr_ct_tiny.pt", "smit": "smit_ct_tiny.pt"}
-"""File name of each architecture's CT checkpoint in ``fixtures/pretrained``."""
+"""File name of each architecture's CT checkpoint in ``attnprobe/demo/pretrained``."""
 
 CT_ONLY = "CT only"
 """Preset label of the pretrained CT model evaluated on MRI without fine-tuning."""
@@ -268,8 +269,8 @@ class PretrainSpec:
 
 
 def pretrained_dir() -> Path:
-    """``fixtures/pretrained`` of the source tree this package runs from (may not exist)."""
-    return Path(__file__).resolve().parents[2] / "fixtures" / "pretrained"
+    """The CT checkpoints shipped inside the package (``attnprobe/demo/pretrained``, package data)."""
+    return Path(__file__).resolve().parent / "pretrained"
 
 
 def find_pretrained(arch: str, folder: str | os.PathLike[str] | None = None) -> Path | None:
@@ -320,7 +321,7 @@ def save_supervised_layout(model: nn.Module, path: str | os.PathLike[str], *,
         state[key] = tensor
     tmp = path.with_name(path.name + ".tmp")
     # the compat mode it computes goes with the weights (attnprobe.models.compat)
-    info = {"compat": model.attnprobe_config.get("compat", "current"), **dict(info or {})}
+    info = {"compat": model_config(model).get("compat", "current"), **dict(info or {})}
     torch.save({"state_dict": state, "info": info}, tmp)
     tmp.replace(path)
     return path
@@ -368,7 +369,7 @@ def pretrain_ct(arch: str, out_path: str | os.PathLike[str], *, spec: PretrainSp
     from attnprobe.train.trainer import train
 
     spec = spec or PretrainSpec()
-    crop = tuple(spec.crop) if spec.crop is not None else tuple(resolve_config(arch, model_preset)["roi"])
+    crop = as_triple(spec.crop if spec.crop is not None else resolve_config(arch, model_preset)["roi"], "crop")
     work = Path(work_dir)
     datalist = work / "ct_data" / "datalist_ct.json"
     if not datalist.is_file():
@@ -456,7 +457,7 @@ def check_ssl_layout(ssl_path: str | os.PathLike[str], source: str | os.PathLike
     encoder = [k for k in ref if adapter.is_backbone_key(k)]
     identical = all(torch.equal(own[k], ref[k]) for k in encoder)
     raw = read_checkpoint(ssl_path)
-    inner = raw.get("state_dict") if isinstance(raw.get("state_dict"), Mapping) else raw.get("student", {})
+    inner = sd if isinstance(sd := raw.get("state_dict"), Mapping) else raw.get("student", {})
     naive = {k[len("module."):] if k.startswith("module.") else k for k in inner}
     naive_matched = len(naive & set(build_model(arch, preset=model_preset).state_dict()))
     return {"file": Path(ssl_path).name, "format": report.format, "matched": len(report.matched),
@@ -555,8 +556,11 @@ def attention_volume(model: nn.Module, case: Any, *, padding: int, block: str = 
     with torch.no_grad(), Probe(model, [tap]) as probe:
         probe.run(item.image[None], mask=item.mask[None])
         probs = probe.cache[tap][0]
-        kinds = probe.context.kinds[block][0]
-        geom = probe.context.geometry[block]
+        context = probe.context
+        if context is None:  # run() sets it
+            raise RuntimeError("internal: the probe saw no forward")
+        kinds = context.kinds[block][0]
+        geom = context.geometry[block]
     tokens = received_attention(probs, kinds, geom, adapter_for(model))
     spatial = tuple(int(s) for s in item.image.shape[1:])
     voxels = to_voxels(tokens, spatial)  # type: ignore[arg-type]
@@ -686,7 +690,7 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
     else:
         config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end", intensity="fixed",
                                   a_min=float(window[0]), a_max=float(window[1]))
-    infer = InferenceConfig(roi=tuple(int(v) for v in roi))
+    infer = InferenceConfig(roi=as_triple(roi, "roi"))
     refs = list_cases(data, split=split)  # type: ignore[arg-type]
     results = []
     for ref in refs[:limit] if limit is not None else refs:
@@ -724,10 +728,10 @@ def crop_efficiency(data: str | os.PathLike[str], *, arch: str, model_preset: st
     -------
     (extents, efficiency, recommendation)
         Per-case extents, the per-(candidate, stage) summary of
-        :func:`attnprobe.data.extent.summarize_efficiency` with an ``arch`` column, and the
-        :class:`~attnprobe.data.extent.CropRecommendation`.
+        :func:`attnprobe.workflows.extent.summarize_efficiency` with an ``arch`` column, and the
+        :class:`~attnprobe.workflows.extent.CropRecommendation`.
     """
-    from attnprobe.data.extent import (
+    from attnprobe.workflows.extent import (
         default_candidates,
         extent_and_efficiency,
         recommend_crop,
@@ -941,7 +945,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     settings
         Sizes (default ``settings_for("full")``).
     pretrained
-        Folder holding the CT checkpoints (default ``fixtures/pretrained``); missing ones are
+        Folder holding the CT checkpoints (default ``attnprobe/demo/pretrained``); missing ones are
         trained first (slower).
     figure_format
         ``"png"``, ``"pdf"`` or ``"svg"`` (the HTML report embeds PNGs only).
@@ -993,7 +997,8 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             with clock.step(f"fine-tune {name}"):
                 tuned[(arch, preset)] = finetune(
                     arch, preset, init=ct[arch], data=mri, out_dir=out / "train" / name, settings=settings,
-                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))
+                    # mypy cannot infer a lambda with a default argument
+                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))  # type: ignore[misc]
 
     cube = {arch: pretrained_roi(arch, settings.model_preset) for arch in settings.backbones}
     aniso = {arch: anisotropic_roi(arch, settings.model_preset) for arch in settings.backbones}

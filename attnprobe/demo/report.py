@@ -171,7 +171,7 @@ def evaluation_table(evals: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...
 
     header = ("backbone", "preset", "window (voxels)", "detected", "Dice", "HD95 (mm), median [IQR]",
               "surface Dice @2 mm")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for e in sorted(evals, key=key):
         s, cases = e["summary"], e["cases"]
         hd = cases["hd95"].to_numpy(float)
@@ -366,11 +366,11 @@ def _adi_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any])
                                  "sweep, so the agreement was not checked."))
     elif checks:
         worst_diff = max(float(c.get("max_abs_diff", math.nan)) for c in checks)
-        rows = sum(int(c.get("rows", 0)) for c in checks)
+        n_rows = sum(int(c.get("rows", 0)) for c in checks)
         blocks.append(Block("p", f"**Online vs offline.** The sweep reduces attention inside the hooks; the same "
                                  f"metrics recomputed from the float32 capture stores (`capture/`, the sweep's own padded "
                                  f"inputs) agree to "
-                                 f"{worst_diff:.1e} over {rows} rows (docs/definitions.md asks for 1e-5)."))
+                                 f"{worst_diff:.1e} over {n_rows} rows (docs/definitions.md asks for 1e-5)."))
     return blocks + _figures_of(figures, "adi", "sfr", "flow", "attention", "store_flow")
 
 

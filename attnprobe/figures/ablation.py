@@ -84,7 +84,7 @@ def ablation_deltas(summary: pd.DataFrame, *, metrics: Sequence[str] = ("dice", 
             if np.isfinite(low).any():
                 axis.fill_between(x, low, high, color=colours[i], alpha=0.15, linewidth=0)
         axis.axhline(0.0, color="0.3", linewidth=0.8)
-        axis.xaxis.set_major_locator(FixedLocator(paddings))
+        axis.xaxis.set_major_locator(FixedLocator(paddings.tolist()))
         axis.set_xlabel("input padding (voxels)")
         axis.set_ylabel(DELTA_LABELS[metric])
     n = frame["n_cases"].max() if "n_cases" in frame.columns else None

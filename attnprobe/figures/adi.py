@@ -10,7 +10,7 @@ and sample standard deviation over cases of each plotted cell.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ def _stage_frame(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
     return frame
 
 
-def _select(frame: pd.DataFrame, column: str, values: Sequence[str], *, what: str) -> pd.DataFrame:
+def _select(frame: pd.DataFrame, column: str, values: Sequence[object], *, what: str) -> pd.DataFrame:
     out = frame[frame[column].isin(values)]
     if out.empty:
         raise DataError(f"{what}: no rows with {column} in {list(values)}", expected=f"{column} values {list(values)}",
@@ -154,7 +154,7 @@ def adi_vs_padding(
             if np.isfinite(sd).any():
                 axis.fill_between(x, mean - sd, mean + sd, color=colours[i], alpha=0.2, linewidth=0)
         paddings = np.sort(sub["padding"].unique().astype(float))
-        axis.xaxis.set_major_locator(FixedLocator(paddings))
+        axis.xaxis.set_major_locator(FixedLocator(paddings.tolist()))
         axis.set_xlabel("input padding (voxels)")
         if ax is not None or axis is axes[0]:
             axis.set_ylabel(METRIC_LABELS[metric])
@@ -169,7 +169,7 @@ def adi_vs_padding(
                            labels=[f"{100 * f:.0f}" if np.isfinite(f) else "" for f in fractions.to_numpy(float)])
             top.set_xlabel("padding fraction of input (%)")
     # One legend for all panels, outside the data so no line runs under it.
-    entries: dict[str, object] = {}
+    entries: dict[str, Any] = {}
     for axis in axes:  # a stage missing from one model's panel still gets its entry
         for handle, label in zip(*axis.get_legend_handles_labels()):
             entries.setdefault(label, handle)

@@ -344,7 +344,7 @@ class _Writer:
         self.names.add(name)
         return name
 
-    def draw(self, name: str, kind: str, make: Callable[[], Any], caption: str,
+    def draw(self, name: str, kind: str, make: Callable[..., Any], caption: str,
              sources: Iterable[str]) -> None:
         import matplotlib.pyplot as plt
 

@@ -6,9 +6,12 @@ mean over cases of each flow cell at one padding amount.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from attnprobe.errors import DataError
 from attnprobe.figures.adi import _KINDS, PaddingKind, _models, _select, _stage_frame
@@ -114,7 +117,7 @@ def flow_matrices(
         axis.tick_params(length=0)
         axis.grid(False)
         axis.set_title(f"stage {stage}")
-    cbar = fig.colorbar(image, ax=axes, shrink=0.85, pad=0.02)
+    cbar = fig.colorbar(cast(AxesImage, image), ax=axes, shrink=0.85, pad=0.02)  # every panel drew one
     cbar.set_label("attention fraction (0–1)")
     head = f"{model}: " if model is not None else ""
     if title is None:

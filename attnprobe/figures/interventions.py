@@ -153,7 +153,7 @@ def detection_bars(
     axis.set_xticks(np.arange(len(presets)), labels=presets)
     axis.set_xlim(-0.5, len(presets) - 0.5)
     axis.set_ylim(0.0, 1.15)
-    axis.yaxis.set_major_locator(FixedLocator(np.linspace(0, 1, 6)))
+    axis.yaxis.set_major_locator(FixedLocator(np.linspace(0, 1, 6).tolist()))
     axis.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     axis.set_xlabel("training preset")
     axis.set_ylabel("detection rate (% of cases)")
@@ -321,7 +321,7 @@ def token_efficiency(
                       marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
                       label=crop.replace("x", "×"))
         stages = np.sort(sub["stage"].unique())
-        axis.xaxis.set_major_locator(FixedLocator(stages.astype(float)))
+        axis.xaxis.set_major_locator(FixedLocator(stages.astype(float).tolist()))
         axis.set_xlabel("stage")
         if ax is not None or axis is axes[0]:
             axis.set_ylabel("token efficiency (real / all tokens)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import matplotlib as mpl
 import numpy as np
@@ -87,7 +87,7 @@ def paper_style(*, context: Context = "paper", font_scale: float = 1.25) -> Iter
     if not np.isfinite(font_scale) or font_scale <= 0:
         raise ConfigError("font_scale must be a positive number", expected="> 0", got=repr(font_scale),
                           fix="pass e.g. font_scale=1.25")
-    rc: dict[str, Any] = {}
+    rc: dict[Any, Any] = {}  # matplotlib types the keys as a Literal of every rc name
     rc.update(sns.axes_style("whitegrid"))
     rc.update(sns.plotting_context(context, font_scale=font_scale))
     rc.update({
@@ -161,13 +161,16 @@ def require_unique(frame: pd.DataFrame, keys: Sequence[str], *, what: str, fix: 
                         got=f"{int(dup.sum())} rows sharing their keys, e.g. {example}", fix=fix)
 
 
-def choice(value: Any, name: str, options: Iterable[str]) -> str:
+_S = TypeVar("_S", bound=str)
+
+
+def choice(value: _S, name: str, options: Iterable[str]) -> _S:
     """Check a ``Literal`` option; raise :class:`ConfigError` naming the allowed values."""
     options = tuple(options)
     if value not in options:
         raise ConfigError(f"unknown {name}", expected=" | ".join(map(repr, options)), got=repr(value),
                           fix=f"pass {name}= one of those")
-    return str(value)
+    return cast(_S, str(value))  # the same text as a plain str
 
 
 def count(n: int | None, noun: str) -> str:
@@ -189,8 +192,8 @@ def figure_and_axes(ax: Axes | Sequence[Axes] | np.ndarray | None, n: int, *, wh
     if ax is None:
         import matplotlib.pyplot as plt  # pyplot only here, so importing never picks a backend
 
-        fig, axes = plt.subplots(1, n, figsize=figsize, layout="constrained", sharey=sharey, squeeze=False)
-        return fig, list(axes.ravel())
+        fig, grid = plt.subplots(1, n, figsize=figsize, layout="constrained", sharey=sharey, squeeze=False)
+        return fig, list(grid.ravel())
     axes = [ax] if isinstance(ax, Axes) else list(np.asarray(ax, dtype=object).ravel())
     if len(axes) != n or not all(isinstance(a, Axes) for a in axes):
         raise ConfigError(f"{what} needs one Axes per panel", expected=f"{n} matplotlib Axes",
@@ -200,4 +203,4 @@ def figure_and_axes(ax: Axes | Sequence[Axes] | np.ndarray | None, n: int, *, wh
     if len(figs) != 1:
         raise ConfigError(f"{what} draws into one figure", expected="axes of a single figure",
                           got=f"axes from {len(figs)} figures", fix="pass axes of one figure")
-    return axes[0].figure, axes
+    return cast(Figure, axes[0].figure), axes  # the axes' one figure (checked above)

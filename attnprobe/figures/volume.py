@@ -14,11 +14,12 @@ the bottom-left (``origin="lower"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Patch
 
 from attnprobe.errors import ConfigError, DataError, ShapeError
@@ -204,7 +205,7 @@ def attention_on_volume(
         axis.set_xlabel(f"{_AXIS_NAMES[h]} (voxels)")
         axis.set_ylabel(f"{_AXIS_NAMES[v]} (voxels)")
         axis.grid(False)
-    cbar = fig.colorbar(overlay, ax=list(axes), shrink=0.8, pad=0.02, extend="max" if robust else "neither")
+    cbar = fig.colorbar(cast(AxesImage, overlay), ax=list(axes), shrink=0.8, pad=0.02, extend="max" if robust else "neither")
     cbar.set_label(attention_label)
     if mask is not None:
         fig.legend(handles=[Patch(facecolor="none", edgecolor=_PAD_COLOUR, hatch="////", label="padding")],

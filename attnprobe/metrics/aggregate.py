@@ -80,7 +80,7 @@ def _ids(frame: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:
     return [c for c in _ID_ORDER if c in frame.columns and c not in drop]
 
 
-def _group(frame: pd.DataFrame, keys: list[str]):
+def _group(frame: pd.DataFrame, keys: Sequence[str]):
     # Keep NaN keys (e.g. unknown pad_fraction) and first-seen order (metric order stays METRICS).
     return frame.groupby(keys, sort=False, dropna=False, observed=True)
 

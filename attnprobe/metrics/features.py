@@ -116,7 +116,7 @@ def _triple(value: Sequence[int], what: str) -> Triple:
         out = ()
     if len(out) != 3 or min(out) < 1:
         raise ConfigError(f"bad {what}", expected="three positive sizes (x, y, z)", got=repr(value))
-    return out  # type: ignore[return-value]
+    return out
 
 
 def default_crop_size(shape: Sequence[int]) -> Triple:
@@ -246,11 +246,11 @@ def store_case_ids(store: str | Path | xr.DataTree) -> list[str]:
     """Case ids of the finished samples of a store, in store order."""
     tree = as_tree(store)
     done = np.asarray(tree["done"].values, dtype=bool)
-    return [str(c) for c, d in zip(tree["case"].values, done, strict=True) if d]
+    return [str(c) for c, d in zip(tree.dataset["case"].values, done, strict=True) if d]
 
 
 def _out_array(tree: xr.DataTree, block: str) -> xr.DataArray:
-    da = tree[block]["out"]
+    da = tree[block].dataset["out"]
     if set(da.dims) != set(OUT_DIMS):
         raise StoreError(f"'out' of {block} has the wrong dims", expected=str(OUT_DIMS),
                          got=str(tuple(da.dims)), fix="re-capture with this attnprobe version")
@@ -300,7 +300,7 @@ def store_outputs(store: str | Path | xr.DataTree, case_ids: Sequence[str] | Non
     if missing:
         raise StoreError("blocks without 'out' in the store", expected=f"among {sorted(available)}",
                          got=str(missing[:4]))
-    all_ids = [str(c) for c in tree["case"].values]
+    all_ids = [str(c) for c in tree.dataset["case"].values]
     done = np.asarray(tree["done"].values, dtype=bool)
     position = {c: i for i, c in enumerate(all_ids) if done[i]}
     ids = list(case_ids) if case_ids is not None else [c for c in all_ids if c in position]

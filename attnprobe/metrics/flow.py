@@ -58,7 +58,7 @@ from typing import Literal
 
 import torch
 
-from attnprobe.errors import ConfigError, DataError, ShapeError
+from attnprobe.errors import ConfigError, DataError, ShapeError, check_option
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD, PaddingKind
 
 __all__ = [
@@ -144,17 +144,6 @@ class FlowResult:
 
 
 _OPTION_FIELDS = ("padding", "heads", "pad_queries")
-
-
-def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(
-            f"unknown {name} option",
-            expected=" | ".join(repr(a) for a in allowed),
-            got=repr(value),
-            fix=f"pass {name}= one of the allowed values",
-        )
 
 
 def check_reduction_options(heads: object, padding_kinds: Sequence[object],
@@ -355,7 +344,8 @@ class FlowAccumulator:
         """
         kinds = _check_inputs(probs, kinds, check_codes=not trusted_kinds)
         flow, ent, count = _block_sums(probs, kinds, self.heads)
-        if self._flow is None:
+        # the three sums are set together; testing all three lets the type checker see it
+        if self._flow is None or self._ent is None or self._count is None:
             self._flow, self._ent, self._count = flow, ent, count
             return self
         if flow.shape != self._flow.shape:
@@ -376,9 +366,9 @@ class FlowAccumulator:
         if other.heads != self.heads:
             raise ConfigError("cannot merge accumulators with different head modes",
                               expected=self.heads, got=other.heads)
-        if other._flow is None:
+        if other._flow is None or other._ent is None or other._count is None:
             return self
-        if self._flow is None:
+        if self._flow is None or self._ent is None or self._count is None:
             self._flow, self._ent, self._count = other._flow, other._ent, other._count
             return self
         if other._flow.shape != self._flow.shape:
@@ -411,7 +401,7 @@ class FlowAccumulator:
         pad_queries = self.pad_queries if pad_queries is None else pad_queries
         check_option("padding", padding, PADDING_KINDS)
         check_option("pad_queries", pad_queries, PAD_QUERY_MODES)
-        if self._flow is None:
+        if self._flow is None or self._ent is None or self._count is None:
             raise DataError("no windows were accumulated", fix="call update() before result()")
         ent = self._ent
         flow, count = self._flow[..., _WITH_REAL, :, :], self._count[..., _WITH_REAL, :]
@@ -463,7 +453,8 @@ def accumulators_to(accumulators: Sequence[FlowAccumulator], device: str | torch
     """
     device = torch.device(device)
     out = [FlowAccumulator(padding=a.padding, heads=a.heads, pad_queries=a.pad_queries) for a in accumulators]
-    states = [(a._flow, a._ent, a._count) if a._flow is not None else None for a in accumulators]
+    states = [(a._flow, a._ent, a._count) if a._flow is not None and a._ent is not None and a._count is not None
+              else None for a in accumulators]
     groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, int]]] = {}
     for i, state in enumerate(states):
         for k, t in enumerate(state or ()):

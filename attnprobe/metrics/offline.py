@@ -4,7 +4,7 @@ The store's ``attn`` arrays are chunked one sample by a few windows (about 8 MiB
 :func:`store_flow` reads them chunk by chunk through the store's dask-backed xarray view and
 feeds a :class:`~attnprobe.metrics.flow.FlowAccumulator` per (sample, block), so at most two
 chunks (the one reduced and the one being read ahead) are in memory, whatever the block size.
-The rows are the ones the online :class:`~attnprobe.capture.reducers.FlowReducer` produces
+The rows are the ones the online :class:`~attnprobe.metrics.reducers.FlowReducer` produces
 for the same forwards; with a float32 store they agree to ~1e-12 (float16 stores differ by the
 storage rounding of the maps, ~1e-4 relative).
 """
@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
 
-from attnprobe.capture.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.errors import ConfigError, StoreError
 from attnprobe.metrics.flow import (
     FlowAccumulator,
@@ -33,6 +32,7 @@ from attnprobe.metrics.flow import (
     check_kind_codes,
     check_reduction_options,
 )
+from attnprobe.metrics.reducers import BlockFlow, FlowTag, ForwardFlow, flows_to_frame, result_to_cpu
 from attnprobe.store import as_tree, block_names
 from attnprobe.store.writer import CHUNK_BYTES
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
@@ -109,7 +109,7 @@ def _per_sample_attr(tree: xr.DataTree, name: str, n: int) -> list[float] | None
     return [float(v) for v in values]
 
 
-def recorded_padding(attrs: Mapping[str, Any]) -> int | float | None:
+def recorded_padding(attrs: Mapping[Any, Any]) -> int | float | None:
     """The padding amount (voxels) a store's attributes record, or ``None`` when they hold none.
 
     Captures record ``padding = {"mode": ...}``; a capture of sweep inputs adds ``"amount"``
@@ -128,7 +128,7 @@ def _store_padding(tree: xr.DataTree) -> int | float:
     return 0 if amount is None else amount
 
 
-def _block_ids(attrs: Mapping[str, Any], name: str) -> tuple[int, int]:
+def _block_ids(attrs: Mapping[Any, Any], name: str) -> tuple[int, int]:
     """``(stage, block)`` of a block node: its attrs, else parsed from ``stage{s}.block{b}``."""
     stage = int(attrs.get("stage", name.split(".")[0].removeprefix("stage")))
     block = int(attrs.get("block", name.split(".")[1].removeprefix("block")))
@@ -183,7 +183,7 @@ def store_flow_records(
         raise StoreError("the store holds no attention maps",
                          expected="blocks captured with an '.attn' tap", got="only block outputs",
                          fix="capture again with --taps '*.attn' (or the default '*')")
-    cases = [str(c) for c in tree["case"].values]
+    cases = [str(c) for c in tree.dataset["case"].values]
     done = np.asarray(tree["done"].values, dtype=bool)
     n = len(cases)
     if not done.any():
@@ -222,7 +222,7 @@ def store_flow_records(
         kinds: torch.Tensor | None = None
         per_block: dict[str, BlockFlow] = {}
         for i, (s, name, w0, w1) in enumerate(jobs):
-            chunk = ahead.result() if isinstance(ahead, Future) else ahead
+            chunk = ahead.result() if isinstance(ahead, Future) else cast(np.ndarray, ahead)  # None only past the last job
             # Read the next chunk while this one is reduced (zarr decoding releases the GIL).
             ahead = fetch(i + 1) if i + 1 < len(jobs) else None
             if w0 == 0:
@@ -300,7 +300,7 @@ def store_flow(
     -------
     pandas.DataFrame
         Block-level tidy frame, same columns and row order as
-        :meth:`attnprobe.capture.reducers.FlowReducer.frame` for the same forwards. Samples not
+        :meth:`attnprobe.metrics.reducers.FlowReducer.frame` for the same forwards. Samples not
         marked done are left out (their ids in ``stats.skipped_samples``).
 
     Raises

@@ -17,7 +17,7 @@ Two options of :func:`pool_examples` reproduce the paper's code on request only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -34,7 +34,8 @@ POOLINGS: tuple[str, ...] = get_args(Pooling)
 SMALL_GRIDS: tuple[str, ...] = get_args(SmallGrid)
 
 SPATIAL = ("x", "y", "z")
-_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+# typed loosely: the 2D/3D pools take a tuple of output sizes as well as an int
+_POOL: dict[int, Callable[..., torch.Tensor]] = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
 def _named(x: Any, dims: Sequence[str] | None) -> tuple[torch.Tensor, tuple[str, ...]]:

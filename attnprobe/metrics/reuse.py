@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -281,7 +281,7 @@ class PooledPairs:
         ref = {key: xs for key, xs, _ in self._items}
         other = PooledPairs(self.ref_blocks, self.tgt_blocks, config=self.config, device=self.device)
         cfg = self.config
-        kw = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
+        kw: dict[str, Any] = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
         for tgt in targets:
             if tgt.key not in ref:
                 raise DataError("a target example has no reference example", expected="the same (case, crop)",
@@ -300,7 +300,7 @@ class PooledPairs:
         _check_blocks(ref, self.ref_blocks, "reference")
         _check_blocks(tgt, self.tgt_blocks, "target")
         cfg = self.config
-        kw = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
+        kw: dict[str, Any] = dict(grid=cfg.pool, pooling=cfg.pooling, small_grid=cfg.small_grid)
         xs = [pooled_features(ref.outputs[b], **kw).float().cpu() for b in self.ref_blocks]
         ys = [pooled_features(tgt.outputs[b], **kw).float().cpu() for b in self.tgt_blocks]
         self._items.append((ref.key, xs, ys))
@@ -325,7 +325,7 @@ class PooledPairs:
         n = xs[0].shape[0]
         cfg = self.config
         if cfg.estimator != "minibatch":
-            kw = dict(kernel=cfg.kernel, threshold=cfg.threshold, median=cfg.median, gemm_dtype=cfg.gemm_dtype)
+            kw: dict[str, Any] = dict(kernel=cfg.kernel, threshold=cfg.threshold, median=cfg.median, gemm_dtype=cfg.gemm_dtype)
             gx, gy = [gram(x, **kw) for x in xs], [gram(y, **kw) for y in ys]
             self.grams, self.keys = (gx, gy), keys  # kept for intervals and permutation tests
             return cka_matrix_from_grams(gx, gy, estimator=cfg.estimator), n
@@ -425,7 +425,7 @@ class TokenPairs:
             return None
         if float(examples) == 0:
             raise DataError("no examples to compare", expected="at least one case", got="0")
-        est = self.config.estimator
+        est = cast(Literal["biased", "unbiased"], self.config.estimator)  # "minibatch" is refused with tokens
         values = torch.tensor([[acc.compute(est) for acc in row] for row in self._acc], dtype=torch.float64)
         tokens = np.array([[acc.n for acc in row] for row in self._acc], dtype=np.int64)
         return values, int(float(examples)), tokens

@@ -2,7 +2,7 @@
 
 For each case and each amount ``p`` (voxels along one axis) an input is built from the
 prepared case and run through the model with an online
-:class:`~attnprobe.capture.reducers.FlowReducer`, so no attention map is stored.
+:class:`~attnprobe.metrics.reducers.FlowReducer`, so no attention map is stored.
 
 Swept inputs (:func:`swept_input`), along ``axis`` with ``S`` the case's size there:
 
@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from attnprobe.capture.probe import Probe
-from attnprobe.capture.reducers import FlowReducer, FlowTag
 from attnprobe.data.preprocess import PadMode
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import model_means, stage_means, sweep_summary
 from attnprobe.metrics.flow import PAD_QUERY_MODES, HeadMode, PadQueries, check_option
+from attnprobe.metrics.reducers import FlowReducer, FlowTag
 from attnprobe.models.adapter import Adapter
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.record import CaseLike

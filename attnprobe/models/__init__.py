@@ -11,6 +11,7 @@ from attnprobe.models.registry import (
     available_architectures,
     build_model,
     get_adapter,
+    model_config,
     register_adapter,
     resolve_config,
 )
@@ -18,6 +19,6 @@ from attnprobe.models.registry import (
 __all__ = [
     "ATTN_DIMS", "KIND_DIMS", "OUT_DIMS", "Adapter", "BlockGeometry", "BlockRef", "TapSpec",
     "LoadReport", "load_checkpoint", "read_checkpoint", "adapter_for", "available_architectures",
-    "build_model", "get_adapter", "register_adapter", "resolve_config", "ARCH_LABELS",
+    "build_model", "get_adapter", "model_config", "register_adapter", "resolve_config", "ARCH_LABELS",
     "COMPAT_MODES", "Compat", "CompatNotice", "compat_of",
 ]

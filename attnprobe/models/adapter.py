@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnprobe.errors import ConfigError
-from attnprobe.models.compat import BUILD_DEFAULT, check_compat
+from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.models.compat import BUILD_DEFAULT, Compat, check_compat
 
 TapKind = Literal["attn", "out"]
 
@@ -28,6 +28,13 @@ OUT_DIMS: tuple[str, ...] = ("sample", "x", "y", "z", "channel")
 KIND_DIMS: tuple[str, ...] = ("sample", "window", "token")
 
 Triple = tuple[int, int, int]
+
+
+def as_triple(values: Sequence[int], what: str = "spatial shape") -> Triple:
+    """``values`` as three ints ``(x, y, z)``; a 3D volume has exactly three spatial sizes."""
+    if len(values) != 3:
+        raise ShapeError(f"{what} is not 3D", expected="three sizes (x, y, z)", got=str(tuple(values)))
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ class Adapter(ABC):
     patch_size: ClassVar[int] = 2
     #: compat modes the adapter can build (``docs/compat.md``); others are refused. A subclass
     #: that overrides ``_construct`` must say again which modes its construction honours.
-    compat_modes: ClassVar[tuple[str, ...]] = ("current",)
+    compat_modes: ClassVar[tuple[Compat, ...]] = ("current",)
 
     # ---- building -------------------------------------------------------------------
     @abstractmethod
@@ -151,8 +158,9 @@ class Adapter(ABC):
                               expected=f"one of {list(self.compat_modes)}", got=repr(config["compat"]),
                               fix="drop --compat (compat=...) for this architecture")
         model = self._construct(config)
-        model.attnprobe_arch = self.name  # type: ignore[attr-defined]
-        model.attnprobe_config = dict(config)  # type: ignore[attr-defined]
+        # nn.Module.__setattr__ is typed for tensors and modules only; these are plain attributes
+        model.attnprobe_arch = self.name  # type: ignore[assignment]
+        model.attnprobe_config = dict(config)  # type: ignore[assignment]
         return model
 
     def recognizes(self, model: nn.Module) -> bool:
@@ -200,8 +208,8 @@ class Adapter(ABC):
 
         Default: the block module's ``window_size``, ``num_heads`` and ``dim`` attributes.
         """
-        block = model.get_submodule(ref.block_path)
-        return tuple(block.window_size), int(block.num_heads), int(block.dim)  # type: ignore[return-value]
+        block: Any = model.get_submodule(ref.block_path)
+        return tuple(block.window_size), int(block.num_heads), int(block.dim)
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """Modules holding a ``use_flash_attention`` flag that capture must switch off."""

@@ -9,11 +9,12 @@ silently); the user may opt in to a partial backbone with ``allow_partial=True``
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file into a mapping without running any pickled code."""
     path = Path(path)
     if not path.is_file():
@@ -105,7 +106,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return dict(obj)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The attnprobe metadata of a checkpoint (``arch``, ``config``, ``train``, ...); ``{}`` when it has none.
 
     Raises
@@ -140,7 +141,7 @@ def _guess_arch(raw: Mapping[str, Any]) -> str:
 
 
 def _flat_keys(raw: Mapping[str, Any]) -> list[str]:
-    keys = []
+    keys: list[str] = []
     for k, v in raw.items():
         if isinstance(v, Mapping):
             keys.extend(f"{k}.{kk}" for kk in v)
@@ -150,7 +151,7 @@ def _flat_keys(raw: Mapping[str, Any]) -> list[str]:
 
 
 def load_checkpoint(
-    path: str | Path,
+    path: str | os.PathLike[str],
     arch: str | None = None,
     *,
     preset: str | None = None,
@@ -185,7 +186,7 @@ def load_checkpoint(
     """
     path = Path(path)
     raw = read_checkpoint(path)
-    meta = raw.get(META_KEY) if isinstance(raw.get(META_KEY), Mapping) else {}
+    meta = m if isinstance(m := raw.get(META_KEY), Mapping) else {}
     arch = arch or meta.get("arch") or _guess_arch(raw)
     adapter = get_adapter(arch)
     sd, fmt = adapter.normalize_state_dict(raw)
@@ -207,7 +208,8 @@ def load_checkpoint(
     model = adapter.build(resolve_config(arch, preset, **config))
 
     own = model.state_dict()
-    matched, mismatch = [], []
+    matched: list[str] = []
+    mismatch: list[str] = []
     for key, value in sd.items():
         if key in own:
             (matched if tuple(own[key].shape) == tuple(value.shape) else mismatch).append(key)
@@ -251,7 +253,7 @@ def load_checkpoint(
     model.load_state_dict({k: sd[k] for k in matched}, strict=False)
     model.eval()
     report = LoadReport(
-        path=str(path), sha256=sha256_of(path), arch=arch, format=fmt, config=dict(model.attnprobe_config),
+        path=str(path), sha256=sha256_of(path), arch=arch, format=fmt, config=dict(cast(Mapping[str, Any], model.attnprobe_config)),
         matched=tuple(sorted(matched)), missing=tuple(missing), unexpected=tuple(unexpected),
         missing_backbone=tuple(missing_backbone), shape_mismatch=tuple(mismatch),
         metadata={k: v for k, v in meta.items() if k != "config"}, ignored=tuple(ignored),
@@ -259,7 +261,7 @@ def load_checkpoint(
     )
     if choice.notice:
         warnings.warn(f"{path.name}: {choice.notice}", CompatNotice, stacklevel=2)
-    model.attnprobe_checkpoint = report  # type: ignore[attr-defined]
+    model.attnprobe_checkpoint = report  # type: ignore[assignment]  # a plain attribute on the module
     return model, report
 
 

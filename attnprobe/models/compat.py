@@ -44,7 +44,7 @@ def check_compat(value: object) -> Compat:
             fix="use 'original' for checkpoints trained by the published code, 'current' for models "
             "trained with installed MONAI or attnprobe",
         )
-    return cast(Compat, value)
+    return value
 
 
 def compat_of(model: nn.Module) -> Compat:
@@ -74,13 +74,13 @@ def choose_compat(raw: Mapping[str, Any], meta: Mapping[str, Any], requested: st
     """
     if requested is not None:
         return CompatChoice(check_compat(requested), "requested")
-    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    config = c if isinstance(c := meta.get("config"), Mapping) else {}
     if meta:
         recorded = config.get("compat", meta.get("compat"))
         if recorded is not None:
             return CompatChoice(check_compat(recorded), "recorded in the checkpoint")
         return CompatChoice("current", "saved by attnprobe before compat was recorded (it computed 'current')")
-    info = raw.get("info") if isinstance(raw.get("info"), Mapping) else {}
+    info = i if isinstance(i := raw.get("info"), Mapping) else {}
     if str(info.get("made_by", "")).startswith("attnprobe."):
         recorded = info.get("compat")
         if recorded is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -41,6 +42,15 @@ def get_adapter(arch: str) -> Adapter:
             got=repr(arch),
             fix=hint,
         ) from None
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The config a model was built with (``attnprobe_config``, set by :meth:`Adapter.build`).
+
+    Empty for a model attnprobe did not build. A copy: changing it leaves the model alone.
+    """
+    config = getattr(model, "attnprobe_config", None)
+    return dict(config) if isinstance(config, Mapping) else {}
 
 
 def adapter_for(model: nn.Module) -> Adapter:

@@ -131,7 +131,7 @@ def _triple(value: int | Sequence[int], name: str) -> Triple:
     if len(out) != 3:
         raise ShapeError(f"{name} must have three entries (D, H, W)", expected="3 ints",
                          got=f"{tuple(value)}", fix=f"pass {name} as (d, h, w)")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def effective_window(grid: Sequence[int], window: int | Sequence[int],
@@ -401,6 +401,8 @@ class WindowAttention(nn.Module):
         Dropout on the probabilities and on the output.
     """
 
+    relative_position_index: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, dim: int, num_heads: int, window_size: Triple, *, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -575,7 +577,7 @@ class SMITStage(nn.Module):
                  mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
                  drop_path: Sequence[float], compat: str = "current") -> None:
         super().__init__()
-        shift = tuple(w // 2 for w in window_size)
+        shift = (window_size[0] // 2, window_size[1] // 2, window_size[2] // 2)
         self.blocks = nn.ModuleList(
             SMITBlock(dim, num_heads, window_size, (0, 0, 0) if j % 2 == 0 else shift,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
@@ -776,7 +778,7 @@ class SMITEncoder(nn.Module):
             raise ShapeError(f"every spatial size must be divisible by {k}",
                              expected=f"multiples of {k}", got=f"{size}",
                              fix=f"pad or crop to multiples of {k}")
-        return tuple(tuple(s // (p * 2**i) for s in size) for i in range(NUM_STAGES))  # type: ignore[return-value]
+        return tuple(tuple(s // (p * 2**i) for s in size) for i in range(NUM_STAGES))
 
     def block_geometry(self, spatial_size: Sequence[int], *, prefix: str = "") -> list[BlockGeometry]:
         """Per-block window geometry for one input size, in forward order.
@@ -790,7 +792,7 @@ class SMITEncoder(nn.Module):
         """
         out = []
         for i, grid in enumerate(self.stage_grids(spatial_size)):
-            stage = self.layers[i]
+            stage: Any = self.layers[i]  # an SMITStage (ModuleList indexing is untyped)
             for j, block in enumerate(stage.blocks):
                 window, shift = block.window_for(grid)
                 padded = padded_grid(grid, window)
@@ -866,7 +868,7 @@ class SMIT(nn.Module):
         elif not isinstance(config, SMITConfig):
             raise ConfigError("SMIT config must be a SMITConfig", got=type(config).__name__)
         self.config = config
-        f, norm = config.feature_size, config.norm_name
+        f, norm = config.embed_dim, config.norm_name  # feature_size equals embed_dim (SMITConfig)
         dims = config.stage_dims
         self.transformer = SMITEncoder(config)
 
@@ -992,7 +994,8 @@ def smit_config_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]
                                   fix="pass a complete SMIT state dict")
         return _shape(state_dict[key])
 
-    heads, window = [], None
+    heads: list[int] = []
+    window = None
     for i in stages:
         for j in range(depths[i]):
             rows, h = get(f"{head}{i}.blocks.{j}.attn.relative_position_bias_table")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -92,7 +92,8 @@ class SMITAdapter(Adapter):
     # ---- structure ------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> list[BlockRef]:
         refs = []
-        for s, stage in enumerate(model.transformer.layers):
+        # an SMIT (attnprobe's module tree; nn.Module attributes are untyped)
+        for s, stage in enumerate(cast(Any, model).transformer.layers):
             for b, _ in enumerate(stage.blocks):
                 path = f"transformer.layers.{s}.blocks.{b}"
                 refs.append(BlockRef(s, b, path, f"{path}.attn.softmax", f"{path}.attn"))
@@ -103,7 +104,7 @@ class SMITAdapter(Adapter):
 
     def block_window(self, model: nn.Module, ref: BlockRef, grid: Triple) -> tuple[Triple, Triple]:
         # the block's own rule: it depends on the compat mode the model was built with
-        return model.get_submodule(ref.block_path).window_for(grid)
+        return cast(smit.SMITBlock, model.get_submodule(ref.block_path)).window_for(grid)
 
     def window_partition(self, x: torch.Tensor, window: Triple) -> torch.Tensor:
         return smit.window_partition(x, window)

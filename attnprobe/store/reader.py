@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from attnprobe.store.schema import CASE, DONE
 from attnprobe.store.writer import check_schema
 
 
-def open_store(path: str | Path, *, chunks: Any = None) -> xr.DataTree:
+def open_store(path: str | os.PathLike[str], *, chunks: Any = None) -> xr.DataTree:
     """Open a capture store as a DataTree with one node per block.
 
     Parameters
@@ -52,7 +53,7 @@ def open_store(path: str | Path, *, chunks: Any = None) -> xr.DataTree:
     return xr.open_datatree(str(path), engine="zarr", consolidated=False, chunks=chunks)
 
 
-def as_tree(store: str | Path | xr.DataTree, *, chunks: Any = None) -> xr.DataTree:
+def as_tree(store: str | os.PathLike[str] | xr.DataTree, *, chunks: Any = None) -> xr.DataTree:
     """A DataTree as given, or the store at a path opened with :func:`open_store`."""
     return store if isinstance(store, xr.DataTree) else open_store(store, chunks=chunks)
 

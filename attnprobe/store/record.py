@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from attnprobe.capture.probe import Probe
 from attnprobe.capture.sinks import SampleCollector
 from attnprobe.environment import versions
 from attnprobe.errors import AttnprobeError, ShapeError, StoreError
+from attnprobe.models.adapter import as_triple
 from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.schema import StoreDType
@@ -23,9 +25,12 @@ from attnprobe.store.writer import StoreWriter
 class CaseLike(Protocol):
     """A prepared case: channel-first image and real-voxel mask of the model ROI."""
 
-    case_id: str
-    image: torch.Tensor  # (1, x, y, z) float
-    mask: torch.Tensor  # (1, x, y, z) bool
+    @property
+    def case_id(self) -> str: ...
+    @property
+    def image(self) -> torch.Tensor: ...  # (1, x, y, z) float
+    @property
+    def mask(self) -> torch.Tensor: ...  # (1, x, y, z) bool
 
 
 def environment_attrs() -> dict[str, Any]:
@@ -47,7 +52,7 @@ def model_attrs(model: nn.Module) -> dict[str, Any]:
 def capture_to_store(
     model: nn.Module,
     cases: Sequence[CaseLike],
-    out: str | Path,
+    out: str | os.PathLike[str],
     *,
     taps: Iterable[str] = ("*",),
     dtype: StoreDType = "float16",
@@ -85,7 +90,7 @@ def capture_to_store(
     """
     if not cases:
         raise ShapeError("nothing to capture", expected="at least one case", got="0 cases")
-    spatial = tuple(roi) if roi is not None else _common_shape(cases)
+    spatial = as_triple(tuple(roi) if roi is not None else _common_shape(cases), "roi")
     model = model.to(device).eval()
     with Probe(model, taps, keep=False) as probe:
         geometry = {g.name: g for g in probe.adapter.geometry(model, spatial)}

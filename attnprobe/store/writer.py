@@ -14,7 +14,7 @@ import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -41,7 +41,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _array_specs(geom: BlockGeometry, kinds: set[str]) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
-    specs = {}
+    specs: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {}
     n, w = geom.n_tokens, geom.n_windows
     if "attn" in kinds:
         specs[ATTN] = ((w, geom.heads, n, n), ATTN_DIMS)
@@ -109,7 +109,7 @@ class StoreWriter:
             self.root = self._open_existing(attrs)
         else:
             self.root = self._create(cases, blocks, attrs)
-        self._done = np.asarray(self.root[DONE][:], dtype=bool)
+        self._done = np.asarray(cast(zarr.Array, self.root[DONE])[:], dtype=bool)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="attnprobe-store-writer", daemon=True)
@@ -117,7 +117,7 @@ class StoreWriter:
 
     # ---- layout ---------------------------------------------------------------------
     def _create(self, cases: Sequence[str], blocks: Mapping[str, tuple[BlockGeometry, set[str]]],
-                attrs: dict[str, Any]) -> zarr.Group:
+                attrs: Mapping[str, Any]) -> zarr.Group:
         root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         n = len(cases)
         case = root.create_array(CASE, shape=(n,), dtype=str, chunks=(max(n, 1),), dimension_names=("sample",))
@@ -136,7 +136,7 @@ class StoreWriter:
         root.attrs.update({**attrs, SCHEMA_ATTR: SCHEMA_VERSION})
         return root
 
-    def _open_existing(self, attrs: dict[str, Any]) -> zarr.Group:
+    def _open_existing(self, attrs: Mapping[str, Any]) -> zarr.Group:
         try:
             root = zarr.open_group(str(self.path), mode="r+")
         except Exception as exc:  # zarr raises several types for a non-store folder
@@ -176,10 +176,11 @@ class StoreWriter:
                 if self._error is None:
                     sample, arrays = item
                     for name, variables in arrays.items():
-                        group = self.root[name]
+                        # the layout is ours (_create): groups of arrays, DONE an array
+                        group = cast(zarr.Group, self.root[name])
                         for var, value in variables.items():
-                            group[var][sample] = value
-                    self.root[DONE][sample] = True
+                            cast(zarr.Array, group[var])[sample] = value
+                    cast(zarr.Array, self.root[DONE])[sample] = True
                     self._done[sample] = True
             except BaseException as exc:  # surfaced in the caller's thread
                 self._error = exc

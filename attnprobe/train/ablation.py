@@ -7,7 +7,7 @@ For each case, each padding amount p of a :class:`~attnprobe.metrics.sweep.Sweep
    placed exactly like the image) runs through the model inside an
    :class:`~attnprobe.capture.intervene.Intervene` and a read-only
    :class:`~attnprobe.capture.probe.Probe` with an online
-   :class:`~attnprobe.capture.reducers.FlowReducer`, so the ADI is that of the *edited* forward;
+   :class:`~attnprobe.metrics.reducers.FlowReducer`, so the ADI is that of the *edited* forward;
 2. the prediction (argmax, 0 on padding voxels) is scored against the swept label with
    :func:`~attnprobe.train.evaluate.evaluate_case`.
 
@@ -29,11 +29,12 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,9 @@ from torch import nn
 from attnprobe.capture.edits import Intervention, MaskKeys, ReplaceTokens
 from attnprobe.capture.intervene import Intervene
 from attnprobe.capture.probe import Probe
-from attnprobe.capture.reducers import FlowReducer, FlowTag, flows_to_frame
 from attnprobe.errors import ConfigError, DataError
 from attnprobe.metrics.aggregate import model_means
+from attnprobe.metrics.reducers import FlowReducer, FlowTag, flows_to_frame
 from attnprobe.metrics.sweep import SweepSpec, swept_input
 from attnprobe.models.registry import adapter_for
 from attnprobe.tokens import PaddingKind
@@ -92,8 +93,8 @@ def intervention_from_name(name: str, *, n_stages: int, key_kind: PaddingKind = 
     if stage and int(stage.group(1)) < n_stages:
         return Intervention(name=name, edits=(MaskKeys(blocks=f"stage{int(stage.group(1))}.*", kind=key_kind),))
     if name in ("mean-ablate", "zero-ablate"):
-        value = "mean-real" if name == "mean-ablate" else "zero"
-        return Intervention(name=name, edits=(ReplaceTokens(blocks="*", kind="input", value=value),))
+        return Intervention(name=name, edits=(ReplaceTokens(blocks="*", kind="input",
+                                                            value="mean-real" if name == "mean-ablate" else "zero"),))
     near = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
     raise ConfigError(f"unknown intervention {name!r}", expected=" | ".join(names), got=repr(name),
                       fix=f"did you mean {', '.join(near)}?" if near else "pick names from the expected list")
@@ -109,7 +110,7 @@ class AblationResult:
         Tidy ``case, padding, pad_fraction, intervention, metric, value`` (module docstring).
     adi
         Block-level attention flow of the same forwards (the columns of
-        :func:`~attnprobe.capture.reducers.flows_to_frame` plus ``intervention``).
+        :func:`~attnprobe.metrics.reducers.flows_to_frame` plus ``intervention``).
     results
         ``(intervention, padding)`` -> per-case :class:`~attnprobe.train.evaluate.CaseResult`.
     """
@@ -194,7 +195,8 @@ def run_ablation(
                     with Intervene(model, iv, measure_moved=True, adapter=adapter) as edit:
                         logits = edit.run(image, mask=mask, probe=probe, tag=tag)
                     pred = (logits[0].argmax(0) * mask[0, 0]).cpu().numpy()
-                    res = evaluate_case(pred, item.label[0].numpy(), spacing=spacing, case=item.case_id, **options)
+                    res = evaluate_case(pred, cast(torch.Tensor, item.label)[0].numpy(),  # labels checked above
+                                         spacing=spacing, case=item.case_id, **options)
                     results.setdefault((iv.name, p), []).append(res)
                     flow = flows_to_frame([reducer.records.pop()]).assign(intervention=iv.name)
                     flows.append(flow)
@@ -276,7 +278,7 @@ def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_ablation(result: AblationResult, summary: pd.DataFrame, out: str | Path, *,
+def write_ablation(result: AblationResult, summary: pd.DataFrame, out: str | os.PathLike[str], *,
                    info: Mapping[str, Any]) -> list[Path]:
     """Write an ablation run: the tidy table, the ADI of the same forwards, the summary (CSV and
     JSON with ``info``); returns the paths in :data:`ABLATION_FILES` order."""

@@ -337,7 +337,7 @@ def evaluate_case(pred: Any, ref: Any, *, spacing: Sequence[float], case: str = 
         primary_iou = float(m.lesion_iou[primary])
         detected = bool({"largest": m.found[primary], "any": m.found.any(), "all": m.found.all()}[case_detection])
 
-    metric = {"tolerance_mm": tolerance_mm, "percentile": percentile, "surface": surface}
+    metric: dict[str, Any] = {"tolerance_mm": tolerance_mm, "percentile": percentile, "surface": surface}
     if scope == "volume":
         dice, hd, sdice = _overlap_metrics(pred_cc > 0, ref_cc > 0, sp, **metric)
     elif m.found.any():

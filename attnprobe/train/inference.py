@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -153,7 +154,7 @@ def sliding_window_probs(model: nn.Module, image: torch.Tensor, *, config: Infer
     image = image.to(dev)  # once, not once per flip
     was_training = model.training
     model.eval()
-    total = None
+    total: torch.Tensor | None = None
     try:
         with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=use_amp):
             for flip in flips:
@@ -166,7 +167,7 @@ def sliding_window_probs(model: nn.Module, image: torch.Tensor, *, config: Infer
                 total = probs if total is None else total + probs
     finally:
         model.train(was_training)
-    return (total / len(flips)).cpu()
+    return (cast(torch.Tensor, total) / len(flips)).cpu()  # flips is never empty
 
 
 def predict_case(model: nn.Module, case: PreparedCase, *, config: InferenceConfig,

@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ from attnprobe.data.preprocess import PreparedCase, prepare_case
 from attnprobe.environment import versions
 from attnprobe.errors import CheckpointError, ConfigError, DataError
 from attnprobe.models.checkpoints import LoadReport, load_checkpoint, read_metadata, save_checkpoint
-from attnprobe.models.registry import build_model
+from attnprobe.models.registry import adapter_for, build_model, model_config
 from attnprobe.train.inference import InferenceConfig, predict_case
 from attnprobe.train.presets import TrainConfig, get_preset
 from attnprobe.workspace import list_data
@@ -287,7 +287,7 @@ class _CropDataset(torch.utils.data.Dataset):
         crop_seed, aug_seed = _derived_seeds(self.seed, self.epoch, index, n=2)
         self.cropper.set_random_state(seed=crop_seed)
         self.augment.set_random_state(seed=aug_seed)
-        crops = self.cropper(self.volumes[index])
+        crops = self.cropper(self.volumes[index])  # type: ignore[arg-type]  # MONAI types keys as Hashable
         out = []
         for k, crop in enumerate(crops):
             crop = self.augment({**crop, "crop_index": k})
@@ -363,15 +363,16 @@ def initial_model(config: TrainConfig, *, allow_random_init: bool = False,
         log(f"init {ref.name}: {report.summary()}")
         if report.notice:
             log(f"note: {report.notice}")
-        if int(model.attnprobe_config.get("out_channels", config.n_classes)) != config.n_classes:
+        if int(model_config(model).get("out_channels", config.n_classes)) != config.n_classes:
             model = _replace_head(model, config, log)
-    model.attnprobe_config = {**model.attnprobe_config, "roi": tuple(config.roi)}  # type: ignore[attr-defined]
+    # nn.Module.__setattr__ is typed for tensors and modules only; this is a plain attribute
+    model.attnprobe_config = {**model_config(model), "roi": tuple(config.roi)}  # type: ignore[assignment]
     return model.train(), report
 
 
 def _replace_head(model: nn.Module, config: TrainConfig, log: Callable[[str], None]) -> nn.Module:
-    fresh = build_model(model.attnprobe_arch, preset=config.model_preset,
-                        **{**model.attnprobe_config, "out_channels": config.n_classes})
+    fresh = build_model(adapter_for(model).name, preset=config.model_preset,
+                        **{**model_config(model), "out_channels": config.n_classes})
     old, new = model.state_dict(), fresh.state_dict()
     keep = {k: v for k, v in old.items() if k in new and new[k].shape == v.shape}
     dropped = sorted(set(old) - set(keep))
@@ -390,7 +391,7 @@ def read_train_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple (the default)
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -553,9 +554,9 @@ def train(
         out = Path(out_dir)
         if dev.type == "cuda" and dev.index is None and dist.is_distributed():
             dev = torch.device("cuda", dist.local_rank())
-        for name, value in (("checkpoint_every", checkpoint_every), ("stop_after_steps", stop_after_steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"bad {name}", expected="a positive integer or None", got=repr(value))
+        for name, limit in (("checkpoint_every", checkpoint_every), ("stop_after_steps", stop_after_steps)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise ConfigError(f"bad {name}", expected="a positive integer or None", got=repr(limit))
         _check_run_dir(out, overwrite=overwrite, resume=resume)
         world = dist.world_size()
         if config.batch_size < world:
@@ -730,7 +731,7 @@ def train(
                     mine = []
                     for i, case in val_cases.items():
                         pred = predict_case(model, case, config=infer, device=dev).label
-                        mine.append((i, dice_score(pred, case.label[0])))
+                        mine.append((i, dice_score(pred, cast(torch.Tensor, case.label)[0])))  # checked above
                     # Averaged in case order, as in one process.
                     dices = [d for _, d in sorted(p for part in dist.gather_objects(mine) for p in part)]
                     val_dice = float(np.mean(dices))

@@ -16,8 +16,8 @@ from attnprobe.capture.edits import (
 )
 from attnprobe.capture.geometry import grid_token_kinds, token_kinds
 from attnprobe.capture.intervene import Intervene
-from attnprobe.capture.reducers import FlowReducer
 from attnprobe.errors import ConfigError, ShapeError, TapError
+from attnprobe.metrics.reducers import FlowReducer
 from attnprobe.models import build_model, get_adapter
 from attnprobe.tokens import INPUT_PAD, REAL, WINDOW_PAD
 from tests.helpers import assert_message

@@ -12,10 +12,10 @@ import torch
 import zarr
 
 from attnprobe.capture import Probe
-from attnprobe.capture.reducers import FlowReducer, FlowTag
 from attnprobe.capture.sinks import SampleCollector
 from attnprobe.errors import ConfigError, StoreError
 from attnprobe.metrics.offline import OfflineStats, store_flow
+from attnprobe.metrics.reducers import FlowReducer, FlowTag
 from attnprobe.models import build_model, get_adapter
 from attnprobe.store import StoreWriter, capture_to_store, open_store
 

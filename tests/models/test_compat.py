@@ -309,8 +309,8 @@ def test_unexpected_keys_are_an_error_unless_allowed(tmp_path):
 def test_crop_recommendation_leaves_out_crops_the_original_code_cannot_run():
     import numpy as np
 
-    from attnprobe.data.extent import extent_and_efficiency
     from attnprobe.data.preprocess import PreprocessConfig, prepare_array
+    from attnprobe.workflows.extent import extent_and_efficiency
 
     case = prepare_array(np.ones((40, 40, 20), np.float32), case_id="c",
                          config=PreprocessConfig(roi="full", spacing=None, crop_foreground=False))

@@ -72,7 +72,7 @@ def _check_roi(roi: Sequence[int]) -> Roi3:
     checked = validate_roi(tuple(int(v) for v in roi), what="candidate crop")
     if checked == "full":  # pragma: no cover - tuples never validate to "full"
         raise ConfigError("candidate crop must be a size", expected="three sizes", got="'full'")
-    return checked  # type: ignore[return-value]
+    return checked
 
 
 def default_candidates(arch: str, model_preset: str | None = None) -> list[Roi3]:
@@ -188,7 +188,7 @@ def _runnable(model: nn.Module, crops: list[tuple[int, int, int]]) -> list[tuple
     import warnings
 
     from attnprobe.errors import ShapeError
-    from attnprobe.models.registry import adapter_for
+    from attnprobe.models.registry import adapter_for, model_config
 
     adapter, kept, refused = adapter_for(model), [], []
     for crop in crops:
@@ -199,7 +199,7 @@ def _runnable(model: nn.Module, crops: list[tuple[int, int, int]]) -> list[tuple
             refused.append(roi_name(crop))
     if refused:
         warnings.warn(f"left out crop(s) {', '.join(refused)}: the model's code (compat "
-                      f"{model.attnprobe_config.get('compat')}) cannot run them", UserWarning, stacklevel=3)
+                      f"{model_config(model).get('compat')}) cannot run them", UserWarning, stacklevel=3)
     if not kept:
         raise ConfigError("no candidate crop can run in this compat mode", expected="a crop the model accepts",
                           got=", ".join(refused), fix="pick other --candidates, or --compat current")
@@ -264,7 +264,7 @@ def extent_and_efficiency(
             frame.insert(1, "candidate", roi_name(crop))
             for axis, size in zip(AXES, crop):
                 frame[f"roi_{axis}"] = size
-            frame["fits_axially"] = bool(ext["size_z"] <= crop[2])
+            frame["fits_axially"] = bool(float(ext["size_z"]) <= crop[2])
             effs.append(frame)
         if on_case is not None:
             on_case(case)
@@ -383,7 +383,7 @@ def recommend_crop(
         eff = float(stage0[roi_name(roi)]) if stage0 is not None and roi_name(roi) in stage0.index else None
         return CropRecommendation(roi, rule, coverage, q_mm, eff, reason)
 
-    if stage0 is None:
+    if stage0 is None or efficiency is None:
         raise ConfigError("rule='efficiency' needs the efficiency table", expected="efficiency=...", got="None")
     sizes = efficiency.drop_duplicates("candidate").set_index("candidate")[["roi_x", "roi_y", "roi_z"]]
     covering = [c for c in sizes.index if sizes.loc[c, "roi_z"] * spacing_z >= q_mm - 1e-9]
@@ -396,5 +396,5 @@ def recommend_crop(
         best = max(sizes.index, key=lambda c: (int(sizes.loc[c, "roi_z"]), float(stage0[c])))
         reason = (f"no candidate covers the {pct} quantile of axial extents ({q_mm:.1f} mm); "
                   "the candidate with the largest axial size")
-    roi = tuple(int(v) for v in sizes.loc[best].to_numpy())
-    return CropRecommendation(roi, rule, coverage, q_mm, float(stage0[best]), reason)  # type: ignore[arg-type]
+    best_roi = tuple(int(v) for v in sizes.loc[best].to_numpy())
+    return CropRecommendation(best_roi, rule, coverage, q_mm, float(stage0[best]), reason)  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from attnprobe.data.extent import (
+from attnprobe.data.preprocess import PreprocessConfig, prepare_array
+from attnprobe.errors import ConfigError
+from attnprobe.workflows.extent import (
     default_candidates,
     extent_and_efficiency,
     fit_mask,
@@ -17,8 +19,6 @@ from attnprobe.data.extent import (
     summarize_extents,
     token_efficiency,
 )
-from attnprobe.data.preprocess import PreprocessConfig, prepare_array
-from attnprobe.errors import ConfigError
 
 # Hand computation for Swin UNETR (patch 2, window 7, shift 3) with a 64x64x32 input whose real
 # voxels are the box [0, 40) x [0, 64) x [0, 20) (padding at the end):

@@ -11,10 +11,10 @@ import torch
 
 from attnprobe.capture import Probe
 from attnprobe.capture.probe import ForwardContext
-from attnprobe.capture.reducers import FlowReducer, FlowTag, reduce_block
 from attnprobe.errors import ConfigError, ShapeError
 from attnprobe.metrics.aggregate import TIDY_COLUMNS
 from attnprobe.metrics.flow import METRICS, PAD_QUERY_MODES, attention_flow
+from attnprobe.metrics.reducers import FlowReducer, FlowTag, reduce_block
 from attnprobe.models import build_model
 from attnprobe.tokens import PADDING_KINDS, REAL
 

@@ -217,7 +217,7 @@ class FlowReducer:
             tag = FlowTag(cases=tuple(f"sample{i}" for i in range(ctx.batch)))
         if not isinstance(tag, FlowTag):
             raise ConfigError("the forward's tag is not a FlowTag", expected="Probe.run(..., tag=FlowTag(...))",
-                              got=type(tag).__name__, fix="label each forward with attnprobe.capture.reducers.FlowTag")
+                              got=type(tag).__name__, fix="label each forward with attnprobe.metrics.reducers.FlowTag")
         if len(tag.cases) != ctx.batch:
             raise ShapeError("FlowTag names a different number of cases than the batch holds",
                              expected=f"{ctx.batch} case ids", got=f"{len(tag.cases)}",
