@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attnprobe"
 
 # Lowest first. Names are subpackages or top-level modules of attnprobe.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "tokens", "dist"),
+    ("errors", "tokens", "dist", "environment"),
     ("data", "workspace"),
     ("models",),
     ("capture",),
     ("store",),
     ("metrics",),
-    ("results",),
     ("train",),
+    ("results",),
     ("workflows",),
     ("figures",),
     ("demo", "cli", "__init__", "__main__"),
