@@ -88,7 +88,7 @@ def test_crash_halfway_leaves_complete_samples_and_resumes(model, tmp_path):
 
 def test_another_capture_cannot_resume_into_a_store(model, tmp_path):
     path = capture_to_store(model, make_cases(2), tmp_path / "s.zarr", taps=["stage1.*"])
-    with pytest.raises(StoreError, match="taps differs"):
+    with pytest.raises(StoreError, match="taps: stored "):
         capture_to_store(model, make_cases(2), path, taps=["stage2.*"])
     capture_to_store(model, make_cases(2), path, taps=["stage2.*"], overwrite=True)
     assert block_names(open_store(path)) == ["stage2.block0", "stage2.block1"]
@@ -102,9 +102,8 @@ def test_a_store_records_its_compat_and_refuses_the_other_mode(tmp_path):
     path = capture_to_store(original, make_cases(2), tmp_path / "s.zarr", taps=["stage1.block0.out"])
     tree = open_store(path)
     assert tree.attrs["compat"] == "original" and tree.attrs["model_config"]["compat"] == "original"
-    with pytest.raises(StoreError, match="compat differs") as info:
+    with pytest.raises(StoreError, match="compat: stored original vs now current"):
         capture_to_store(current, make_cases(2), path, taps=["stage1.block0.out"])
-    assert "compat = original" in str(info.value) and "compat = current" in str(info.value)
     # the same weights give other stage-1 outputs in the other mode (MONAI < 1.5's merge order)
     other = capture_to_store(current, make_cases(2), tmp_path / "c.zarr", taps=["stage1.block0.out"])
     a = open_store(path)["stage1.block0"]["out"].values
