@@ -169,18 +169,30 @@ def checksum_problem(data: np.ndarray) -> str | None:
     return None
 
 
+class ChunkError(StoreError):
+    """A missing or damaged chunk; ``key``, ``rule``, ``sample`` and ``problem`` say which and how."""
+
+    key: str
+    rule: ArrayRule
+    sample: int | None
+    problem: str
+
+
 def chunk_error(store: Path, key: str, rule: ArrayRule, sample: int | None, problem: str,
-                cases: list[str] | None) -> StoreError:
+                cases: list[str] | None) -> ChunkError:
     """The one-line error for a bad chunk: block, array and sample (with its case id)."""
     where = f"array {rule.var}" if rule.block is None else f"block {rule.block}, array {rule.var}"
     if sample is not None and rule.per_sample:
-        case = f" (case {cases[sample]})" if cases is not None and sample < len(cases) else ""
-        where += f", sample {sample}{case}"
+        where += f", sample {sample}"
+        if cases is not None and sample < len(cases):
+            where += f", case {cases[sample]}"
     if rule.path == CASE:
         fix = "re-capture into a new store (the case ids are lost)"
     else:
         fix = f"run 'attnprobe verify {store} --repair', then rerun the same capture to recapture the bad samples"
-    return StoreError(f"{store} is corrupt: chunk {key} ({where}) {problem}", fix=fix)
+    error = ChunkError(f"{store} is corrupt: chunk {key} ({where}) {problem}", fix=fix)
+    error.key, error.rule, error.sample, error.problem = key, rule, sample, problem
+    return error
 
 
 def chunk_files(path: Path, rules: Iterable[ArrayRule]) -> set[str]:
@@ -215,5 +227,5 @@ def check_done_chunks(path: Path, rules: dict[str, ArrayRule], done: np.ndarray,
         raise chunk_error(path, key, rule, sample if sample >= 0 else None, f"is missing{more}", cases)
 
 
-__all__ = ["ArrayRule", "CheckedStore", "check_done_chunks", "checksum_problem", "chunk_error", "chunk_files",
+__all__ = ["ArrayRule", "CheckedStore", "ChunkError", "check_done_chunks", "checksum_problem", "chunk_error", "chunk_files",
            "missing_done_chunks", "read_rules"]

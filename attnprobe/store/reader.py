@@ -28,14 +28,15 @@ class CheckedRoot:
     done: np.ndarray
 
 
-def open_checked(path: str | Path) -> CheckedRoot:
+def open_checked(path: str | Path, *, lenient_done: bool = False) -> CheckedRoot:
     """Open a store for reading: schema, root arrays, case ids and done flags, checked.
 
     Raises
     ------
     StoreError
         Missing path, not a store, an incomplete layout, another schema, a missing or
-        corrupt ``case``/``done`` array.
+        corrupt ``case``/``done`` array. With ``lenient_done`` a damaged ``done`` chunk reads
+        as done (so that :func:`attnprobe.store.verify.verify_store` reports that sample).
     """
     path = Path(path)
     if not path.exists():
@@ -64,12 +65,27 @@ def open_checked(path: str | Path) -> CheckedRoot:
     group = zarr.open_group(store=store, mode="r")
     cases = [str(c) for c in np.asarray(group[CASE][:]).tolist()]
     store.cases = cases
-    done = np.asarray(group[DONE][:], dtype=bool)
+    done = _read_done(group, len(cases), lenient_done)
     if done.shape != (len(cases),):
         raise StoreError(f"{path} is corrupt: 'done' and 'case' differ in length",
                          expected=f"{len(cases)} done flags", got=str(done.shape), fix="re-capture into a new store")
     store.done = done
     return CheckedRoot(path, version, store, group, rules, cases, done)
+
+
+def _read_done(group: zarr.Group, n: int, lenient: bool) -> np.ndarray:
+    try:
+        return np.asarray(group[DONE][:], dtype=bool)
+    except StoreError:
+        if not lenient:
+            raise
+    done = np.zeros(n, dtype=bool)
+    for sample in range(n):  # one chunk per sample: find the damaged ones
+        try:
+            done[sample] = bool(group[DONE][sample])
+        except StoreError:
+            done[sample] = True
+    return done
 
 
 def open_store(path: str | Path, *, chunks: Any = None) -> xr.DataTree:
