@@ -41,7 +41,7 @@ def model():
 
 @pytest.fixture(scope="session")
 def cases():
-    return make_cases(3)
+    return make_cases(2)
 
 
 @pytest.fixture(scope="session")
