@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from attnprobe.errors import AttnprobeError, StoreError
 from attnprobe.models.adapter import ATTN_DIMS, KIND_DIMS, OUT_DIMS, BlockGeometry
@@ -31,20 +31,21 @@ from attnprobe.store.reader import open_checked
 from attnprobe.store.schema import (
     ATTN,
     ATTN_KIND,
+    BLOSC,
     CASE,
     DONE,
     FINGERPRINT_ATTR,
     OUT,
     SCHEMA_ATTR,
     SCHEMA_VERSION,
-    ZSTD_LEVEL,
     StoreDType,
 )
 
 _STOP = object()
 
-#: every chunk: zstd, then a CRC32C of the compressed bytes (checked before decoding)
-COMPRESSORS = (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())
+#: every chunk: Blosc LZ4 with bit shuffle, then a CRC32C of the compressed bytes (checked
+#: before decoding); why this codec: schema.BLOSC, docs/store.md
+COMPRESSORS = (BloscCodec(**BLOSC), Crc32cCodec())
 #: chunks equal to the fill value are written too: a missing chunk always means damage
 ARRAY_CONFIG = {"write_empty_chunks": True}
 
@@ -107,6 +108,9 @@ class StoreWriter:
     lock
         Hold ``STORE.lock`` while writing (rank 0 of a capture; other ranks share its lock).
     """
+
+    #: :meth:`submit` takes CPU tensors too and casts them in the writer thread
+    casts_tensors = True
 
     def __init__(self, path: str | Path, *, cases: Sequence[str], blocks: Mapping[str, tuple[BlockGeometry, set[str]]],
                  attrs: Mapping[str, Any], dtype: StoreDType = "float16", overwrite: bool = False,
@@ -208,8 +212,8 @@ class StoreWriter:
         """Samples already complete (a copy)."""
         return self._done.copy()
 
-    def submit(self, sample: int, arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        """Queue one sample: ``{block name: {var: array without the sample axis}}``."""
+    def submit(self, sample: int, arrays: Mapping[str, Mapping[str, Any]]) -> None:
+        """Queue one sample: ``{block name: {var: array (or CPU tensor) without the sample axis}}``."""
         self._raise_pending()
         self._queue.put((sample, arrays))
         self._raise_pending()
@@ -227,13 +231,25 @@ class StoreWriter:
             finally:
                 self._queue.task_done()
 
-    def _write_sample(self, sample: int, arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    def _write_sample(self, sample: int, arrays: Mapping[str, Mapping[str, Any]]) -> None:
+        arrays = {name: {var: self._as_numpy(var, value) for var, value in variables.items()}
+                  for name, variables in arrays.items()}
         check_finite(arrays, self.cases[sample] if sample < len(self.cases) else str(sample), self.dtype)
         for name, variables in arrays.items():
             for var, value in variables.items():
                 self._arrays[(name, var)][sample] = value
         self._done_array[sample] = True  # last: the sample is complete
         self._done[sample] = True
+
+    def _as_numpy(self, var: str, value: Any) -> np.ndarray:
+        """Arrays as given; tensors (CPU captures defer the cast to this thread, off the forward's
+        critical path) cast to the storage dtype here."""
+        if isinstance(value, np.ndarray):
+            return value
+        import torch
+
+        dtype = torch.uint8 if var == ATTN_KIND else getattr(torch, self.dtype)
+        return value.to(dtype=dtype).numpy()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -268,11 +284,20 @@ class StoreWriter:
         self.close()
 
 
+def all_finite(value: np.ndarray) -> bool:
+    """Whether an array holds no NaN or infinity; float16 by its exponent bits (8x faster than
+    ``np.isfinite``, which converts every element)."""
+    if value.dtype == np.float16:
+        bits = np.ascontiguousarray(value).view(np.uint16)
+        return not bool(((bits & 0x7C00) == 0x7C00).any())
+    return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+
+
 def check_finite(arrays: Mapping[str, Mapping[str, np.ndarray]], case: str, dtype: str) -> None:
     """Raise :class:`NonFiniteError` naming the first block (in model order) with NaN or inf."""
     for name, variables in arrays.items():
         for var, value in variables.items():
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
+            if not all_finite(value):
                 hint = " or values beyond float16's range (capture with --dtype float32)" if dtype == "float16" else ""
                 raise NonFiniteError(
                     f"sample {case} has non-finite values in block {name}, array {var}, so it is not marked done",
