@@ -59,10 +59,20 @@ def test_round_trip_matches_the_probe(model, tmp_path):
 
 
 def test_float16_is_the_default_and_chunks_split_windows(model, tmp_path):
-    path = capture_to_store(model, make_cases(1), tmp_path / "s.zarr", taps=["stage0.block0.attn"])
+    cases = make_cases(2)
+    path = capture_to_store(model, cases, tmp_path / "s.zarr", taps=["stage0.block0.*"])
     arr = zarr.open_group(str(path))["stage0.block0/attn"]
     assert arr.dtype == np.float16
     assert arr.chunks[0] == 1 and arr.chunks[1] < arr.shape[1]  # windows split into chunks
+    # CPU captures hand the writer thread the tensors to cast: the stored values are still the
+    # probe's, for every sample (nothing overwrote a tensor before the writer cast it)
+    node = open_store(path)["stage0.block0"].dataset
+    for i, case in enumerate(cases):
+        with torch.no_grad(), Probe(model, ["stage0.block0.*"]) as probe:
+            probe.run(case.image[None], mask=case.mask[None])
+        for var in ("attn", "out"):
+            expected = probe.cache[f"stage0.block0.{var}"][0].to(torch.float16).numpy()
+            np.testing.assert_array_equal(node[var][i].values, expected)
 
 
 def test_crash_halfway_leaves_complete_samples_and_resumes(model, tmp_path):
