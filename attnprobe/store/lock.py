@@ -41,6 +41,10 @@ class StoreLock:
 
     def acquire(self) -> StoreLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # a new store's folder may not exist yet
+        except OSError:
+            pass  # reported below, when the lock file cannot be created
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
