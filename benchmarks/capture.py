@@ -1,17 +1,19 @@
-"""Capture cost, as ratios to the plain forward measured in the same run.
+"""Capture cost, as ratios to the plain forward measured in the same run (issue 17 goal: 1.5x).
 
-    python benchmarks/capture.py                    # tiny preset, 64x64x32, CPU
+    python benchmarks/capture.py                    # tiny preset, 64x64x32, CPU, one thread
     python benchmarks/capture.py --preset swin_unetr --roi 96,96,96 --device cuda
 
-Prints: plain forward time, hooked forward (all taps, no storage), capture of all
-attention + output taps to Zarr (float16), each as a ratio to the plain forward, plus
-peak RSS and bytes written.
+Rounds interleave the three measurements (plain forwards, hooked forwards, a capture of all
+attention + output taps to a new Zarr store), so load changes on the machine hit all of
+them alike. Prints per case: median and min wall time of each, as a ratio to the plain
+forward (median of the per-round ratios, and min over min), the ratio of process CPU time
+(all threads: on a busy machine the work ratio is steadier than wall time), plus bytes
+written per case and the codec (docs/store.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import statistics
 import tempfile
@@ -25,6 +27,11 @@ from attnprobe.capture import Probe
 from attnprobe.models import build_model
 from attnprobe.store import capture_to_store
 
+try:
+    from attnprobe.store.writer import COMPRESSORS
+except ImportError:  # attnprobe before store schema 2: zarr's default zstd, no checksums
+    COMPRESSORS = ()
+
 
 @dataclass
 class Case:
@@ -33,21 +40,19 @@ class Case:
     mask: torch.Tensor
 
 
-def timed(fn, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def clock(fn, device: str) -> tuple[float, float]:
+    """Wall time and process CPU time (all threads) of one call."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -56,31 +61,57 @@ def main() -> None:
     parser.add_argument("--roi", default="64,64,32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the issue measures one)")
+    parser.add_argument("--dtype", default="float16")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     roi = tuple(int(v) for v in args.roi.split(","))
     torch.manual_seed(0)
     model = build_model("swin_unetr", preset=args.preset).to(args.device).eval()
-    x = torch.randn(1, 1, *roi, device=args.device)
-    with torch.no_grad():
-        model(x)  # warm-up
-        plain = timed(lambda: model(x), args.repeats, args.device)
-        with Probe(model, keep=False) as probe:
-            hooked = timed(lambda: probe.run(x), args.repeats, args.device)
     cases = [Case(f"c{i}", torch.randn(1, *roi), torch.ones(1, *roi, dtype=torch.bool)) for i in range(args.cases)]
-    out = Path(tempfile.mkdtemp()) / "bench.zarr"
-    start = time.perf_counter()
-    capture_to_store(model, cases, out, device=args.device)
-    capture = (time.perf_counter() - start) / args.cases
-    written = folder_bytes(out)
-    shutil.rmtree(out.parent)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"preset={args.preset} roi={roi} device={args.device} torch={torch.__version__}")
-    print(f"{'plain forward':<34}{plain * 1e3:9.1f} ms   x1.00")
-    print(f"{'hooked forward (all taps)':<34}{hooked * 1e3:9.1f} ms   x{hooked / plain:.2f}")
-    print(f"{'capture to zarr (per case)':<34}{capture * 1e3:9.1f} ms   x{capture / plain:.2f}")
-    print(f"peak RSS {peak_mb:.0f} MiB; written {written / 2**20:.1f} MiB for {args.cases} cases "
-          f"({written / args.cases / 2**20:.1f} MiB per case)")
+    inputs = [c.image[None].to(args.device) for c in cases]
+    tmp = Path(tempfile.mkdtemp())
+    plain, hooked, capture, written = [], [], [], 0
+
+    def forwards():
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+
+    def hooked_forwards():
+        with torch.no_grad(), Probe(model, keep=False) as probe:
+            for x in inputs:
+                probe.run(x)
+
+    try:
+        forwards()  # warm-up
+        for r in range(args.rounds):
+            out = tmp / f"r{r}.zarr"
+            plain.append(clock(forwards, args.device))
+            hooked.append(clock(hooked_forwards, args.device))
+            capture.append(clock(lambda out=out: capture_to_store(model, cases, out, device=args.device,
+                                                                  dtype=args.dtype), args.device))
+            written = folder_bytes(out)
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"preset={args.preset} roi={roi} device={args.device} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} cases={args.cases} rounds={args.rounds}")
+    print(f"codecs: {', '.join(repr(c) for c in COMPRESSORS) or 'zarr default'} ({args.dtype})")
+    print(f"{'per case':<28}{'median ms':>10}{'min ms':>9}{'ratio med':>11}{'ratio min':>11}{'CPU ratio':>11}")
+    ratios = {}
+    for name, runs in (("plain forward", plain), ("hooked forward (all taps)", hooked),
+                       ("capture to zarr", capture)):
+        times = [wall / args.cases for wall, _ in runs]
+        per_round = [t / p[0] for (t, _), p in zip(runs, plain)]
+        cpu = statistics.median(c / p[1] for (_, c), p in zip(runs, plain))
+        ratios[name] = statistics.median(per_round)
+        print(f"{name:<28}{statistics.median(times) * 1e3:10.1f}{min(times) * 1e3:9.1f}"
+              f"{statistics.median(per_round):11.2f}{min(times) / min(w / args.cases for w, _ in plain):11.2f}"
+              f"{cpu:11.2f}")
+    print(f"written {written / args.cases / 2**20:.1f} MiB per case ({written / args.cases:.0f} bytes)")
+    print(f"capture / plain forward (median of per-round ratios): {ratios['capture to zarr']:.2f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,12 @@ class SampleCollector:
     def on_tap(self, tap: TapSpec, value: torch.Tensor, ctx: ForwardContext) -> None:
         block = tap.block.name
         arrays = self._batch.setdefault(block, {})
-        arrays[tap.kind] = value.to(device="cpu", dtype=getattr(torch, self.dtype.name)).numpy()
+        if value.device.type == "cpu" and getattr(self.writer, "casts_tensors", False):
+            # the writer thread casts: the forward does not wait for a pass over the maps
+            arrays[tap.kind] = value.detach()
+        else:
+            # cast on the device first: a GPU sends half the bytes for float16 stores
+            arrays[tap.kind] = value.to(dtype=getattr(torch, self.dtype.name)).to("cpu").numpy()
         if tap.kind == "attn":
             arrays["attn_kind"] = ctx.kinds[block].cpu().numpy()
 

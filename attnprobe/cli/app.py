@@ -64,7 +64,7 @@ def _register_optional() -> None:
     """Commands added by later modules register themselves here when present."""
     import importlib
 
-    for name in ("adi", "cka", "train", "evaluate", "ablate", "data", "figures", "demo"):
+    for name in ("adi", "cka", "train", "evaluate", "ablate", "data", "figures", "demo", "verify"):
         try:
             module = importlib.import_module(f"attnprobe.cli.{name}")
         except ModuleNotFoundError as exc:

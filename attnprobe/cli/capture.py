@@ -110,7 +110,8 @@ def capture(
 
         path = capture_to_store(net, cases, out, taps=taps or ["*"], dtype=dtype, device=device,
                                 overwrite=overwrite, on_sample=advance, roi=use_roi,
-                                attrs={"preprocessing": config_dict(config), "padding": {"mode": pad_mode}})
+                                attrs={"preprocessing": config_dict(config), "padding": {"mode": pad_mode},
+                                       "data": data_source(data)})
     if dist.is_main():
         console.print(f"wrote {path}")
 
@@ -120,3 +121,9 @@ def config_dict(config) -> dict:
     from dataclasses import asdict
 
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+def data_source(data: str) -> str:
+    """The ``--data`` source as recorded in a store's fingerprint: an absolute path, or the name."""
+    path = Path(data).expanduser()
+    return str(path.resolve()) if path.exists() else data

@@ -18,6 +18,7 @@ from attnprobe.errors import AttnprobeError, ShapeError, StoreError
 from attnprobe.models.adapter import as_triple
 from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
+from attnprobe.store.fingerprint import build_fingerprint
 from attnprobe.store.schema import StoreDType
 from attnprobe.store.writer import StoreWriter
 
@@ -71,12 +72,15 @@ def capture_to_store(
     cases
         Prepared cases of one ROI (``image`` and ``mask`` ``(1, x, y, z)``).
     out
-        Store path. An existing store of the same capture is resumed: samples marked done
-        are skipped. Another capture there is an error unless ``overwrite``.
+        Store path. An existing store of the same capture (same fingerprint: weights, compat,
+        input files, preprocessing, ROI, taps, dtype; docs/store.md) is resumed: samples
+        marked done are skipped. Another capture there is an error naming what differs,
+        unless ``overwrite``.
     taps
         Glob patterns over canonical tap names.
     attrs
-        Extra root attributes (preprocessing, padding spec ...).
+        Extra root attributes (``preprocessing``, ``padding``, ``data`` source ...); these
+        three are part of the fingerprint.
     on_sample
         Called after each sample with ``(case id, skipped)`` (progress bars).
     roi
@@ -97,11 +101,16 @@ def capture_to_store(
         blocks: dict[str, tuple[Any, set[str]]] = {}
         for tap in probe.taps:
             blocks.setdefault(tap.block.name, (geometry[tap.block.name], set()))[1].add(tap.kind)
+        described = model_attrs(model)
+        tap_names = [t.name for t in probe.taps]
         root_attrs = {
-            **environment_attrs(), **model_attrs(model), "roi": list(spatial),
-            "taps": [t.name for t in probe.taps], **(attrs or {}),
+            **environment_attrs(), **described, "roi": list(spatial), "taps": tap_names, **(attrs or {}),
         }
-        writer = _open_writer(out, cases, blocks, root_attrs, dtype=dtype, overwrite=overwrite)
+        # rank 0 alone hashes weights and input files; the other ranks open what it checked
+        fingerprint = build_fingerprint(model, cases, model_attrs=described, roi=spatial, taps=tap_names,
+                                        dtype=dtype, attrs=attrs or {}) if dist.is_main() else None
+        writer = _open_writer(out, cases, blocks, root_attrs, dtype=dtype, overwrite=overwrite,
+                              fingerprint=fingerprint)
         try:
             done = writer.done
             probe.sinks.append(SampleCollector(writer, dtype=dtype))
@@ -140,13 +149,14 @@ def _common_shape(cases: Sequence[CaseLike]) -> tuple[int, ...]:
     return shapes.pop()
 
 
-def _open_writer(out, cases, blocks, attrs, *, dtype, overwrite) -> StoreWriter:
+def _open_writer(out, cases, blocks, attrs, *, dtype, overwrite, fingerprint) -> StoreWriter:
     """Rank 0 lays out (or validates) the store first; the other ranks then open it."""
     ids = [c.case_id for c in cases]
     writer, failure = None, None
     if dist.is_main():
         try:
-            writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=overwrite)
+            writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=overwrite,
+                                 fingerprint=fingerprint)
         except AttnprobeError as exc:
             failure = exc
     failed = dist.broadcast_object(None if failure is None else str(failure))
@@ -155,5 +165,5 @@ def _open_writer(out, cases, blocks, attrs, *, dtype, overwrite) -> StoreWriter:
     if failed is not None:
         raise StoreError(f"rank 0 could not open the store: {failed}")
     if writer is None:
-        writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=False)
+        writer = StoreWriter(out, cases=ids, blocks=blocks, attrs=attrs, dtype=dtype, overwrite=False, lock=False)
     return writer

@@ -153,7 +153,7 @@ def test_capture_records_the_compat_and_refuses_to_mix_modes(smit_ckpt, datalist
     result = run(*args, "--roi", "128,64,64", "--compat", "original")
     assert result.exit_code == 0, result.output
     assert open_store(out).attrs["compat"] == "original"
-    assert_one_line_error(run(*args, "--roi", "128,64,64"), "compat differs")  # the checkpoint records 'current'
+    assert_one_line_error(run(*args, "--roi", "128,64,64"), "compat: stored original vs now current")  # the checkpoint records 'current'
     assert_one_line_error(run(*args, "--roi", "64,64,32", "--compat", "original", "--overwrite"),
                           "original SMIT code cannot run", fold_whitespace=True)
 
