@@ -18,6 +18,7 @@ from attnprobe.capture.sinks import SampleCollector
 from attnprobe.errors import AttnprobeError, ShapeError, StoreError
 from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
+from attnprobe.store.inputs import create_sample_arrays, write_sample
 from attnprobe.store.schema import StoreDType
 from attnprobe.store.writer import StoreWriter
 
@@ -58,6 +59,8 @@ def capture_to_store(
     attrs: Mapping[str, Any] | None = None,
     on_sample: Callable[[str, bool], None] | None = None,
     roi: Sequence[int] | None = None,
+    keep_inputs: bool = False,
+    spacing: Sequence[Sequence[float]] | None = None,
 ) -> Path:
     """Run every case through the model and stream the requested taps to a store.
 
@@ -79,6 +82,11 @@ def capture_to_store(
     roi
         The input size every case has. When given, cases are only touched when processed
         (lazy cases under torchrun prepare just their rank's share); else read from the cases.
+    keep_inputs
+        Also keep each sample's input crop, real-voxel mask, label, spacing and crop box
+        (:mod:`attnprobe.store.inputs`, docs/store.md), so maps can be drawn on the anatomy.
+    spacing
+        Voxel size (mm) of every case, in case order (default: each case's ``spacing``).
 
     Returns
     -------
@@ -99,6 +107,9 @@ def capture_to_store(
             "taps": [t.name for t in probe.taps], **(attrs or {}),
         }
         writer = _open_writer(out, cases, blocks, root_attrs, dtype=dtype, overwrite=overwrite)
+        if dist.is_main():
+            create_sample_arrays(out, len(cases), spatial, keep_inputs=keep_inputs)  # type: ignore[arg-type]
+        dist.barrier()
         try:
             done = writer.done
             probe.sinks.append(SampleCollector(writer, dtype=dtype))
@@ -118,6 +129,7 @@ def capture_to_store(
                     image = case.image[None].to(device=device, dtype=torch.float32)
                     mask = case.mask[None].to(device)
                     probe.run(image, mask=mask, tag=[index])
+                    write_sample(writer.root, index, case, spacing=None if spacing is None else spacing[index])
                     if on_sample:
                         on_sample(case.case_id, False)
         finally:
