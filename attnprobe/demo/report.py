@@ -434,7 +434,8 @@ def _eval_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
                        "one lesion merged, a tumor detected when they overlap it with IoU > 0.1 (LiTS-style), Dice "
                        "and HD95 (area-weighted surface elements) on the matched lesion. `CT only` is the pretrained "
                        "CT model without fine-tuning. Detected tumors: " + "; ".join(sentences) + "."),
-            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "detection", "dice_hd95")
+            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "detection", "dice_hd95",
+                                                                            "predictions")
 
 
 def _verdict(delta: Sequence[float | None], what: str) -> str:
@@ -581,7 +582,7 @@ class _Fig:
     kind: str
 
 
-_KIND_PREFIXES = (("main_figure", "main"), ("adi_vs_dice", "adi_dice"), ("cka_panels", "cka_panels"),
+_KIND_PREFIXES = (("main_figure", "main"), ("predictions_", "predictions"), ("adi_vs_dice", "adi_dice"), ("cka_panels", "cka_panels"),
                   ("adi_vs", "adi"), ("sfr_vs", "sfr"), ("flow_", "flow"), ("attention_", "attention"),
                   ("store_flow_", "store_flow"), ("cka_", "cka"), ("feature_reuse", "reuse"),
                   ("detection", "detection"), ("dice_hd95", "dice_hd95"), ("token_efficiency", "efficiency"),

@@ -10,6 +10,7 @@ stores, and the cross-model figures (docs/figures.md).
   same case) side by side: tumor outlined, axes in mm, one colour scale from robust percentiles.
 - :func:`adi_vs_dice`: per case, model ADI against Dice at each padding, one colour per model.
 - :func:`cka_panels`: every CKA matrix of a run in one figure.
+- :func:`prediction_overlays`: prediction against the reference on the MRI, one panel per model.
 
 Every figure states n in its titles and draws intervals where there is uncertainty; the
 intervals are case bootstraps (seaborn's ``errorbar=("ci", 95)`` resamples the cases of each
@@ -36,7 +37,7 @@ from attnprobe.errors import AttnprobeError, DataError
 from attnprobe.figures.style import count, palette, require_frame, styled
 
 __all__ = ["StoreAttention", "main_figure", "store_attention", "attention_padding_pair", "adi_vs_dice", "cka_panels",
-           "draw_paper_figures", "N_BOOT"]
+           "prediction_overlays", "draw_paper_figures", "N_BOOT"]
 
 N_BOOT = 1000
 """Bootstrap resamples of the case-bootstrap bands (seeded: figures are reproducible)."""
@@ -235,7 +236,7 @@ def attention_padding_pair(panels: Sequence[StoreAttention], *, view: str = "cor
     One slice per panel through the tumor centre (else the centre of the real voxels) in
     ``view`` (``coronal`` and ``sagittal`` show the axial padding), the tumor outlined, padding
     hatched, axes in mm. All panels share one colour scale set by ``percentiles`` of the
-    attention on real voxels of every panel, so neither saturates nor fades.
+    non-zero attention of every panel (padding voxels included), so neither saturates nor fades.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -247,9 +248,10 @@ def attention_padding_pair(panels: Sequence[StoreAttention], *, view: str = "cor
     if view not in _VIEW_AXES:
         raise DataError("unknown view", expected=" | ".join(_VIEW_AXES), got=repr(view))
     fixed, hor, ver = _VIEW_AXES[view]
-    real = np.concatenate([p.attention[p.mask.astype(bool)].ravel() for p in panels])
-    real = real[np.isfinite(real) & (real > 0)]
-    lo, hi = (np.percentile(real, percentiles) if real.size else (0.0, 1.0))
+    # padding voxels count too: the attention they receive is the dilution the figure shows
+    values = np.concatenate([p.attention.ravel() for p in panels])
+    values = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (np.percentile(values, percentiles) if values.size else (0.0, 1.0))
     hi = hi if hi > lo else lo + 1e-6
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4.6), layout="constrained",
                              squeeze=False)
@@ -285,7 +287,7 @@ def attention_padding_pair(panels: Sequence[StoreAttention], *, view: str = "cor
     first = panels[0]
     if image_artist is not None:
         fig.colorbar(image_artist, ax=list(axes[0]), shrink=0.8,
-                     label=f"attention received (p{percentiles[0]:g}–p{percentiles[1]:g} of real voxels)")
+                     label=f"attention received (scale: p{percentiles[0]:g}–p{percentiles[1]:g})")
     handles = [Patch(facecolor="none", edgecolor="#009e73", label="tumor"),
                Patch(facecolor="none", hatch="////", edgecolor="0.3", label="padding")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
@@ -362,6 +364,54 @@ def cka_panels(matrices: Sequence[tuple[str, Any]]) -> Figure:
         ax.set_visible(False)
     if artist is not None:
         fig.colorbar(artist, ax=list(axes.ravel()), shrink=0.7, label="linear CKA")
+    return fig
+
+
+@styled
+def prediction_overlays(panels: Sequence[tuple[str, Any]], *, view: str = "coronal") -> Figure:
+    """Prediction against reference on the image, one panel per model (same case).
+
+    ``panels``: ``(title, arrays)`` with ``image``, ``label``, ``prediction`` ``(x, y, z)``,
+    ``spacing`` (mm) and ``case``. Each panel shows the slice through the reference tumor's
+    centre (the same slice for every panel), reference outlined in green, prediction in
+    orange, axes in mm.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    if not panels:
+        raise DataError("prediction_overlays needs at least one panel", expected=">= 1", got="0")
+    if view not in _VIEW_AXES:
+        raise DataError("unknown view", expected=" | ".join(_VIEW_AXES), got=repr(view))
+    fixed, hor, ver = _VIEW_AXES[view]
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.8 * rows + 0.5), layout="constrained", squeeze=False)
+    names = "xyz"
+    for (title, a), ax in zip(panels, axes.ravel()):
+        image, label, pred = (np.asarray(a[k]) for k in ("image", "label", "prediction"))
+        spacing = tuple(float(v) for v in np.ravel(a["spacing"])[:3])
+        target = label > 0 if (label > 0).any() else np.ones(label.shape, bool)
+        index = int(np.round(np.argwhere(target).mean(axis=0))[fixed])
+        sl: list[Any] = [slice(None)] * 3
+        sl[fixed] = index
+        extent = (0.0, image.shape[hor] * spacing[hor], 0.0, image.shape[ver] * spacing[ver])
+        lo, hi = np.percentile(image, (1, 99))
+        ax.imshow(image[tuple(sl)].T, cmap="gray", origin="lower", extent=extent, vmin=lo, vmax=hi)
+        for mask, colour in ((label, "#009e73"), (pred, "#e69f00")):
+            cut = (mask[tuple(sl)] > 0).T
+            if cut.any():
+                ax.contour(cut, levels=[0.5], colors=colour, linewidths=1.4, origin="lower", extent=extent)
+        ax.set_title(f"{title}\ncase {a['case']}", fontsize="small")
+        ax.set_xlabel(f"{names[hor]} (mm)")
+        ax.set_ylabel(f"{names[ver]} (mm)")
+        ax.grid(False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.legend(handles=[Line2D([], [], color="#009e73", label="reference"),
+                        Line2D([], [], color="#e69f00", label="prediction")],
+               loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(f"Prediction vs reference on MRI, {view} slice through the tumor (n = 1 case per model)")
     return fig
 
 
@@ -467,7 +517,7 @@ def _attention_groups(found: Any) -> list[list[Path]]:
 def draw_paper_figures(found: Any, w: Any) -> None:
     """Draw the figures of this module that the files of a run folder allow (``w``: the
     figure writer of :func:`attnprobe.figures.discover.draw_figures`)."""
-    from attnprobe.figures.discover import _evaluations, _preset_order, _rel
+    from attnprobe.figures.discover import _eval_labels, _evaluations, _json, _preset_order, _rel
 
     adi = _adi_models(found)
     cka, matrices = _cka_diagonals(found)
@@ -495,6 +545,23 @@ def draw_paper_figures(found: Any, w: Any) -> None:
                f"Model ADI against Dice of the plain forward per case and padding "
                f"({count(ablation['model'].nunique(), 'model')}, {ablation['case'].nunique()} cases); large markers: "
                f"means with 95% case-bootstrap intervals.", [_rel(f, found.root) for f in found.ablation])
+    overlays = []
+    for folder in found.evaluations:
+        path = folder / "overlay.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            arrays["case"] = str(arrays["case"])
+            preset, backbone = _eval_labels(folder, _json(folder / "summary.json"))
+            overlays.append((f"{backbone} ({preset})", arrays, _rel(path, found.root)))
+    cases = {a["case"] for _, a, _ in overlays}
+    for case in sorted(cases):
+        chosen = [(t, a) for t, a, _ in overlays if a["case"] == case]
+        w.draw(f"predictions_{case}", "predictions", lambda chosen=chosen: prediction_overlays(chosen),
+               f"Prediction (orange) against the reference tumor (green) on the MRI of case {case}, a coronal slice "
+               f"through the tumor centre, one panel per model ({count(len(chosen), 'model')}; n = 1 case, an "
+               f"illustration: the detection and Dice numbers are over all test cases).",
+               [s for _, a, s in overlays if a["case"] == case])
     for stores in _attention_groups(found):
         chosen = stores if len(stores) <= 2 else [stores[0], stores[-1]]
         try:
@@ -507,6 +574,6 @@ def draw_paper_figures(found: Any, w: Any) -> None:
         w.draw(f"attention_store_{name}", "attention", lambda panels=panels: attention_padding_pair(panels),
                f"Attention each token of {panels[0].block} receives (mean over the real queries of its window and "
                f"heads), on a coronal slice through the tumor (outlined) of case {panels[0].case} at padding "
-               f"{amounts} voxels (hatched: padding), one colour scale (2nd–98th percentile of real voxels), axes "
+               f"{amounts} voxels (hatched: padding), one colour scale (2nd–98th percentile of both maps), axes "
                f"in mm; drawn from the capture store(s) {', '.join(s.name for s in chosen)}; {panels[0].model}.",
                [_rel(s, found.root) for s in chosen])

@@ -81,7 +81,7 @@ def test_every_figure_kind_is_drawn_with_a_caption(demo):
     assert drawn == {p.stem for p in figures.glob("*.txt")}
     prefixes = ("adi_vs_padding", "sfr_vs_padding", "flow_", "attention_store_", "cka_", "feature_reuse_",
                 "detection", "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves",
-                "ablation_", "main_figure", "cka_panels", "adi_vs_dice")
+                "ablation_", "main_figure", "cka_panels", "adi_vs_dice", "predictions_")
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in drawn), prefix
     assert len(demo.figures) == len(drawn)

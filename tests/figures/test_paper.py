@@ -136,3 +136,23 @@ def test_store_without_inputs_is_refused(smit, tmp_path):
     assert read_input(path, 0) is None
     with pytest.raises(DataError, match="keeps no input crops"):
         store_attention(path)
+
+
+def test_prediction_overlays_outline_reference_and_prediction():
+    from matplotlib.contour import ContourSet
+
+    from attnprobe.figures.paper import prediction_overlays
+
+    image = np.random.default_rng(0).random((20, 20, 16)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[8:12, 8:12, 6:10] = 1
+    pred = np.roll(label, 2, axis=0)
+    arrays = {"image": image, "label": label, "prediction": pred, "spacing": np.array([2.0, 2.0, 3.0]), "case": "c0"}
+    fig = prediction_overlays([("Swin (base)", arrays), ("Swin (act)", arrays)])
+    try:
+        assert "n = 1 case" in fig.get_suptitle()
+        drawn = [ax for ax in fig.axes if ax.get_images()]
+        assert len(drawn) == 2 and all(sum(isinstance(c, ContourSet) for c in ax.collections) == 2 for ax in drawn)
+        assert drawn[0].get_xlabel() == "x (mm)" and drawn[0].get_ylabel() == "z (mm)"
+    finally:
+        plt.close(fig)
