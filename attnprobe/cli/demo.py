@@ -18,8 +18,9 @@ Generates MRI- and CT-like phantoms, loads tiny CT-pretrained Swin UNETR and SMI
 (fixtures/pretrained; trained first when missing), fine-tunes them on MRI with the base and act
 presets, captures a store, runs the ADI padding sweep and CKA feature reuse, evaluates detection,
 Dice and HD95, measures crop token efficiency, clusters the tumors, then writes figures/ and
-report.md / report.html in --out. --quick finishes in under five minutes on two CPU cores; the
-default uses more cases and longer fine-tuning.
+report.md / report.html in --out. --quick is sized for five minutes on two idle CPU cores (the
+report states the run's measured wall and CPU time and the load); the default uses more cases
+and longer fine-tuning.
 """
 
 
@@ -54,7 +55,7 @@ def keep_freed_memory() -> bool:
 @one_line_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder (data, runs, figures, report).")] = Path("attnprobe-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Small settings: under 5 minutes on 2 CPU cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small settings, sized for 5 minutes on 2 idle CPU cores.")] = False,
     smoke: Annotated[bool, typer.Option("--smoke", hidden=True,
                                         help="Every step at its smallest (test suite).")] = False,
     pretrained: Annotated[Path | None, typer.Option(

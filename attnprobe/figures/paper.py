@@ -1,5 +1,5 @@
 """Figures a paper needs: the multi-panel main figure, attention on the anatomy from capture
-stores, and the cross-model figures (docs/figures.md).
+stores (docs/store.md), and the cross-model figures.
 
 - :func:`main_figure`: (a) model ADI against input padding, base vs act, per backbone, with
   case-bootstrap 95% bands; (b) CKA diagonal of each fine-tuned model with its bootstrap
