@@ -108,11 +108,17 @@ class DemoDisplay:
             TimeRemainingColumn,
         )
 
+        class StepRemaining(TimeRemainingColumn):
+            """Time left in the current step only: steps differ too much in cost for an overall estimate."""
+
+            def render(self, task):  # type: ignore[no-untyped-def]
+                return "" if task.fields.get("overall") else super().render(task)
+
         self._t0 = time.perf_counter()
         self.bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                             TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), StepRemaining(),
                              console=err_console, transient=False)
-        self.overall = self.bars.add_task("demo", total=None, unit="steps")
+        self.overall = self.bars.add_task("demo", total=None, unit="steps", overall=True)
         self.current: int | None = None
         self.current_step: str | None = None
 
