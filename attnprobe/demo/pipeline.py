@@ -960,9 +960,11 @@ def demo_plan(settings: DemoSettings, *, pretrain: Sequence[str] = ()) -> list[s
     plan += [f"fine-tune {_label(a, p)}" for a in settings.backbones for p in settings.presets]
     plan.append("prepare test cases")
     for arch in settings.backbones:
-        name = _label(arch, probe)
-        plan += [f"ADI padding sweep {_label(arch, p)}" for p in settings.presets]
-        plan += [f"capture {name}", f"attention stores {name}"]
+        for preset in settings.presets:
+            name = _label(arch, preset)
+            plan.append(f"ADI padding sweep {name}")
+            if preset == probe:
+                plan += [f"capture {name}", f"attention stores {name}"]
     plan += [f"ablation {_label(a, probe)}" for a in settings.backbones]
     plan += [f"CKA {arch}" for arch in settings.backbones]
     plan += [f"evaluate {_label(a, p)}" for a in settings.backbones for p in ("ct", *settings.presets)]
