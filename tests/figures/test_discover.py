@@ -182,7 +182,7 @@ def test_cli_draws_and_reports_one_line_errors(run_dir, tmp_path):
     ok = run("figures", run_dir, "--out", tmp_path / "cli", "--format", "pdf")
     assert ok.exit_code == 0, ok.output
     assert "wrote 16 figure(s)" in ok.output
-    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 14
+    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 16
     bad = run("figures", tmp_path / "missing", "--out", tmp_path / "x")
     assert_one_line_error(bad, "run folder does not exist")
 
