@@ -969,7 +969,8 @@ def demo_plan(settings: DemoSettings, *, pretrain: Sequence[str] = ()) -> list[s
                 plan += [f"capture {name}", f"attention stores {name}"]
     plan += [f"ablation {_label(a, probe)}" for a in settings.backbones]
     plan += [f"CKA {arch}" for arch in settings.backbones]
-    plan += [f"evaluate {_label(a, p)}" for a in settings.backbones for p in ("ct", *settings.presets)]
+    plan += [f"evaluate {_label(a, 'ct')}" for a in settings.backbones]
+    plan += [f"evaluate {_label(a, p)}" for a in settings.backbones for p in settings.presets]
     plan += ["token efficiency", "tumor clusters", "figures", "report"]
     return plan
 
