@@ -348,12 +348,12 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
              "tgt_arch": tgt_report.arch, "ref_compat": ref_report.compat, "tgt_compat": tgt_report.compat,
              "data": data, "tgt_data": tgt_data or data,
              "roi": use_roi if isinstance(use_roi, str) else ",".join(map(str, use_roi))}
+    # one tick per crop (cases x crops per pass, the baseline's passes included): --crops 8 advances 8 times a case
+    per_pass = len(dist.shard(ref_cases)) * crops
     with progress_bar(disable=not main) as bar:
-        task = bar.add_task("cka", total=len(dist.shard(ref_cases)), status="")
-        per_pass = len(dist.shard(ref_cases))
-        if baseline != "none":
-            bar.update(task, total=per_pass * (1 + baseline_seeds))
+        task = bar.add_task("cka crops", total=per_pass * (1 + (baseline_seeds if baseline != "none" else 0)),
+                            status="")
         return compare_models(ref_net, None if same_model else tgt_net, ref_cases, tgt_cases, config=config,
                               crops=crops, crop_size=crop_size, seed=seed, device=device, names=names,
-                              attrs=attrs, on_case=lambda c: bar.update(task, advance=1, status=c),
-                              baseline=baseline, baseline_seeds=baseline_seeds)
+                              attrs=attrs, baseline=baseline, baseline_seeds=baseline_seeds,
+                              on_example=lambda c, k: bar.update(task, advance=1, status=f"{c} crop {k + 1}/{crops}"))

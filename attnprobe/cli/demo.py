@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from attnprobe.cli.common import console, err_console, one_line_errors, progress_bar
+from attnprobe.cli.common import console, err_console, one_line_errors
+from attnprobe.demo.progress import ProgressEvent
 
 Format = Literal["png", "pdf", "svg"]
 
@@ -17,8 +18,9 @@ Generates MRI- and CT-like phantoms, loads tiny CT-pretrained Swin UNETR and SMI
 (attnprobe/demo/pretrained; trained first when missing), fine-tunes them on MRI with the base and act
 presets, captures a store, runs the ADI padding sweep and CKA feature reuse, evaluates detection,
 Dice and HD95, measures crop token efficiency, clusters the tumors, then writes figures/ and
-report.md / report.html in --out. --quick finishes in under five minutes on two CPU cores; the
-default uses more cases and longer fine-tuning.
+report.md / report.html in --out. --quick is sized for five minutes on two idle CPU cores (the
+report states the run's measured wall and CPU time and the load); the default uses more cases
+and longer fine-tuning.
 
 Example: attnprobe demo --quick --out attnprobe-demo
 """
@@ -55,7 +57,7 @@ def keep_freed_memory() -> bool:
 @one_line_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder (data, runs, figures, report).")] = Path("attnprobe-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Small settings: under 5 minutes on 2 CPU cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small settings, sized for 5 minutes on 2 idle CPU cores.")] = False,
     smoke: Annotated[bool, typer.Option("--smoke", hidden=True,
                                         help="Every step at its smallest (test suite).")] = False,
     pretrained: Annotated[Path | None, typer.Option(
@@ -64,8 +66,6 @@ def demo(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Run the demo (see the command help)."""
-    import time
-
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window
@@ -82,18 +82,69 @@ def demo(
             raise ConfigError("bad --threads", expected="a positive number", got=str(threads))
         torch.set_num_threads(threads)
     settings = settings_for("smoke" if smoke else "quick" if quick else "full")
-    t0 = time.perf_counter()
-    with progress_bar() as bar:
-        task = bar.add_task("demo", total=None, status="")
-
-        def log(message: str) -> None:
-            bar.console.print(f"[{time.perf_counter() - t0:6.1f} s] {message}", highlight=False, markup=False)
-
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=name, completed=done, total=total, status="")
-
-        result = run_demo(out, settings=settings, pretrained=pretrained, figure_format=format, log=log,
-                          progress=progress)
+    with DemoDisplay() as display:
+        result = run_demo(out, settings=settings, pretrained=pretrained, figure_format=format, log=display.log,
+                          on_progress=display.update)
     err_console.print(f"{len(result.figures)} figures in {out / 'figures'}", highlight=False)
     console.print(f"demo ({settings.tier}) finished in {result.seconds:.0f} s: {result.report_md} and "
                   f"{result.report_html}", highlight=False)
+
+
+class DemoDisplay:
+    """One live display on stderr: the whole run (step i of n, elapsed) over the current step's
+    own bar (its units done of its total, elapsed, time left).
+
+    Each step gets a fresh bar, so its elapsed time and estimate start with it and a finished
+    step never leaves a frozen bar behind; log lines print above the bars.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        class StepRemaining(TimeRemainingColumn):
+            """Time left in the current step only: steps differ too much in cost for an overall estimate."""
+
+            def render(self, task):  # type: ignore[no-untyped-def]
+                return "" if task.fields.get("overall") else super().render(task)
+
+        self._t0 = time.perf_counter()
+        self.bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), StepRemaining(),
+                             console=err_console, transient=False)
+        self.overall = self.bars.add_task("demo", total=None, unit="steps", overall=True)
+        self.current: int | None = None
+        self.current_step: str | None = None
+
+    def __enter__(self) -> DemoDisplay:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)  # type: ignore[arg-type]
+
+    def log(self, message: str) -> None:
+        """Print a line above the bars, with the seconds since the start."""
+        import time
+
+        self.bars.console.print(f"[{time.perf_counter() - self._t0:6.1f} s] {message}", highlight=False, markup=False)
+
+    def update(self, event: ProgressEvent) -> None:
+        """Show one :class:`~attnprobe.demo.progress.ProgressEvent`."""
+        done_steps = event.index - 1 + (event.completed >= event.total)
+        self.bars.update(self.overall, description=f"demo: step {event.index}/{event.steps}",
+                         completed=done_steps, total=event.steps)
+        if event.step != self.current_step:
+            if self.current is not None:
+                self.bars.remove_task(self.current)
+            self.current = self.bars.add_task(f"  {event.step}", total=event.total, unit=event.unit)
+            self.current_step = event.step
+        self.bars.update(self.current, completed=event.completed, total=event.total)

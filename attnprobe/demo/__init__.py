@@ -10,6 +10,7 @@ draws every figure and writes ``report.md`` and ``report.html``.
 - :mod:`attnprobe.demo.pipeline` -- the steps, each a small library function, and
   :func:`~attnprobe.demo.pipeline.run_demo` that chains them.
 - :mod:`attnprobe.demo.report` -- the results-section report built from a run folder.
+- :mod:`attnprobe.demo.progress` -- the step plan and the progress events of a run.
 
 Example
 -------
@@ -27,8 +28,11 @@ from attnprobe.demo.pipeline import (
     DemoSettings,
     PretrainSpec,
     Tier,
+    demo_plan,
     run_demo,
     settings_for,
 )
+from attnprobe.demo.progress import ProgressEvent
 
-__all__ = ["TIERS", "Tier", "DemoSettings", "DemoResult", "PretrainSpec", "run_demo", "settings_for"]
+__all__ = ["TIERS", "Tier", "DemoSettings", "DemoResult", "PretrainSpec", "ProgressEvent", "demo_plan", "run_demo",
+           "settings_for"]

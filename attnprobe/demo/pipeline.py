@@ -41,7 +41,6 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -52,6 +51,7 @@ import torch
 from torch import nn
 
 from attnprobe.data.arrays import affine_spacing
+from attnprobe.demo.progress import OnProgress, Steps
 from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
 from attnprobe.models import ARCH_LABELS, model_config
@@ -65,6 +65,7 @@ __all__ = [
     "PretrainSpec",
     "DemoResult",
     "settings_for",
+    "demo_plan",
     "pretrained_dir",
     "find_pretrained",
     "make_phantoms",
@@ -100,7 +101,10 @@ CT_ONLY = "CT only"
 """Preset label of the pretrained CT model evaluated on MRI without fine-tuning."""
 
 Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
+
+#: the block whose attention the demo keeps for the attention-on-anatomy figure: the finest one
+#: whose float16 map of a 64³ input stays small (Swin UNETR's 7³ windows make stage 0 ~90 MB)
+ATTENTION_BLOCK = {"swin_unetr": "stage1.block0", "smit": "stage0.block0"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -113,8 +117,9 @@ class DemoSettings:
     Parameters
     ----------
     tier
-        ``"smoke"`` (every step at its smallest, for the test suite), ``"quick"`` (under five
-        minutes on two CPU cores) or ``"full"`` (the default: more cases and training).
+        ``"smoke"`` (every step at its smallest, for the test suite), ``"quick"`` (sized for
+        five minutes on two CPU cores; each run's report states its measured time) or ``"full"``
+        (the default: more cases and training).
     n_cases
         MRI phantom cases (the CT rendering of the same anatomy is written too).
     split
@@ -137,9 +142,12 @@ class DemoSettings:
         Validate after the last epoch (and keep ``best.pt``).
     paddings
         Padding amounts of the ADI sweep (voxels along ``z``).
-    sweep_cases, cka_cases, eval_cases, capture_cases
+    sweep_cases, cka_cases, eval_cases, capture_cases, ablation_cases
         Test cases used by the sweep (the axially longest ones, whose content fills the cube
-        at zero padding), CKA, evaluation (``None``: all) and the capture store.
+        at zero padding), CKA, evaluation (``None``: all), the capture store and the causal
+        test (``None``: all).
+    cka_baseline_seeds
+        Random initialisations of the CKA baseline (docs/cka.md), computed once per backbone.
     cka_crops
         Random crops per case for CKA (examples = cases x crops); the cases are prepared at
         the anisotropic crop around their tumor, so one crop (the whole input) by default.
@@ -168,6 +176,8 @@ class DemoSettings:
     cka_crops: int = 1
     eval_cases: int | None = None
     capture_cases: int = 2
+    ablation_cases: int | None = None
+    cka_baseline_seeds: int = 2
     pretrain_steps: int = 480
     seed: int = 0
 
@@ -182,7 +192,7 @@ class DemoSettings:
         for preset in self.presets:
             get_preset(preset)
         for name in ("n_cases", "epochs", "num_samples", "sweep_cases", "cka_cases", "cka_crops",
-                     "capture_cases", "pretrain_steps"):
+                     "capture_cases", "pretrain_steps", "cka_baseline_seeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"bad demo setting {name}", expected="a positive integer", got=repr(value))
@@ -202,11 +212,14 @@ _TIER_SETTINGS: dict[str, dict[str, Any]] = {
     # Every step at its smallest: 6 cases, one optimisation step per run, two padding levels.
     "smoke": dict(n_cases=6, split=(1 / 3, 0.0, 2 / 3), axial_range_mm=(90.0, 140.0), epochs=1, max_steps=1,
                   num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=4, eval_cases=2,
-                  capture_cases=1, pretrain_steps=2),
-    # Under five minutes on two cores: 40 one-crop steps per fine-tuning run (5 epochs of 8 volumes) at
-    # a higher learning rate, which is what it takes the CT models to detect MRI tumors at all.
-    "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=5, num_samples=1, lr=2e-3, sweep_cases=3,
-                  cka_cases=8, eval_cases=None, capture_cases=2),
+                  capture_cases=1, ablation_cases=2, cka_baseline_seeds=1, pretrain_steps=2),
+    # Sized for five minutes on two cores: 24 one-crop steps per fine-tuning run (3 epochs of 8 volumes;
+    # fine-tuning is most of the run's CPU time) at a high learning rate, which is what it takes the CT
+    # models to move at all in so few steps; three padding amounts; CKA on 6 test cases (intervals need 5;
+    # the random-init baseline doubles its forwards) and the causal test on 4 (a Swin UNETR forward with
+    # the flow reducer and the edit costs several plain ones).
+    "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=3, num_samples=1, lr=3e-3, paddings=(0, 24, 48),
+                  sweep_cases=3, cka_cases=6, eval_cases=None, capture_cases=2, ablation_cases=4),
     # The default: more cases, longer fine-tuning with a validation split.
     "full": dict(n_cases=40, split=(0.6, 0.1, 0.3), epochs=4, num_samples=2, validate=True, sweep_cases=8,
                  cka_cases=12, eval_cases=None, capture_cases=2),
@@ -613,10 +626,12 @@ ABLATION_INTERVENTIONS = ("none", "mask-all")
 
 
 def ablation(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int], out_dir: str | os.PathLike[str],
-             seed: int, info: Mapping[str, Any]) -> dict[str, Any]:
+             seed: int, info: Mapping[str, Any],
+             on_step: Callable[[str, int, str], None] | None = None) -> dict[str, Any]:
     """Run the causal test on labelled cases, write the run folder, return what the report states:
     per intervention at the largest padding, the change in Dice and detection against the plain
-    forward with its bootstrap 95 % interval, and the plain forward's Dice change from padding 0."""
+    forward with its bootstrap 95 % interval, and the plain forward's Dice change from padding 0.
+    ``on_step`` is called with ``(case, padding, intervention)`` after each forward."""
     from attnprobe.metrics.sweep import SweepSpec
     from attnprobe.models.registry import adapter_for
     from attnprobe.train.ablation import (
@@ -630,7 +645,7 @@ def ablation(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
     plan = [intervention_from_name(n, n_stages=n_stages) for n in ABLATION_INTERVENTIONS]
     spec = SweepSpec(paddings=tuple(int(p) for p in paddings))
     # Dice over the whole volume: every case counts (a missed tumor scores 0, not "no value")
-    result = run_ablation(model, cases, plan, spec, metric_options={"scope": "volume"})
+    result = run_ablation(model, cases, plan, spec, metric_options={"scope": "volume"}, on_step=on_step)
     summary = ablation_summary(result, n_resamples=1000, seed=seed)
     write_ablation(result, summary, out_dir, info={**info, "interventions": list(ABLATION_INTERVENTIONS),
                                                    "padding_sweep": list(spec.paddings), "scope": "volume"})
@@ -652,33 +667,63 @@ def _float(value: Any) -> float | None:
 
 
 def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], *, crops: int,
-              crop_size: Sequence[int] | None, seed: int = 0, names: tuple[str, str] = ("ref", "tgt")) -> Any:
+              crop_size: Sequence[int] | None, seed: int = 0, names: tuple[str, str] = ("ref", "tgt"),
+              baseline_seeds: int = 0, bootstrap: int = 1000, on_case: Callable[[str], None] | None = None) -> Any:
     """CKA between every block output of two models on identical crops (docs/cka.md).
 
     Pooled examples (8³ adaptive average pooling of ``x, y, z``, by name), linear kernel,
     unbiased HSIC: :func:`attnprobe.metrics.reuse.compare_models` with its default
     :class:`~attnprobe.metrics.reuse.CKAConfig`. Returns the ``cka`` DataArray with dims
-    ``("ref", "tgt")`` (block names as coordinates).
+    ``("ref", "tgt")`` (block names as coordinates), with case-bootstrap intervals
+    (``bootstrap`` resamples; from 5 cases) and, for ``baseline_seeds`` > 0, the random-init
+    baseline. ``on_case`` is called with each case id once all its crops ran, also in the
+    baseline passes (progress).
     """
     import warnings
 
-    from attnprobe.metrics.reuse import compare_models
+    from attnprobe.metrics.reuse import CKAConfig, compare_models
 
     with warnings.catch_warnings():
         # the report states n and the intervals; the small-n advice is for users' own runs
         warnings.filterwarnings("ignore", message="only .* examples", category=UserWarning)
+        warnings.filterwarnings("ignore", message="CKA intervals and p-values need", category=UserWarning)
         return compare_models(ref_model, tgt_model, list(cases), crops=crops, crop_size=crop_size, seed=seed,
-                              names=names)
+                              names=names, on_case=on_case, config=CKAConfig(bootstrap=bootstrap),
+                              baseline="random-init" if baseline_seeds > 0 else "none",
+                              baseline_seeds=max(1, baseline_seeds))
+
+
+_BASELINE_COORDS = ("baseline_mean", "baseline_sd")
+
+
+def _share_baseline(matrix: Any, baseline: Any) -> Any:
+    """Copy the random-init baseline of the first comparison of a backbone onto a later one (the
+    baseline compares the reference with random models of the target's architecture, whichever
+    fine-tuned target it stands next to); return the baseline to share."""
+    if baseline is None:
+        if all(c in matrix.coords for c in _BASELINE_COORDS):
+            return (matrix.coords["baseline_mean"].values, matrix.coords["baseline_sd"].values,
+                    dict(baseline=matrix.attrs.get("baseline"), baseline_seeds=matrix.attrs.get("baseline_seeds")))
+        return None
+    mean, sd, attrs = baseline
+    matrix.coords["baseline_mean"] = (("ref", "tgt"), mean)
+    matrix.coords["baseline_sd"] = (("ref", "tgt"), sd)
+    matrix.coords["above_baseline"] = (("ref", "tgt"), matrix.values - mean)
+    matrix.attrs.update({k: v for k, v in attrs.items() if v is not None})
+    return baseline
 
 
 def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Sequence[int], spacing_mm: float | None,
                    split: str = "test", limit: int | None = None, window: tuple[float, float] | None = None,
-                   on_case: Callable[[str], None] | None = None) -> list[Any]:
+                   on_case: Callable[[str], None] | None = None,
+                   overlay: str | os.PathLike[str] | None = None) -> list[Any]:
     """Predict every case by sliding-window inference and score it on the label's grid (docs/conventions.md).
 
     Preprocessing: ``spacing_mm``, intensity scaled by percentiles (or by a fixed ``window``
     ``(a_min, a_max)``, e.g. HU for CT), whole volume; the prediction is mapped back to the
-    native grid and compared with the label file there.
+    native grid and compared with the label file there. ``overlay``: an ``.npz`` file to keep the
+    first scored case in (``image``, ``label``, ``prediction`` on the native grid, ``spacing``,
+    ``case``), for the prediction-vs-reference figure.
     """
     from attnprobe.data.io import list_cases, load_volume
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
@@ -698,8 +743,14 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
             continue
         prediction = predict_case(model, prepare_case(ref, config), config=infer)
         label = load_volume(ref.label, role="label")
-        results.append(evaluate_case(prediction.native_label(), label.numpy(),
-                                     spacing=affine_spacing(label.affine), case=ref.case_id))
+        predicted = prediction.native_label()
+        results.append(evaluate_case(predicted, label.numpy(), spacing=affine_spacing(label.affine),
+                                     case=ref.case_id))
+        if overlay is not None and len(results) == 1:
+            Path(overlay).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(overlay, image=load_volume(ref.image, role="image").numpy().astype(np.float32),
+                                label=label.numpy().astype(np.uint8), prediction=np.asarray(predicted, dtype=np.uint8),
+                                spacing=np.asarray(affine_spacing(label.affine), dtype=float), case=str(ref.case_id))
         if on_case is not None:
             on_case(ref.case_id)
     return results
@@ -777,12 +828,17 @@ def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
 
 
 def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *, padding: int = 0,
-                  taps: Sequence[str] = ("stage3.*", "*.out")) -> Path:
-    """Capture taps of the sweep's inputs at ``padding`` voxels into a float32 Zarr store.
+                  taps: Sequence[str] = ("stage3.*", "*.out"), dtype: str = "float32",
+                  attrs: Mapping[str, Any] | None = None,
+                  on_case: Callable[[str], None] | None = None) -> Path:
+    """Capture taps of the sweep's inputs at ``padding`` voxels into a Zarr store (``dtype``).
 
     Each case becomes the fixed-ROI sweep input of that amount (so the store holds exactly
     what the online sweep saw); the amount is written to the store's ``padding`` attribute,
-    where offline metrics read it back. An existing store is replaced.
+    where offline metrics read it back. The store keeps each input crop, its real-voxel mask,
+    label and spacing (docs/store.md), so attention can be drawn on the anatomy from the store
+    alone. ``attrs`` are added to the store's root attributes; ``on_case`` is called with each
+    case id after its forward. An existing store is replaced.
     """
     from attnprobe.metrics.sweep import SweepSpec, swept_input
     from attnprobe.store import capture_to_store
@@ -790,9 +846,12 @@ def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike
     spec = SweepSpec(paddings=(int(padding),))
     inputs = [swept_input(case, int(padding), spec) for case in cases]
     roi = tuple(int(s) for s in inputs[0].image.shape[1:])
-    attrs = {"padding": {"mode": "sweep", "amount": int(padding), "axis": spec.axis, "pad_mode": spec.pad_mode}}
-    return capture_to_store(model, inputs, out, taps=list(taps), dtype="float32", overwrite=True, roi=roi,
-                            attrs=attrs)
+    spacing = {case.case_id: [float(v) for v in getattr(case, "spacing", (1.0, 1.0, 1.0))] for case in cases}
+    store_attrs = {**dict(attrs or {}),
+                   "padding": {"mode": "sweep", "amount": int(padding), "axis": spec.axis, "pad_mode": spec.pad_mode}}
+    return capture_to_store(model, inputs, out, taps=list(taps), dtype=dtype, overwrite=True, roi=roi,  # type: ignore[arg-type]
+                            attrs=store_attrs, keep_inputs=True, spacing=[spacing[i.case_id] for i in inputs],
+                            on_sample=None if on_case is None else (lambda case_id, _skipped: on_case(case_id)))
 
 
 def offline_agreement(store: str | os.PathLike[str], online: pd.DataFrame) -> dict[str, Any]:
@@ -881,23 +940,6 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class _Clock:
-    """Per-step wall times, logged as each step ends."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        self.log(f"{name} ...")
-        t0 = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - t0
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
-        self.log(f"{name}: {seconds:.1f} s")
-
-
 def _label(arch: str, preset: str) -> str:
     return f"{arch}-{preset}"
 
@@ -909,8 +951,36 @@ def _load(path: Path, arch: str, model_preset: str) -> nn.Module:
     return model.eval()
 
 
-def _pretrained(arch: str, out: Path, settings: DemoSettings, source: Path | None, clock: _Clock,
-                progress: Progress) -> tuple[Path, dict[str, Any]]:
+def _probe_preset(settings: DemoSettings) -> str:
+    return "base" if "base" in settings.presets else settings.presets[0]
+
+
+def _missing_pretrained(settings: DemoSettings, source: Path | None) -> list[str]:
+    return [arch for arch in settings.backbones if find_pretrained(arch, source) is None]
+
+
+def demo_plan(settings: DemoSettings, *, pretrain: Sequence[str] = ()) -> list[str]:
+    """Every step :func:`run_demo` runs for ``settings``, in order (``pretrain``: architectures
+    whose CT checkpoint must be trained first)."""
+    probe = _probe_preset(settings)
+    plan = ["phantoms", *(f"pretrain {arch}" for arch in pretrain), "pretrained checkpoints"]
+    plan += [f"fine-tune {_label(a, p)}" for a in settings.backbones for p in settings.presets]
+    plan.append("prepare test cases")
+    for arch in settings.backbones:
+        for preset in settings.presets:
+            name = _label(arch, preset)
+            plan.append(f"ADI padding sweep {name}")
+            if preset == probe:
+                plan += [f"capture {name}", f"attention stores {name}"]
+    plan += [f"ablation {_label(a, probe)}" for a in settings.backbones]
+    plan += [f"CKA {arch}" for arch in settings.backbones]
+    plan += [f"evaluate {_label(a, 'ct')}" for a in settings.backbones]
+    plan += [f"evaluate {_label(a, p)}" for a in settings.backbones for p in settings.presets]
+    plan += ["token efficiency", "tumor clusters", "figures", "report"]
+    return plan
+
+
+def _pretrained(arch: str, out: Path, settings: DemoSettings, source: Path | None, steps: Steps) -> tuple[Path, dict[str, Any]]:
     """Copy the shipped CT checkpoint into the run, or train one when it is missing."""
     from attnprobe.models.checkpoints import sha256_of
 
@@ -923,19 +993,32 @@ def _pretrained(arch: str, out: Path, settings: DemoSettings, source: Path | Non
         origin = "shipped"
     else:
         spec = replace(PretrainSpec(), steps=settings.pretrain_steps)
-        clock.log(f"no shipped CT checkpoint for {arch} in {source or pretrained_dir()}: training one now "
+        steps.log(f"no shipped CT checkpoint for {arch} in {source or pretrained_dir()}: training one now "
                   f"({spec.steps} steps; ship them with `python fixtures/make_pretrained.py`)")
-        pretrain_ct(arch, target, spec=spec, work_dir=out / "pretrained" / "work", model_preset=settings.model_preset,
-                    log=None, on_step=lambda s, n, _loss: progress(f"pretrain {arch}", s, n))
+        with steps.step(f"pretrain {arch}", total=spec.steps, unit="steps") as advance:
+            pretrain_ct(arch, target, spec=spec, work_dir=out / "pretrained" / "work",
+                        model_preset=settings.model_preset, log=None,
+                        on_step=lambda s, n, _loss: advance(s, n))
         origin = "trained by this run"
     info = torch.load(target, map_location="cpu", weights_only=True).get("info", {})
     return target, {"origin": origin, "source": str(found) if found else None, "file": str(target),
                     "sha256": sha256_of(target), "bytes": target.stat().st_size, "info": info}
 
 
+def _finetune_steps(settings: DemoSettings, data: Path, preset: str, arch: str) -> int:
+    """Optimisation steps a fine-tuning run will take (known before it starts, for progress)."""
+    from attnprobe.data.io import list_cases
+    from attnprobe.train.presets import resolve_train_config
+
+    config = resolve_train_config(preset, arch=arch, model_preset=settings.model_preset, epochs=settings.epochs)
+    n_train = len(list_cases(data, split="training"))  # type: ignore[arg-type]
+    total = math.ceil(n_train / config.batch_size) * settings.epochs
+    return total if settings.max_steps is None else min(total, settings.max_steps)
+
+
 def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None = None,
              pretrained: str | os.PathLike[str] | None = None, figure_format: str = "png",
-             log: Log | None = None, progress: Progress | None = None) -> DemoResult:
+             log: Log | None = None, on_progress: OnProgress | None = None) -> DemoResult:
     """Run every demo step into ``out_dir`` and write the figures and the report.
 
     Parameters
@@ -951,8 +1034,10 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
         ``"png"``, ``"pdf"`` or ``"svg"`` (the HTML report embeds PNGs only).
     log
         Message sink (one line per step).
-    progress
-        Called with ``(task, done, total)`` as long steps advance.
+    on_progress
+        Receives a :class:`~attnprobe.demo.progress.ProgressEvent` when a step starts, as it
+        advances (optimisation steps, cases, forwards, figure groups) and when it ends; the
+        plan of steps is :func:`demo_plan`.
 
     Returns
     -------
@@ -965,118 +1050,142 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
 
     settings = settings or settings_for("full")
     log = log or (lambda _msg: None)
-    progress = progress or (lambda _task, _done, _total: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clock = _Clock(log)
+    source = Path(pretrained) if pretrained else None
+    steps = Steps(demo_plan(settings, pretrain=_missing_pretrained(settings, source)), log=log,
+                  on_progress=on_progress)
     t_start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     record: dict[str, Any] = {"settings": settings.as_dict(), "versions": versions(),
                               "machine": _machine(), "pretrained": {}, "ssl": {}, "checks": {}}
     test_split = "test"
 
-    with clock.step("phantoms"):
+    with steps.step("phantoms"):
         datalists = make_phantoms(out / "data", n=settings.n_cases, seed=settings.seed,
                                   spacing_mm=settings.spacing_mm, split=settings.split,
                                   axial_range_mm=settings.axial_range_mm)
     mri = datalists["mri"]
 
     ct: dict[str, Path] = {}
-    with clock.step("pretrained checkpoints"):
+    for arch in settings.backbones:
+        ct[arch], record["pretrained"][arch] = _pretrained(arch, out, settings, source, steps)
+    with steps.step("pretrained checkpoints", total=len(settings.backbones), unit="backbones") as advance:
         for arch in settings.backbones:
-            ct[arch], record["pretrained"][arch] = _pretrained(arch, out, settings,
-                                                               Path(pretrained) if pretrained else None,
-                                                               clock, progress)
             ssl = export_ssl_encoder(ct[arch], arch, out / "ssl" / (
                 "model_swinvit.pt" if arch == "swin_unetr" else "smit_ssl_student.pt"), model_preset=settings.model_preset)
             record["ssl"][arch] = check_ssl_layout(ssl, ct[arch], arch, model_preset=settings.model_preset)
+            advance()
 
     tuned: dict[tuple[str, str], Path] = {}
     for arch in settings.backbones:
         for preset in settings.presets:
             name = _label(arch, preset)
-            with clock.step(f"fine-tune {name}"):
+            total = _finetune_steps(settings, mri, preset, arch)
+            with steps.step(f"fine-tune {name}", total=total, unit="steps") as advance:
                 tuned[(arch, preset)] = finetune(
                     arch, preset, init=ct[arch], data=mri, out_dir=out / "train" / name, settings=settings,
                     # mypy cannot infer a lambda with a default argument
-                    on_step=lambda s, n, _loss, name=name: progress(f"fine-tune {name}", s, n))  # type: ignore[misc]
+                    on_step=lambda s, n, _loss, advance=advance: advance(s, n))  # type: ignore[misc]
 
     cube = {arch: pretrained_roi(arch, settings.model_preset) for arch in settings.backbones}
     aniso = {arch: anisotropic_roi(arch, settings.model_preset) for arch in settings.backbones}
-    probe_preset = "base" if "base" in settings.presets else settings.presets[0]
-    with clock.step("prepare test cases"):
-        cases = {arch: prepare_cases(mri, split=test_split, roi=cube[arch], spacing_mm=settings.spacing_mm)
-                 for arch in settings.backbones}
-        # CKA examples: tumor-centred anisotropic crops, mostly real tissue, so that block outputs
-        # differ by anatomy rather than by how much of the input is padding.
-        cka_inputs = {arch: prepare_cases(mri, split=test_split, roi=aniso[arch], spacing_mm=settings.spacing_mm,
-                                          limit=settings.cka_cases) for arch in settings.backbones}
-        longest = {arch: longest_cases(cases[arch], settings.sweep_cases) for arch in settings.backbones}
+    probe_preset = _probe_preset(settings)
+    with steps.step("prepare test cases", total=len(settings.backbones), unit="backbones") as advance:
+        cases, cka_inputs, longest = {}, {}, {}
+        for arch in settings.backbones:
+            cases[arch] = prepare_cases(mri, split=test_split, roi=cube[arch], spacing_mm=settings.spacing_mm)
+            # CKA examples: tumor-centred anisotropic crops, mostly real tissue, so that block outputs
+            # differ by anatomy rather than by how much of the input is padding.
+            cka_inputs[arch] = prepare_cases(mri, split=test_split, roi=aniso[arch], spacing_mm=settings.spacing_mm,
+                                             limit=settings.cka_cases)
+            longest[arch] = longest_cases(cases[arch], settings.sweep_cases)
+            advance()
 
     frames: dict[str, pd.DataFrame] = {}
     for arch in settings.backbones:
-        name = _label(arch, probe_preset)
-        model = _load(tuned[(arch, probe_preset)], arch, settings.model_preset)
-        with clock.step(f"ADI padding sweep {name}"):
+        for preset in settings.presets:
+            name = _label(arch, preset)
+            model = _load(tuned[(arch, preset)], arch, settings.model_preset)
             sweep = longest[arch]
-            total = len(sweep) * len(settings.paddings)
-            done = [0]
-
-            def advance(_case: str, _p: int, name: str = name, done: list[int] = done, total: int = total) -> None:
-                done[0] += 1
-                progress(f"ADI sweep {name}", done[0], total)
-
-            frames[arch] = adi_sweep(model, sweep, paddings=settings.paddings, on_step=advance)
-            write_adi(frames[arch], out / "adi" / name,
-                      attrs={"model": name, "arch": arch, "label": f"{ARCH_LABELS[arch]} ({probe_preset})",
-                             "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch]),
-                             "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
-                             "sweep_mode": "fixed-roi"})
-        # The store and the attention map show one middle amount of the sweep, where padding
-        # already matters but the real extent is still large.
-        padding = sorted(settings.paddings)[len(settings.paddings) // 2]
-        with clock.step(f"capture {name}"):
-            # The sweep's own inputs at that amount: offline metrics must equal the online ones.
-            store = capture_store(model, longest[arch][:settings.capture_cases], out / "capture" / f"{name}.zarr",
-                                  padding=padding)
-            record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
-        with clock.step(f"attention map {name}"):
-            volume = attention_volume(model, longest[arch][0], padding=padding)
-            (out / "attention").mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(out / "attention" / f"{name}.npz", **volume, arch=arch,
-                                label=f"{ARCH_LABELS[arch]} ({probe_preset})")
+            with steps.step(f"ADI padding sweep {name}", total=len(sweep) * len(settings.paddings),
+                            unit="forwards") as advance:
+                frame = adi_sweep(model, sweep, paddings=settings.paddings,
+                                  on_step=lambda _c, _p, advance=advance: advance())
+                write_adi(frame, out / "adi" / name,
+                          attrs={"model": name, "arch": arch, "preset": preset,
+                                 "label": f"{ARCH_LABELS[arch]} ({preset})",
+                                 "checkpoint": str(tuned[(arch, preset)]), "roi": list(cube[arch]),
+                                 "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
+                                 "sweep_mode": "fixed-roi"})
+            if preset != probe_preset:
+                continue
+            frames[arch] = frame
+            # The store shows the largest amount of the sweep, where padding matters most; it keeps
+            # each input crop and its box, so the attention figure is drawn from the store.
+            padding = max(settings.paddings)
+            store_cases = longest[arch][:settings.capture_cases]
+            with steps.step(f"capture {name}", total=len(store_cases), unit="cases") as advance:
+                # The sweep's own inputs at that amount: offline metrics must equal the online ones.
+                store = capture_store(model, store_cases, out / "capture" / f"{name}.zarr", padding=padding,
+                                      on_case=lambda _c, advance=advance: advance(),
+                                      attrs={"model": name, "label": f"{ARCH_LABELS[arch]} ({preset})"})
+                record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
+            # One case at no padding and at the largest amount: attention on the anatomy, side by side.
+            amounts = sorted({0, max(settings.paddings)})
+            with steps.step(f"attention stores {name}", total=len(amounts), unit="forwards") as advance:
+                for amount in amounts:
+                    capture_store(model, longest[arch][:1], out / "capture" / f"{name}-attention-p{amount}.zarr",
+                                  padding=amount, taps=(f"{ATTENTION_BLOCK[arch]}.attn",), dtype="float16",
+                                  attrs={"model": name, "label": f"{ARCH_LABELS[arch]} ({preset})"})
+                    advance()
 
     record["ablation"] = {}
     for arch in settings.backbones:
         name = _label(arch, probe_preset)
-        with clock.step(f"ablation {name}"):
+        paddings = (0, max(settings.paddings))
+        chosen = cases[arch][:settings.ablation_cases] if settings.ablation_cases else cases[arch]
+        n_forwards = len(chosen) * len(paddings) * len(ABLATION_INTERVENTIONS)
+        with steps.step(f"ablation {name}", total=n_forwards, unit="forwards") as advance:
             record["ablation"][arch] = ablation(
-                _load(tuned[(arch, probe_preset)], arch, settings.model_preset), cases[arch],
-                paddings=(0, max(settings.paddings)), out_dir=out / "ablation" / name, seed=settings.seed,
+                _load(tuned[(arch, probe_preset)], arch, settings.model_preset), chosen,
+                paddings=paddings, out_dir=out / "ablation" / name, seed=settings.seed,
                 info={"model": name, "label": f"{ARCH_LABELS[arch]} ({probe_preset})", "arch": arch,
-                      "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch])})
+                      "checkpoint": str(tuned[(arch, probe_preset)]), "roi": list(cube[arch])},
+                on_step=lambda *_a, advance=advance: advance())
 
     for arch in settings.backbones:
-        with clock.step(f"CKA {arch}"):
+        n_inputs = len(cka_inputs[arch])
+        # the random-init baseline runs once per backbone: it is the same for every fine-tuned target
+        passes = len(settings.presets) + settings.cka_baseline_seeds
+        with steps.step(f"CKA {arch}", total=passes * n_inputs * settings.cka_crops, unit="crops") as advance:
             ref_model = _load(ct[arch], arch, settings.model_preset)
+            baseline = None
             for preset in settings.presets:
                 tgt_model = _load(tuned[(arch, preset)], arch, settings.model_preset)
                 matrix = block_cka(ref_model, tgt_model, cka_inputs[arch], crops=settings.cka_crops, crop_size=None,
-                                   seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)))
+                                   seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)),
+                                   baseline_seeds=settings.cka_baseline_seeds if baseline is None else 0,
+                                   on_case=lambda _c, advance=advance: advance(by=settings.cka_crops))
+                baseline = _share_baseline(matrix, baseline)
                 write_results(matrix, out / "cka" / _label(arch, preset))
 
     eval_models: list[tuple[str, str, Path]] = [(arch, CT_ONLY, ct[arch]) for arch in settings.backbones]
     eval_models += [(arch, preset, tuned[(arch, preset)]) for arch in settings.backbones for preset in settings.presets]
+    n_eval = len(list_labelled(mri, split=test_split, limit=settings.eval_cases))
     for arch, preset, checkpoint in eval_models:
         name = _label(arch, "ct" if preset == CT_ONLY else preset)
-        with clock.step(f"evaluate {name}"):
+        with steps.step(f"evaluate {name}", total=n_eval, unit="cases") as advance:
             roi = aniso[arch] if preset == "act" else cube[arch]
             results = evaluate_model(_load(checkpoint, arch, settings.model_preset), mri, roi=roi,
-                                     spacing_mm=settings.spacing_mm, split=test_split, limit=settings.eval_cases)
+                                     spacing_mm=settings.spacing_mm, split=test_split, limit=settings.eval_cases,
+                                     on_case=lambda _c, advance=advance: advance(),
+                                     overlay=out / "eval" / name / "overlay.npz")
             write_evaluation(results, out / "eval" / name,
                              info={"model": str(checkpoint), "preset": preset, "backbone": ARCH_LABELS[arch],
                                    "arch": arch, "roi": list(roi), "split": test_split})
 
-    with clock.step("token efficiency"):
+    with steps.step("token efficiency", total=len(settings.backbones), unit="backbones") as advance:
         recommendations = {}
         for arch in settings.backbones:
             extents, efficiency, rec = crop_efficiency(mri, arch=arch, model_preset=settings.model_preset,
@@ -1088,9 +1197,10 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             recommendations[arch] = {"roi": list(rec.roi), "reason": rec.reason,
                                      "stage0_efficiency": rec.stage0_efficiency,
                                      "axial_quantile_mm": rec.axial_quantile_mm, "coverage": rec.coverage}
+            advance()
         record["recommendations"] = recommendations
 
-    with clock.step("tumor clusters"):
+    with steps.step("tumor clusters"):
         wide, clustering = tumor_table(mri, phantoms_json=out / "data" / "phantoms.json")
         (out / "tumors").mkdir(parents=True, exist_ok=True)
         wide.to_csv(out / "tumors" / "tumors.csv", index=False)
@@ -1108,21 +1218,58 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
                               "mri-all": {"path": mri, "split": "all"},
                               "ct": {"path": datalists["ct"], "split": test_split}})
 
-    with clock.step("figures"):
-        figures = draw_figures(out, out / "figures", fmt=figure_format)  # type: ignore[arg-type]
+    with steps.step("figures", unit="figure groups") as advance:
+        figures = draw_figures(out, out / "figures", fmt=figure_format,  # type: ignore[arg-type]
+                               on_group=lambda done, total: advance(done, total))
 
-    record["timings"] = dict(clock.timings)
+    record["timings"] = dict(steps.timings)
+    record["cpu_timings"] = dict(steps.cpu_timings)
     record["seconds_before_report"] = time.perf_counter() - t_start
     record["machine"]["load_average_end"] = _load_average()
+    record["cpu_seconds_before_report"] = _cpu_seconds() - cpu_start
+    record["process_seconds_before_report"] = _process_seconds()
     (out / "demo.json").write_text(json.dumps(record, indent=1, default=str))
-    with clock.step("report"):
+    with steps.step("report"):
         md, html = write_report(out, figures=figures)
     seconds = time.perf_counter() - t_start
-    record["timings"] = dict(clock.timings)
+    record["timings"] = dict(steps.timings)
+    record["cpu_timings"] = dict(steps.cpu_timings)
     record["seconds"] = seconds
+    record["cpu_seconds"] = _cpu_seconds() - cpu_start
+    record["process_seconds"] = _process_seconds()
     (out / "demo.json").write_text(json.dumps(record, indent=1, default=str))
     return DemoResult(out_dir=out, report_md=md, report_html=html, figures=tuple(f.path for f in figures),
-                      seconds=seconds, timings=dict(clock.timings))
+                      seconds=seconds, timings=dict(steps.timings))
+
+
+def list_labelled(data: str | os.PathLike[str], *, split: str, limit: int | None) -> list[Any]:
+    """The labelled cases of a datalist split that :func:`evaluate_model` scores (first ``limit``)."""
+    from attnprobe.data.io import list_cases
+
+    refs = list_cases(data, split=split)  # type: ignore[arg-type]
+    refs = refs[:limit] if limit is not None else refs
+    return [ref for ref in refs if ref.label is not None]
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its waited-for children (s)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _process_seconds() -> float | None:
+    """Wall time since this process started (imports included), where the platform tells it."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/self/stat") as fh:
+            start = int(fh.read().rsplit(")", 1)[1].split()[19]) / ticks
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start
 
 
 def _load_average() -> list[float] | None:

@@ -250,24 +250,38 @@ def _figures_of(figures: Iterable[Any], *kinds: str) -> list[Block]:
     return [Block("figure", figure=f) for f in figures if getattr(f, "kind", None) in kinds]
 
 
-def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
-    settings = demo.get("settings", {})
+def timing_sentence(demo: Mapping[str, Any]) -> str:
+    """The run's measured wall and CPU time and the machine's load, from ``demo.json``."""
     machine = demo.get("machine", {})
     seconds = demo.get("seconds") or demo.get("seconds_before_report")
-    load = machine.get("load_average_start")
+    cpu = demo.get("cpu_seconds") or demo.get("cpu_seconds_before_report")
+    process = demo.get("process_seconds") or demo.get("process_seconds_before_report")
+    start, end = machine.get("load_average_start"), machine.get("load_average_end")
+    cpus = machine.get("cpus")
+    text = f"The run took **{_num(seconds, 0)} s** of wall time"
+    if isinstance(process, (int, float)):
+        text += f" ({_num(process, 0)} s since the process started, imports included)"
+    if isinstance(cpu, (int, float)):
+        text += f" and {_num(cpu, 0)} s of CPU time (user + system, all threads)"
+    text += f" on {cpus or '?'} CPU(s) with {machine.get('torch_threads', '?')} torch threads"
+    if isinstance(start, list) and start:
+        text += f"; the 1-minute load average was {start[0]:.2f} at the start"
+        text += f" and {end[0]:.2f} at the end" if isinstance(end, list) and end else ""
+        busiest = max(start[0], end[0] if isinstance(end, list) and end else 0.0)
+        if isinstance(cpus, int) and busiest > cpus:
+            text += f" (above {cpus}: other processes shared the CPUs, so the wall time is longer than on an idle machine)"
+    return text + "."
+
+
+def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
+    settings = demo.get("settings", {})
     phantoms = _json(run_dir / "data" / "phantoms.json")
     cases = phantoms.get("cases", [])
     splits = {s: sum(c.get("split") == s for c in cases) for s in ("training", "validation", "test")}
     extents = np.asarray([c.get("axial_extent_mm", np.nan) for c in cases], dtype=float)
     tier = settings.get("tier", "?")
-    end = machine.get("load_average_end")
-    load_text = ""
-    if isinstance(load, list) and load:
-        load_text = f" (1-minute load average {load[0]:.2f} at the start"
-        load_text += f", {end[0]:.2f} at the end)" if isinstance(end, list) and end else ")"
     text = (f"This report was written by `attnprobe demo` (tier **{tier}**) from the files of this run folder. "
-            f"The run took **{_num(seconds, 0)} s** on {machine.get('cpus', '?')} CPU(s) with "
-            f"{machine.get('torch_threads', '?')} torch threads{load_text}.")
+            + timing_sentence(demo))
     data = (f"**Data.** {len(cases)} synthetic pelvic phantoms (docs/definitions.md; T2-like MRI and HU-like CT renderings of "
             f"one anatomy, tumors from {len(phantoms.get('clusters', []))} appearance clusters), "
             f"{splits['training']} for fine-tuning, {splits['validation']} for validation and {splits['test']} for "
@@ -277,8 +291,11 @@ def _intro(run_dir: Path, demo: Mapping[str, Any]) -> list[Block]:
     blocks = [Block("h1", "attnprobe demo: results"), Block("p", text)]
     if data:
         blocks.append(Block("p", data))
-    blocks.append(Block("p", "The models are tiny (feature size 12) and trained for a few minutes on synthetic data: the "
-                             "numbers show what the toolkit measures and reports, not the paper's findings."))
+    steps = (f"{count(settings.get('epochs'), 'epoch')} of" if settings.get("max_steps") is None
+             else f"at most {settings.get('max_steps')}")
+    blocks.append(Block("p", f"The models are tiny (feature size 12) and fine-tuned for {steps} optimisation steps on "
+                             "synthetic data: the numbers show what the toolkit measures and reports, not the "
+                             "paper's findings."))
     return blocks
 
 
@@ -397,7 +414,7 @@ def _cka_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
                        "cases cropped to the anisotropic crop around their tumor); the diagonal measures how much of "
                        "the pretrained representation survives. "
                        + "; ".join(sentences) + "."),
-            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "cka", "reuse")
+            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "cka_panels", "cka", "reuse")
 
 
 def _eval_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
@@ -422,7 +439,8 @@ def _eval_section(run_dir: Path, figures: Sequence[Any]) -> list[Block]:
                        "one lesion merged, a tumor detected when they overlap it with IoU > 0.1 (LiTS-style), Dice "
                        "and HD95 (area-weighted surface elements) on the matched lesion. `CT only` is the pretrained "
                        "CT model without fine-tuning. Detected tumors: " + "; ".join(sentences) + "."),
-            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "detection", "dice_hd95")
+            Block("table", header=header, rows=tuple(rows))] + _figures_of(figures, "detection", "dice_hd95",
+                                                                            "predictions")
 
 
 def _verdict(delta: Sequence[float | None], what: str) -> str:
@@ -465,7 +483,7 @@ def _ablation_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[B
                        "Dice is over the whole volume (a missed tumor scores 0). "
                        "Changes are paired by case against the unedited forward, with bootstrap 95% intervals "
                        "(what each edit can and cannot show: docs/ablation.md of the attnprobe repository). "
-                       + "; ".join(sentences) + ".")] + _figures_of(figures, "ablation")
+                       + "; ".join(sentences) + ".")] + _figures_of(figures, "ablation", "adi_dice")
 
 
 def _efficiency_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
@@ -518,11 +536,14 @@ def _tumor_section(run_dir: Path, demo: Mapping[str, Any], figures: Sequence[Any
 
 def _details_section(demo: Mapping[str, Any], figures: Sequence[Any]) -> list[Block]:
     timings = demo.get("timings", {})
-    rows = tuple((name, f"{seconds:.1f}") for name, seconds in timings.items())
+    cpu = demo.get("cpu_timings", {})
+    rows = tuple((name, f"{seconds:.1f}", f"{cpu[name]:.1f}" if name in cpu else "–")
+                 for name, seconds in timings.items())
     versions = demo.get("versions", {})
     blocks = [Block("h2", "8. Run details")]
     if rows:
-        blocks += [Block("p", "Wall time per step (seconds):"), Block("table", header=("step", "seconds"), rows=rows)]
+        blocks += [Block("p", "Wall time and CPU time (user + system, all threads) per step, in seconds:"),
+                   Block("table", header=("step", "wall (s)", "CPU (s)"), rows=rows)]
     if versions:
         blocks.append(Block("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."))
     settings = demo.get("settings")
@@ -549,7 +570,10 @@ def build_report(run_dir: str | Path, *, figures: Iterable[Any] | None = None) -
         raise DataError("run folder does not exist", expected="the --out folder of attnprobe demo", got=str(root))
     demo = _json(root / "demo.json")
     figs = list(figures) if figures is not None else _figures_from_folder(root / "figures")
-    return (_intro(root, demo) + _models_section(root, demo, figs) + _adi_section(root, demo, figs)
+    main = _figures_of(figs, "main")
+    if main:
+        main = [Block("p", "**Main figure.** The three results on one page; the sections below give the numbers.")] + main
+    return (_intro(root, demo) + main + _models_section(root, demo, figs) + _adi_section(root, demo, figs)
             + _cka_section(root, figs) + _eval_section(root, figs) + _ablation_section(demo, figs)
             + _efficiency_section(root, demo, figs)
             + _tumor_section(root, demo, figs) + _details_section(demo, figs))
@@ -563,7 +587,8 @@ class _Fig:
     kind: str
 
 
-_KIND_PREFIXES = (("adi_vs", "adi"), ("sfr_vs", "sfr"), ("flow_", "flow"), ("attention_", "attention"),
+_KIND_PREFIXES = (("main_figure", "main"), ("predictions_", "predictions"), ("adi_vs_dice", "adi_dice"), ("cka_panels", "cka_panels"),
+                  ("adi_vs", "adi"), ("sfr_vs", "sfr"), ("flow_", "flow"), ("attention_", "attention"),
                   ("store_flow_", "store_flow"), ("cka_", "cka"), ("feature_reuse", "reuse"),
                   ("detection", "detection"), ("dice_hd95", "dice_hd95"), ("token_efficiency", "efficiency"),
                   ("tumor_clusters", "tumors"), ("training_curves", "training"), ("ablation", "ablation"))

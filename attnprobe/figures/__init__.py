@@ -13,6 +13,9 @@ beyond grouping for display. No backend is selected on import; save with
   :func:`tumor_clusters`
 - training: :func:`training_curves`
 - causal ablation of padding: :func:`ablation_deltas`
+- paper figures (:mod:`attnprobe.figures.paper`): :func:`main_figure`,
+  :func:`attention_padding_pair` from :func:`store_attention`, :func:`prediction_overlays`,
+  :func:`adi_vs_dice`, :func:`cka_panels`
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from attnprobe.figures.interventions import (
     dice_hd95_boxes,
     token_efficiency,
     tumor_clusters,
+)
+from attnprobe.figures.paper import (
+    adi_vs_dice,
+    attention_padding_pair,
+    cka_panels,
+    main_figure,
+    prediction_overlays,
+    store_attention,
 )
 from attnprobe.figures.style import paper_style
 from attnprobe.figures.training import training_curves
@@ -45,6 +56,12 @@ __all__ = [
     "tumor_clusters",
     "training_curves",
     "ablation_deltas",
+    "main_figure",
+    "store_attention",
+    "attention_padding_pair",
+    "prediction_overlays",
+    "adi_vs_dice",
+    "cka_panels",
     "METRIC_LABELS",
     "FEATURE_LABELS",
 ]

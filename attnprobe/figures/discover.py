@@ -525,6 +525,8 @@ def _draw_ablation(found: RunContents, w: _Writer) -> None:
 def _draw_efficiency(found: RunContents, w: _Writer) -> None:
     from attnprobe.figures import token_efficiency
 
+    if not found.efficiency:
+        return
     try:
         data = _efficiency(found)
     except (AttnprobeError, OSError, ValueError, KeyError) as exc:
@@ -617,7 +619,8 @@ def _draw_training(found: RunContents, w: _Writer) -> None:
 
 def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                  fmt: FigureFormat = "png", stores: bool = True,
-                 on_figure: Callable[[FigureRecord], None] | None = None) -> FigureSet:
+                 on_figure: Callable[[FigureRecord], None] | None = None,
+                 on_group: Callable[[int, int], None] | None = None) -> FigureSet:
     """Draw every figure the files of ``run_dir`` allow into ``out_dir``.
 
     Parameters
@@ -632,6 +635,8 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         Also reduce capture stores (offline attention flow; reads every map of the store).
     on_figure
         Called with each :class:`FigureRecord` as it is written (progress).
+    on_group
+        Called with ``(groups done, groups)`` after each group of figures (ADI, CKA, ...).
 
     Returns
     -------
@@ -657,16 +662,14 @@ def draw_figures(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
                                  "attention .npz or capture stores (*.zarr)",
                         got="none of those files", fix="pass the folder given as --out to those commands")
     out.mkdir(parents=True, exist_ok=True)
+    from attnprobe.figures.paper import draw_paper_figures
+
     writer = _Writer(out, fmt, on_figure)
-    _draw_adi(found, writer)
-    _draw_attention(found, writer)
-    _draw_cka(found, writer)
-    _draw_evaluation(found, writer)
-    if found.efficiency:
-        _draw_efficiency(found, writer)
-    _draw_tumors(found, writer)
-    _draw_training(found, writer)
-    _draw_ablation(found, writer)
-    if stores:
-        _draw_stores(found, writer)
+    groups: list[Callable[[RunContents, _Writer], None]] = [
+        _draw_adi, _draw_attention, _draw_cka, _draw_evaluation, _draw_efficiency, _draw_tumors, _draw_training,
+        _draw_ablation, *((_draw_stores,) if stores else ()), draw_paper_figures]
+    for done, group in enumerate(groups, start=1):
+        group(found, writer)
+        if on_group is not None:
+            on_group(done, len(groups))
     return FigureSet(figures=tuple(writer.records), skipped=tuple(writer.skipped))

@@ -661,7 +661,8 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
                    device: torch.device | str = "cpu", names: tuple[str, str] = ("ref", "tgt"),
                    attrs: Mapping[str, Any] | None = None,
                    on_case: Callable[[str], None] | None = None,
-                   baseline: Baseline = "none", baseline_seeds: int = 3) -> xr.DataArray | None:
+                   baseline: Baseline = "none", baseline_seeds: int = 3,
+                   on_example: Callable[[str, int], None] | None = None) -> xr.DataArray | None:
     """CKA between the blocks of two models on identical inputs, or of one model on two input sets.
 
     Parameters
@@ -691,6 +692,9 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
         Extra attributes.
     on_case : callable, optional
         Called with the case id after all crops of a case (progress).
+    on_example : callable, optional
+        Called with ``(case id, crop)`` after every example, baseline passes included
+        (progress that advances per crop).
     baseline : {"none", "random-init"}
         ``"random-init"``: also compare the reference with ``baseline_seeds`` randomly
         initialised models of the target's architecture and configuration on the same inputs,
@@ -719,6 +723,8 @@ def compare_models(ref_model: nn.Module, tgt_model: nn.Module | None, ref_cases:
                                 seed=seed, indices=indices, device=device)
 
     def example_done(ref: BlockOutputs) -> None:
+        if on_example is not None:
+            on_example(ref.case_id, ref.crop)
         if on_case is not None and ref.crop == crops - 1:
             on_case(ref.case_id)
 

@@ -19,6 +19,7 @@ from attnprobe.models.adapter import as_triple
 from attnprobe.models.compat import compat_of
 from attnprobe.models.registry import adapter_for
 from attnprobe.store.fingerprint import build_fingerprint
+from attnprobe.store.inputs import create_sample_arrays, write_sample
 from attnprobe.store.schema import StoreDType
 from attnprobe.store.writer import StoreWriter
 
@@ -62,6 +63,8 @@ def capture_to_store(
     attrs: Mapping[str, Any] | None = None,
     on_sample: Callable[[str, bool], None] | None = None,
     roi: Sequence[int] | None = None,
+    keep_inputs: bool = False,
+    spacing: Sequence[Sequence[float]] | None = None,
 ) -> Path:
     """Run every case through the model and stream the requested taps to a store.
 
@@ -86,6 +89,11 @@ def capture_to_store(
     roi
         The input size every case has. When given, cases are only touched when processed
         (lazy cases under torchrun prepare just their rank's share); else read from the cases.
+    keep_inputs
+        Also keep each sample's input crop, real-voxel mask, label, spacing and crop box
+        (:mod:`attnprobe.store.inputs`, docs/store.md), so maps can be drawn on the anatomy.
+    spacing
+        Voxel size (mm) of every case, in case order (default: each case's ``spacing``).
 
     Returns
     -------
@@ -111,6 +119,9 @@ def capture_to_store(
                                         dtype=dtype, attrs=attrs or {}) if dist.is_main() else None
         writer = _open_writer(out, cases, blocks, root_attrs, dtype=dtype, overwrite=overwrite,
                               fingerprint=fingerprint)
+        if dist.is_main():
+            create_sample_arrays(out, len(cases), spatial, keep_inputs=keep_inputs)  # type: ignore[arg-type]
+        dist.barrier()
         try:
             done = writer.done
             probe.sinks.append(SampleCollector(writer, dtype=dtype))
@@ -129,6 +140,8 @@ def capture_to_store(
                                          fix="prepare every case with the same fixed --roi")
                     image = case.image[None].to(device=device, dtype=torch.float32)
                     mask = case.mask[None].to(device)
+                    # inputs first: the writer thread marks the sample done once its maps are written
+                    write_sample(writer.root, index, case, spacing=None if spacing is None else spacing[index])
                     probe.run(image, mask=mask, tag=[index])
                     if on_sample:
                         on_sample(case.case_id, False)

@@ -14,13 +14,12 @@ import re
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pandas as pd
 import pytest
 
 from attnprobe.cli import demo as demo_cli
 from attnprobe.cli import figures as figures_cli
-from attnprobe.demo import DemoSettings, run_demo, settings_for
+from attnprobe.demo import DemoSettings, demo_plan, run_demo, settings_for
 from attnprobe.demo.report import adi_table, fmt_mean_sd
 from attnprobe.errors import ConfigError
 from attnprobe.metrics.aggregate import stage_means
@@ -34,9 +33,33 @@ KINDS = {"adi", "sfr", "flow", "attention", "cka", "reuse", "detection", "dice_h
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def progress_events():
+    return []
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, progress_events):
     out = tmp_path_factory.mktemp("demo") / "run"
-    return run_demo(out, settings=settings_for("smoke"))
+    return run_demo(out, settings=settings_for("smoke"), on_progress=progress_events.append)
+
+
+def test_progress_walks_the_plan_and_every_step_ends_complete(demo, progress_events):
+    plan = demo_plan(settings_for("smoke"))
+    assert [e.step for e in progress_events if e.completed == 0 and e.step not in
+            [f.step for f in progress_events[:progress_events.index(e)]]] == plan
+    for name in plan:
+        mine = [e for e in progress_events if e.step == name]
+        assert mine[0].completed == 0 and mine[-1].completed == mine[-1].total >= 1, name
+        assert all(e.index == plan.index(name) + 1 and e.steps == len(plan) for e in mine), name
+        done = [e.completed for e in mine]
+        assert done == sorted(done) and all(e.completed <= e.total for e in mine), name
+    # the units advance inside long steps: every sweep forward, every CKA crop, every evaluated case
+    sweep = [e for e in progress_events if e.step == "ADI padding sweep smit-base"]
+    assert [e.completed for e in sweep] == list(range(len(sweep))) and sweep[0].unit == "forwards"
+    cka = [e for e in progress_events if e.step == "CKA smit"]
+    assert [e.completed for e in cka] == list(range(cka[0].total + 1)) and cka[0].unit == "crops"
+    figures = [e for e in progress_events if e.step == "figures"]
+    assert figures[-1].total > 1
 
 
 def test_every_step_leaves_its_files(demo):
@@ -44,7 +67,7 @@ def test_every_step_leaves_its_files(demo):
     for pattern in ("data/datalist_mri.json", "pretrained/swin_unetr_ct_tiny.pt", "pretrained/smit_ct_tiny.pt",
                     "ssl/model_swinvit.pt", "ssl/smit_ssl_student.pt", "train/swin_unetr-base/last.pt",
                     "train/smit-act/last.pt", "capture/swin_unetr-base.zarr/zarr.json", "adi/smit-base/adi.csv",
-                    "attention/swin_unetr-base.npz", "cka/smit-act/cka.nc", "eval/swin_unetr-ct/cases.csv",
+                    "adi/smit-act/adi.csv", "capture/smit-base-attention-p0.zarr/input/zarr.json", "cka/smit-act/cka.nc", "eval/swin_unetr-ct/cases.csv",
                     "eval/smit-act/summary.json", "extent/smit/efficiency.csv", "tumors/tumors.csv",
                     "ablation/smit-base/ablation.csv", "ablation/swin_unetr-base/summary.json",
                     "attnprobe.toml", "demo.json", "report.md", "report.html"):
@@ -56,8 +79,9 @@ def test_every_figure_kind_is_drawn_with_a_caption(demo):
     figures = demo.out_dir / "figures"
     drawn = {p.stem for p in figures.glob("*.png")}
     assert drawn == {p.stem for p in figures.glob("*.txt")}
-    prefixes = ("adi_vs_padding", "sfr_vs_padding", "flow_", "attention_", "cka_", "feature_reuse_", "detection",
-                "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves", "ablation_")
+    prefixes = ("adi_vs_padding", "sfr_vs_padding", "flow_", "attention_store_", "cka_", "feature_reuse_",
+                "detection", "dice_hd95", "token_efficiency", "tumor_clusters_", "store_flow_", "training_curves",
+                "ablation_", "main_figure", "cka_panels", "adi_vs_dice", "predictions_")
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in drawn), prefix
     assert len(demo.figures) == len(drawn)
@@ -124,11 +148,15 @@ def test_figures_command_on_the_demo_folder(demo, tmp_path):
     assert {p.name for p in (tmp_path / "f").glob("*.png")} == {p.name for p in (demo.out_dir / "figures").glob("*.png")}
 
 
-def test_attention_map_marks_the_padding(demo):
-    with np.load(demo.out_dir / "attention" / "smit-base.npz") as data:
-        mask, attention = data["padding_mask"], data["attention"]
-        assert attention.shape == mask.shape and mask.any() and (attention >= 0).all()
-        assert math.isclose(float(data["pad_fraction"]), float(mask.mean()), rel_tol=1e-6)
+def test_attention_stores_keep_the_input_of_the_same_case(demo):
+    from attnprobe.figures.paper import store_attention
+
+    low, high = (store_attention(demo.out_dir / "capture" / f"smit-base-attention-p{p}.zarr")
+                 for p in sorted({0, max(settings_for("smoke").paddings)}))
+    assert low.case == high.case and low.padding == 0 and high.padding == max(settings_for("smoke").paddings)
+    assert high.attention.shape == high.image.shape == high.mask.shape and (~high.mask).any()
+    assert math.isclose(high.pad_fraction, float(1 - high.mask.mean()), rel_tol=1e-6) and low.pad_fraction < 1
+    assert (high.attention >= 0).all() and high.label.any()
 
 
 def test_demo_command_rejects_bad_options(tmp_path):

@@ -117,7 +117,8 @@ def test_draw_figures_writes_each_figure_with_a_one_line_caption(run_dir, tmp_pa
     names = {f.name for f in result.figures}
     expected = {"adi_vs_padding", "sfr_vs_padding", "flow_Swin_UNETR_base", "flow_smit-base", "attention_swin",
                 "cka_base", "cka_act", "feature_reuse_ct", "detection", "dice_hd95", "token_efficiency",
-                "tumor_clusters_mean_cv", "tumor_clusters_contrast_boundary_gradient", "training_curves"}
+                "tumor_clusters_mean_cv", "tumor_clusters_contrast_boundary_gradient", "training_curves",
+                "main_figure", "cka_panels"}  # the paper figures (attnprobe.figures.paper)
     assert names == expected, names
     assert not result.skipped
     for record in result.figures:
@@ -180,8 +181,8 @@ def test_cli_draws_and_reports_one_line_errors(run_dir, tmp_path):
     run = cli_runner(command_app(figures_cli.register))
     ok = run("figures", run_dir, "--out", tmp_path / "cli", "--format", "pdf")
     assert ok.exit_code == 0, ok.output
-    assert "wrote 14 figure(s)" in ok.output
-    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 14
+    assert "wrote 16 figure(s)" in ok.output
+    assert len(list((tmp_path / "cli").glob("*.pdf"))) == 16
     bad = run("figures", tmp_path / "missing", "--out", tmp_path / "x")
     assert_one_line_error(bad, "run folder does not exist")
 

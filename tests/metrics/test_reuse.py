@@ -272,3 +272,14 @@ def test_write_results(tmp_path):
     one = summarize(cka_dataarray([[0.7]], ["a"], ["b"]))
     assert one["paper_off_diagonal_mean"] is None
     assert one["off_diagonal_mean"] is None and one["diagonal"] == {"a": 0.7}
+
+
+def test_progress_advances_per_crop_in_every_pass(smit, cases):
+    """``on_example`` ticks once per crop, the random-init baseline's passes included, so a run
+    with many crops of few cases never looks stuck (``attnprobe cka --crops 8``)."""
+    ticks: list[tuple[str, int]] = []
+    compare_models(smit, None, cases[:2], crops=2, crop_size=(32, 64, 32), seed=0, baseline="random-init",
+                   baseline_seeds=1, config=CKAConfig(estimator="biased"),
+                   on_example=lambda case, crop: ticks.append((case, crop)))
+    one_pass = [(c, k) for c in ("case0", "case1") for k in (0, 1)]
+    assert ticks == one_pass * 2
