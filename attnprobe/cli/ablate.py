@@ -165,7 +165,7 @@ def ablate(
     check_limit(limit)
     dev = check_device(device)
     target = check_out(out, overwrite=overwrite, kinds=("ablation",))
-    refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
+    refs = list_data(data, split=split, limit=limit)
     unlabeled = [r.case_id for r in refs if r.label is None]
     if unlabeled:
         raise DataError(f"{len(unlabeled)} case(s) have no label", expected="a label for every case",
@@ -184,7 +184,7 @@ def ablate(
     err_console.print(f"loaded {report.summary()}", highlight=False)
     n_stages = len({ref.stage for ref in adapter_for(net).blocks(net)})
     names = names if names is not None else standard_interventions(n_stages)
-    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]  # type: ignore[arg-type]
+    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]
     if given_roi is None and not facts.stored.get("roi") and not model_ref.roi and not facts.roi and model_roi:
         config = replace(config, roi=tuple(model_roi))
     use_roi = tuple(int(v) for v in config.roi)  # a window size (checked above)

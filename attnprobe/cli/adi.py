@@ -197,10 +197,10 @@ def adi(
     if store_path is not None:
         manifest.add_input(store_path, "store")
         label = Path(store_path).name.removesuffix(".zarr")
-    else:
+    elif model is not None and data is not None:  # a model run (both were checked above)
         manifest.add_input(attrs["checkpoint"], "checkpoint")
-        manifest.add_data(data)  # type: ignore[arg-type]
-        label = Path(model).stem if Path(model).exists() else model  # type: ignore[arg-type]
+        manifest.add_data(data)
+        label = Path(model).stem if Path(model).exists() else model
     manifest.compat = {"model": str(attrs.get("compat"))}
     tables = _write_outputs(frame, out, attrs, label=label, manifest=manifest, replace=target.replace)
     if json_output:
@@ -263,7 +263,7 @@ def _gather_in_case_order(frame, case_ids: list[str]):
     return merged.iloc[rank_of_row.argsort(kind="stable").to_numpy()].reset_index(drop=True)
 
 
-def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, sweep_mode: str,
+def _online(*, model: str, data: str, padding_sweep: str | None, axis: Axis, sweep_mode: SweepModeOpt,
             heads: str, pad_queries: str, device, limit: int | None, arch: str | None, pre: Preprocessing,
             split: str | None, compat: str | None = None):
     """Prepare the cases and run them (swept or as prepared) with online reduction."""
@@ -296,7 +296,7 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: str, swee
         check_memory(tuple(grown), feature_size=facts.feature_size, device=str(device),
                      option="--roi/--padding-sweep")
     elif config.roi != "full":
-        check_memory(config.roi, feature_size=facts.feature_size, device=str(device))  # type: ignore[arg-type]
+        check_memory(config.roi, feature_size=facts.feature_size, device=str(device))
     all_refs = list_data(data, split=split, limit=limit)  # type: ignore[arg-type]
     refs = [all_refs[i] for i in dist.shard(all_refs)]  # under torchrun: this rank's share
     net, report, _ = load_model_ref(model, arch=arch, compat=compat, ref=ref)

@@ -95,7 +95,10 @@ def capture(
     ref = resolve_model(model)
     facts = checkpoint_facts(ref.checkpoint)
     config = pre.resolve(facts.stored, model_roi=ref.roi or facts.roi, what=Path(ref.checkpoint).name)
-    check_memory(config.roi, feature_size=facts.feature_size, device=device)  # type: ignore[arg-type]
+    if config.roi == "full":  # recorded in the checkpoint or the workspace (--roi full was refused above)
+        raise ConfigError("a capture store needs one input size for all cases", expected="a fixed --roi like 96,96,64",
+                          got="roi 'full' recorded for the model", fix="pass a fixed --roi")
+    check_memory(config.roi, feature_size=facts.feature_size, device=device)
     net, report, _ = load_model_ref(model, arch=arch, compat=compat, ref=ref)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)

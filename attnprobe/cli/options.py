@@ -67,7 +67,7 @@ class Preprocessing:
     pad_mode: str | None = None
     allow_mismatch: bool = False
 
-    def check(self) -> tuple[int, int, int] | str | None:
+    def check(self) -> tuple[int, int, int] | Literal["full"] | None:
         """Read and check every option without loading anything; return the ROI (None: not given)."""
         from attnprobe.data.preprocess import validate_roi
 
@@ -200,7 +200,7 @@ def checkpoint_facts(checkpoint: str | os.PathLike[str] | None) -> CheckpointFac
     roi = stored.get("roi") or (tuple(config["roi"]) if isinstance(config.get("roi"), (list, tuple)) else None)
     feature_size = next((int(config[k]) for k in ("feature_size", "embed_dim") if isinstance(config.get(k), int)),
                         12 if info.get("model_preset") == "tiny" else 48)
-    return CheckpointFacts(stored, tuple(roi) if roi else None, feature_size)  # type: ignore[arg-type]
+    return CheckpointFacts(stored, tuple(roi) if roi else None, feature_size)
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -412,9 +412,13 @@ def _layer_grams(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel, thresh
                  gemm_dtype: GemmDtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One Gram per layer of each side (features named ``xs[i]`` / ``ys[j]``), all on one device."""
     dev = _device_of(*xs, *ys)
-    kw = dict(kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
-    gx = [gram(_features(x, f"xs[{i}]", dev), **kw) for i, x in enumerate(xs)]
-    gy = [gram(_features(y, f"ys[{j}]", dev), **kw) for j, y in enumerate(ys)]
+
+    def one(feats: Any, name: str) -> torch.Tensor:
+        return gram(_features(feats, name, dev), kernel=kernel, threshold=threshold, median=median,
+                    gemm_dtype=gemm_dtype)
+
+    gx = [one(x, f"xs[{i}]") for i, x in enumerate(xs)]
+    gy = [one(y, f"ys[{j}]") for j, y in enumerate(ys)]
     return gx, gy
 
 

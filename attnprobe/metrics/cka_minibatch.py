@@ -60,7 +60,7 @@ class MinibatchCKA:
                  gemm_dtype: GemmDtype = "float32") -> None:
         self.kernel = _choice(kernel, "kernel", get_args(Kernel))
         self.threshold = _check_threshold(threshold)
-        self.median: Median = _choice(median, "median", get_args(Median))  # type: ignore[assignment]
+        self.median = _choice(median, "median", get_args(Median))
         _gemm_torch_dtype(gemm_dtype)
         self.gemm_dtype = gemm_dtype
         self.batches = 0
@@ -87,7 +87,7 @@ class MinibatchCKA:
                                   gemm_dtype=self.gemm_dtype)
             xy, xx, yy = _hsic_stack(gx, gy, "unbiased", dev, False)
             s = _hsic_scale(gx[0].shape[0], "unbiased")
-        if self._xy is None:
+        if self._xy is None or self._xx is None or self._yy is None:  # the first batch
             self._xy, self._xx, self._yy = xy * s, xx * s, yy * s
         else:
             if xy.shape != self._xy.shape:
@@ -102,7 +102,7 @@ class MinibatchCKA:
 
     def compute(self) -> torch.Tensor:
         """CKA matrix, shape (L1, L2), float64, from the batch-averaged unbiased HSICs."""
-        if self._xy is None:
+        if self._xy is None or self._xx is None or self._yy is None:
             raise ShapeError("no minibatch was added", expected="at least one update()",
                              got="0 batches", fix="call update(xs, ys) first")
         xx, yy = self._xx / self.batches, self._yy / self.batches

@@ -14,7 +14,7 @@ mean once, when a result is asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import torch
 
@@ -422,10 +422,10 @@ class StreamingLinearCKA:
                 self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
             return self
         sub_x, sub_y = _sub_dtype(xt, self._dt), _sub_dtype(yt, self._dt)
-        if self.n == 0:  # a fresh state, on the data's device; the first batch fixes the centre
-            self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
-            self._pend = _Pending()
         m = self._m
+        if m is None or self.n == 0:  # a fresh state, on the data's device; the first batch fixes the centre
+            m = self._m = _Moments.zeros(xt.shape[1], yt.shape[1], xt.device)
+            self._pend = _Pending()
         first = self.n == 0
         with _tf32_off(xt.device):
             for s in range(0, b, self.chunk_rows):
@@ -446,9 +446,9 @@ class StreamingLinearCKA:
         theirs = other._flush()
         if theirs is None:
             return self
-        self._check_dims(*other.dims)
+        self._check_dims(theirs.cx.numel(), theirs.cy.numel())
         mine = self._flush()
-        if self.n == 0:
+        if mine is None or self.n == 0:
             self._m = theirs.clone() if self.device is None else theirs.to(self.device).clone()
         elif other.n > 0:
             self._m = _merge(mine, theirs.to(mine.n.device))
@@ -460,10 +460,11 @@ class StreamingLinearCKA:
         Use it to checkpoint or gather; for a distributed sum use :meth:`reduce_`, since
         sums about different centres do not add directly.
         """
-        if self._m is None:
+        m = self._flush()
+        if m is None:
             raise ConfigError("the accumulator has no dimensions yet", expected="dim_x, dim_y",
                               got="no data and no dims", fix="pass dim_x and dim_y")
-        self._m = self._flush().centred()  # the sums about the data mean, expanded once here
+        self._m = m.centred()  # the sums about the data mean, expanded once here
         return self._m.flat()
 
     @classmethod
@@ -484,13 +485,13 @@ class StreamingLinearCKA:
         """
         import torch.distributed as dist
 
-        if self._m is None:
+        m = self._flush()
+        if m is None:
             raise ConfigError("reduce_ needs the feature counts on every rank",
                               expected="StreamingLinearCKA(dim_x, dim_y)",
                               got="a rank with no data and no dims",
                               fix="construct the accumulator with dim_x and dim_y")
-        m = self._flush()
-        p, q = self.dims
+        p, q = m.cx.numel(), m.cy.numel()
         head = torch.cat([m.n.reshape(1), m.n * m.cx + m.sx, m.n * m.cy + m.sy])
         dist.all_reduce(head, op=dist.ReduceOp.SUM, group=group)
         n = head[0]
@@ -505,15 +506,17 @@ class StreamingLinearCKA:
     def hsic(self, estimator: Estimator = "biased") -> tuple[float, float, float]:
         """``(HSIC(X,Y), HSIC(X,X), HSIC(Y,Y))`` for the linear kernel."""
         _choice(estimator, "estimator", get_args(Estimator))
-        if self._m is None:
+        m = self._flush()
+        if m is None:
             _need_n(0, estimator)
-        xy, xx, yy = _hsic_terms(self._flush(), estimator)
+        xy, xx, yy = _hsic_terms(cast(_Moments, m), estimator)  # _need_n(0, ...) raised when None
         return float(xy), float(xx), float(yy)
 
     def compute(self, estimator: Estimator = "biased") -> float:
         """Linear CKA of all examples seen, biased or unbiased."""
         _choice(estimator, "estimator", get_args(Estimator))
-        if self._m is None:
+        m = self._flush()
+        if m is None:
             _need_n(0, estimator)
-        return _ratio(*_hsic_terms(self._flush(), estimator))
+        return _ratio(*_hsic_terms(cast(_Moments, m), estimator))  # _need_n(0, ...) raised when None
 

@@ -96,7 +96,7 @@ def data_inputs(data: str | os.PathLike[str], *, role: str = "data") -> list[Inp
     entries = [describe_input(path, role)]
     if path.is_file():
         seen: set[str] = set()
-        for ref in list_data(source, split="all"):  # type: ignore[arg-type]
+        for ref in list_data(source, split="all"):
             for kind, file in (("image", ref.image), ("label", ref.label)):
                 if file is not None and str(file) not in seen:
                     seen.add(str(file))

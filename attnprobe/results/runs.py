@@ -408,7 +408,7 @@ class TrainRun(RunRecord):
     def _meta(self) -> dict[str, Any]:
         return {"finished": self.finished}
 
-    def save(self, folder, *, replace=(), extra_files=()):  # type: ignore[override]
+    def save(self, folder, *, replace=(), extra_files=()):
         """Record the trainer's files present in ``folder`` (nothing of them is rewritten)."""
         return super().save(folder, replace=(), extra_files=[*self.files, *extra_files])
 
@@ -448,7 +448,7 @@ class PhantomSet(RunRecord):
     def _write(self, tmp: Path) -> list[str]:
         return []
 
-    def save(self, folder, *, replace=(), extra_files=()):  # type: ignore[override]
+    def save(self, folder, *, replace=(), extra_files=()):
         return super().save(folder, replace=replace, extra_files=[*self.entries, *extra_files])
 
     @classmethod

@@ -126,7 +126,7 @@ def as_tree(store: str | os.PathLike[str] | xr.DataTree, *, chunks: Any = None) 
     return store if isinstance(store, xr.DataTree) else open_store(store, chunks=chunks)
 
 
-def is_store(path: str | Path) -> bool:
+def is_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a zarr v3 group folder (it holds ``zarr.json``); a checkpoint is a file."""
     path = Path(path)
     return path.is_dir() and (path / "zarr.json").is_file()
