@@ -59,7 +59,7 @@ def inspect_checkpoint(
     Shows the ROI and preprocessing the checkpoint records (what other commands use by default)
     and any tensor holding NaN or inf.
 
-    Example: attnprobe inspect fixtures/pretrained/swin_unetr_ct_tiny.pt --json
+    Example: attnprobe inspect runs/mri/last.pt --json
     """
     from attnprobe.errors import CheckpointError
 

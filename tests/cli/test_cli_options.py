@@ -15,13 +15,13 @@ import torch
 import attnprobe.models
 from attnprobe.cli.app import app
 from attnprobe.cli.options import Preprocessing, checkpoint_facts, forward_bytes
+from attnprobe.demo.pipeline import pretrained_dir
 from attnprobe.models import build_model
 from attnprobe.models.checkpoints import save_checkpoint
 from tests.helpers import assert_one_line_error, cli_runner
 
 run = cli_runner(app)
-ROOT = Path(__file__).resolve().parents[2]
-CT_FIXTURE = ROOT / "fixtures" / "pretrained" / "swin_unetr_ct_tiny.pt"  # info: roi 64x64x32, 2 mm, CT window
+CT_FIXTURE = pretrained_dir() / "swin_unetr_ct_tiny.pt"  # info: roi 64x64x32, 2 mm, CT window
 TRAINED = {"roi": [32, 32, 64], "spacing": 1.5, "intensity": "fixed", "a_min": 0.0, "a_max": 200.0,
            "pad_mode": "end"}
 
