@@ -13,9 +13,10 @@ from attnprobe.models.adapter import TapSpec
 
 
 class SampleWriter(Protocol):
-    """Anything that stores one finished sample (e.g. :class:`attnprobe.store.StoreWriter`)."""
+    """Anything that stores one finished sample (e.g. :class:`attnprobe.store.StoreWriter`);
+    it gets CPU tensors instead of arrays only when it sets ``casts_tensors``."""
 
-    def submit(self, sample: int, arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None: ...
+    def submit(self, sample: int, arrays: Mapping[str, Mapping[str, np.ndarray | torch.Tensor]]) -> None: ...
 
 
 class SampleCollector:
@@ -29,7 +30,7 @@ class SampleCollector:
     def __init__(self, writer: SampleWriter, *, dtype: str = "float16") -> None:
         self.writer = writer
         self.dtype = np.dtype(dtype)
-        self._batch: dict[str, dict[str, np.ndarray]] = {}
+        self._batch: dict[str, dict[str, np.ndarray | torch.Tensor]] = {}
 
     def on_tap(self, tap: TapSpec, value: torch.Tensor, ctx: ForwardContext) -> None:
         block = tap.block.name

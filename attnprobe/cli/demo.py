@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from attnprobe.cli.common import console, err_console, one_line_errors
 from attnprobe.demo.progress import ProgressEvent
+
+if TYPE_CHECKING:  # rich is imported when the display starts
+    from rich.progress import TaskID
 
 Format = Literal["png", "pdf", "svg"]
 
@@ -113,7 +116,7 @@ class DemoDisplay:
         class StepRemaining(TimeRemainingColumn):
             """Time left in the current step only: steps differ too much in cost for an overall estimate."""
 
-            def render(self, task):  # type: ignore[no-untyped-def]
+            def render(self, task):
                 return "" if task.fields.get("overall") else super().render(task)
 
         self._t0 = time.perf_counter()
@@ -121,7 +124,7 @@ class DemoDisplay:
                              TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), StepRemaining(),
                              console=err_console, transient=False)
         self.overall = self.bars.add_task("demo", total=None, unit="steps", overall=True)
-        self.current: int | None = None
+        self.current: TaskID | None = None
         self.current_step: str | None = None
 
     def __enter__(self) -> DemoDisplay:
@@ -147,4 +150,5 @@ class DemoDisplay:
                 self.bars.remove_task(self.current)
             self.current = self.bars.add_task(f"  {event.step}", total=event.total, unit=event.unit)
             self.current_step = event.step
-        self.bars.update(self.current, completed=event.completed, total=event.total)
+        if self.current is not None:  # always set by now: the first event starts a step
+            self.bars.update(self.current, completed=event.completed, total=event.total)

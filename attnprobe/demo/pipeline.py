@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from attnprobe.data.arrays import affine_spacing
-from attnprobe.demo.progress import OnProgress, Steps
+from attnprobe.demo.progress import Advance, OnProgress, Steps
 from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
 from attnprobe.models import ARCH_LABELS, model_config
@@ -101,6 +101,16 @@ CT_ONLY = "CT only"
 """Preset label of the pretrained CT model evaluated on MRI without fine-tuning."""
 
 Log = Callable[[str], None]
+
+
+def _tick(advance: Advance, by: int = 1) -> Callable[..., None]:
+    """A callback for any ``on_case``/``on_step`` signature that advances a step by ``by`` per call
+    (typed, where a lambda binding ``advance`` as a default argument is not)."""
+
+    def tick(*_args: Any) -> None:
+        advance(by=by)
+
+    return tick
 
 #: the block whose attention the demo keeps for the attention-on-anatomy figure: the finest one
 #: whose float16 map of a 64³ input stays small (Swin UNETR's 7³ windows make stage 0 ~90 MB)
@@ -1011,7 +1021,7 @@ def _finetune_steps(settings: DemoSettings, data: Path, preset: str, arch: str) 
     from attnprobe.train.presets import resolve_train_config
 
     config = resolve_train_config(preset, arch=arch, model_preset=settings.model_preset, epochs=settings.epochs)
-    n_train = len(list_cases(data, split="training"))  # type: ignore[arg-type]
+    n_train = len(list_cases(data, split="training"))
     total = math.ceil(n_train / config.batch_size) * settings.epochs
     return total if settings.max_steps is None else min(total, settings.max_steps)
 
@@ -1111,7 +1121,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             with steps.step(f"ADI padding sweep {name}", total=len(sweep) * len(settings.paddings),
                             unit="forwards") as advance:
                 frame = adi_sweep(model, sweep, paddings=settings.paddings,
-                                  on_step=lambda _c, _p, advance=advance: advance())
+                                  on_step=_tick(advance))
                 write_adi(frame, out / "adi" / name,
                           attrs={"model": name, "arch": arch, "preset": preset,
                                  "label": f"{ARCH_LABELS[arch]} ({preset})",
@@ -1128,7 +1138,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             with steps.step(f"capture {name}", total=len(store_cases), unit="cases") as advance:
                 # The sweep's own inputs at that amount: offline metrics must equal the online ones.
                 store = capture_store(model, store_cases, out / "capture" / f"{name}.zarr", padding=padding,
-                                      on_case=lambda _c, advance=advance: advance(),
+                                      on_case=_tick(advance),
                                       attrs={"model": name, "label": f"{ARCH_LABELS[arch]} ({preset})"})
                 record["checks"][f"offline_vs_online_{arch}"] = offline_agreement(store, frames[arch])
             # One case at no padding and at the largest amount: attention on the anatomy, side by side.
@@ -1166,7 +1176,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
                 matrix = block_cka(ref_model, tgt_model, cka_inputs[arch], crops=settings.cka_crops, crop_size=None,
                                    seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)),
                                    baseline_seeds=settings.cka_baseline_seeds if baseline is None else 0,
-                                   on_case=lambda _c, advance=advance: advance(by=settings.cka_crops))
+                                   on_case=_tick(advance, settings.cka_crops))
                 baseline = _share_baseline(matrix, baseline)
                 write_results(matrix, out / "cka" / _label(arch, preset))
 
@@ -1179,7 +1189,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             roi = aniso[arch] if preset == "act" else cube[arch]
             results = evaluate_model(_load(checkpoint, arch, settings.model_preset), mri, roi=roi,
                                      spacing_mm=settings.spacing_mm, split=test_split, limit=settings.eval_cases,
-                                     on_case=lambda _c, advance=advance: advance(),
+                                     on_case=_tick(advance),
                                      overlay=out / "eval" / name / "overlay.npz")
             write_evaluation(results, out / "eval" / name,
                              info={"model": str(checkpoint), "preset": preset, "backbone": ARCH_LABELS[arch],

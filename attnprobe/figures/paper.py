@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -141,9 +141,9 @@ def main_figure(adi: pd.DataFrame, cka: pd.DataFrame | None = None, detection: p
         if panel == "adi":
             _panel_adi(ax, adi)
         elif panel == "cka":
-            _panel_cka(ax, cka)  # type: ignore[arg-type]
+            _panel_cka(ax, cka)
         else:
-            _panel_detection(ax, detection, preset_order)  # type: ignore[arg-type]
+            _panel_detection(ax, detection, preset_order)
     return fig
 
 
@@ -209,14 +209,15 @@ def store_attention(store: str | Path, *, sample: int = 0, block: str | None = N
         raise DataError(f"{Path(store).name} keeps no input crops", expected="a store captured with its inputs",
                         got="no 'input' array", fix="capture again with this attnprobe (inputs are kept)")
     root = zarr.open_group(str(store), mode="r")
-    attrs = dict(root[name].attrs)
+    group = cast(zarr.Group, root[name])  # the layout is ours: one group per block
+    attrs: dict[str, Any] = dict(group.attrs)
     geom = BlockGeometry(stage=int(attrs["stage"]), block=int(attrs["block"]), grid=tuple(attrs["grid"]),
                          window=tuple(attrs["window"]), shift=tuple(attrs["shift"]), heads=int(attrs["heads"]),
                          channels=0)
-    probs = torch.from_numpy(np.asarray(root[name]["attn"][sample], dtype=np.float32))
-    kinds = torch.from_numpy(np.asarray(root[name]["attn_kind"][sample]).astype(np.int64))
+    probs = torch.from_numpy(np.asarray(cast(zarr.Array, group["attn"])[sample], dtype=np.float32))
+    kinds = torch.from_numpy(np.asarray(cast(zarr.Array, group["attn_kind"])[sample]).astype(np.int64))
     tokens = received_attention(probs, kinds, geom, get_adapter(str(tree.attrs["arch"])))
-    voxels = to_voxels(tokens, tuple(inputs.image.shape)).numpy()  # type: ignore[arg-type]
+    voxels = to_voxels(tokens, tuple(inputs.image.shape)).numpy()
     amount = recorded_padding(tree.attrs)
     return StoreAttention(image=inputs.image, attention=voxels.astype(np.float32), mask=inputs.mask,
                           label=inputs.label, spacing=inputs.spacing, case=inputs.case_id, block=name,
@@ -322,7 +323,7 @@ def adi_vs_dice(table: pd.DataFrame) -> Figure:
             (xl, xh), (yl, yh) = _boot(x, rng), _boot(y, rng)
             ax.errorbar([np.nanmean(x)], [np.nanmean(y)], xerr=[[np.nanmean(x) - xl], [xh - np.nanmean(x)]],
                         yerr=[[np.nanmean(y) - yl], [yh - np.nanmean(y)]], color=colours[i], marker="o", ms=7,
-                        capsize=3, label=f"{model}, padding {float(padding):g}")  # type: ignore[arg-type]
+                        capsize=3, label=f"{model}, padding {float(padding):g}")
     n = table.groupby("model")["case"].nunique()
     ax.set_xlabel("model ADI (mean over stages)")
     ax.set_ylabel("Dice (whole volume)")
@@ -419,14 +420,15 @@ def prediction_overlays(panels: Sequence[tuple[str, Any]], *, view: str = "coron
 
 
 def _adi_models(found: Any) -> pd.DataFrame:
-    from attnprobe.figures.discover import _adi_frame, _adi_label, _json
+    from attnprobe.figures.discover import _adi_run, _json
     from attnprobe.metrics.aggregate import stage_means
     from attnprobe.models import ARCH_LABELS
 
     frames = []
     for folder in found.adi:
         try:
-            stages = stage_means(_adi_frame(folder))
+            frame, label = _adi_run(folder)
+            stages = stage_means(frame)
         except (OSError, ValueError, KeyError, AttnprobeError):
             continue
         sel = stages[(stages["metric"] == "adi") & (stages["kind"] == "all")]
@@ -438,7 +440,7 @@ def _adi_models(found: Any) -> pd.DataFrame:
         extra = {"backbone": ARCH_LABELS.get(str(arch), str(arch))} if arch else {}
         if meta.get("preset"):
             extra["preset"] = str(meta["preset"])
-        frames.append(model.assign(model=_adi_label(folder), **extra))
+        frames.append(model.assign(model=label, **extra))
     if not frames:
         return pd.DataFrame()
     data = pd.concat(frames, ignore_index=True)
@@ -502,10 +504,10 @@ def _attention_groups(found: Any) -> list[list[Path]]:
     for store in found.stores:
         try:
             root = zarr.open_group(str(store), mode="r")
-            if not has_inputs(root) or not any("attn" in root[g] for g in root.group_keys()):
+            if not has_inputs(root) or not any("attn" in cast(zarr.Group, root[g]) for g in root.group_keys()):
                 continue
             attrs = dict(root.attrs)
-            case = str(np.asarray(root["case"][0]))
+            case = str(np.asarray(cast(zarr.Array, root["case"])[0]))
         except Exception:  # noqa: BLE001 - a folder that only looks like a store is skipped
             continue
         amount = recorded_padding(attrs)
@@ -517,7 +519,8 @@ def _attention_groups(found: Any) -> list[list[Path]]:
 def draw_paper_figures(found: Any, w: Any) -> None:
     """Draw the figures of this module that the files of a run folder allow (``w``: the
     figure writer of :func:`attnprobe.figures.discover.draw_figures`)."""
-    from attnprobe.figures.discover import _eval_labels, _evaluations, _json, _preset_order, _rel
+    from attnprobe.figures.discover import _evaluations, _preset_order, _rel
+    from attnprobe.results import EvaluationRun
 
     adi = _adi_models(found)
     cka, matrices = _cka_diagonals(found)
@@ -552,7 +555,8 @@ def draw_paper_figures(found: Any, w: Any) -> None:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             arrays["case"] = str(arrays["case"])
-            preset, backbone = _eval_labels(folder, _json(folder / "summary.json"))
+            run = EvaluationRun.load_any(folder)  # labelled as _evaluations labels it
+            preset, backbone = str(run.preset or folder.name), str(run.backbone or "model")
             overlays.append((f"{backbone} ({preset})", arrays, _rel(path, found.root)))
     cases = {a["case"] for _, a, _ in overlays}
     for case in sorted(cases):
@@ -563,17 +567,17 @@ def draw_paper_figures(found: Any, w: Any) -> None:
                f"illustration: the detection and Dice numbers are over all test cases).",
                [s for _, a, s in overlays if a["case"] == case])
     for stores in _attention_groups(found):
-        chosen = stores if len(stores) <= 2 else [stores[0], stores[-1]]
+        picked = stores if len(stores) <= 2 else [stores[0], stores[-1]]
         try:
-            panels = [store_attention(s) for s in chosen]
+            panels = [store_attention(s) for s in picked]
         except (AttnprobeError, OSError, KeyError, ValueError) as exc:
-            w.skipped.append((f"attention {chosen[0].name}", str(exc)))
+            w.skipped.append((f"attention {picked[0].name}", str(exc)))
             continue
-        name = chosen[-1].name.removesuffix(".zarr")
+        name = picked[-1].name.removesuffix(".zarr")
         amounts = ", ".join("as captured" if p.padding is None else f"{p.padding:g}" for p in panels)
         w.draw(f"attention_store_{name}", "attention", lambda panels=panels: attention_padding_pair(panels),
                f"Attention each token of {panels[0].block} receives (mean over the real queries of its window and "
                f"heads), on a coronal slice through the tumor (outlined) of case {panels[0].case} at padding "
                f"{amounts} voxels (hatched: padding), one colour scale (2nd–98th percentile of both maps), axes "
-               f"in mm; drawn from the capture store(s) {', '.join(s.name for s in chosen)}; {panels[0].model}.",
-               [_rel(s, found.root) for s in chosen])
+               f"in mm; drawn from the capture store(s) {', '.join(s.name for s in picked)}; {panels[0].model}.",
+               [_rel(s, found.root) for s in picked])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -62,11 +62,16 @@ class StoreInput:
     crop_box: dict[str, tuple[int, int, int]] | None
 
 
+def _array(root: zarr.Group, name: str) -> zarr.Array:
+    """A root array of a store; the layout is ours, so the name holds an array, not a group."""
+    return cast(zarr.Array, root[name])
+
+
 def create_sample_arrays(path: str | Path, n: int, spatial: tuple[int, int, int], *, keep_inputs: bool) -> None:
     """Lay out ``pad_fraction`` and (``keep_inputs``) the input arrays in a new store (rank 0,
     before any sample is written); a resumed store keeps the layout it has."""
     root = zarr.open_group(str(path), mode="r+")
-    if bool(np.asarray(root["done"][:]).any()):
+    if bool(np.asarray(_array(root, "done")[:]).any()):
         return  # resumed: samples were written without these arrays or with them already
     if PAD_FRACTION not in root:
         root.create_array(PAD_FRACTION, shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"),
@@ -99,20 +104,20 @@ def write_sample(root: zarr.Group, sample: int, case: Any, *, spacing: Any = Non
     (:class:`~attnprobe.data.preprocess.CropPadBox`), where the crop sits."""
     mask = case.mask.detach().cpu().bool()
     if PAD_FRACTION in root:
-        root[PAD_FRACTION][sample] = (mask.numel() - int(mask.sum())) / mask.numel()
+        _array(root, PAD_FRACTION)[sample] = (mask.numel() - int(mask.sum())) / mask.numel()
     if INPUT not in root:
         return
-    root[INPUT][sample] = np.asarray(case.image[0].detach().cpu().numpy(), dtype=np.float32)
-    root[INPUT_MASK][sample] = np.asarray(case.mask[0].detach().cpu().numpy(), dtype=bool)
+    _array(root, INPUT)[sample] = np.asarray(case.image[0].detach().cpu().numpy(), dtype=np.float32)
+    _array(root, INPUT_MASK)[sample] = np.asarray(case.mask[0].detach().cpu().numpy(), dtype=bool)
     label = getattr(case, "label", None)
     if label is not None:
-        root[INPUT_LABEL][sample] = np.asarray(label[0].detach().cpu().numpy(), dtype=np.uint8)
+        _array(root, INPUT_LABEL)[sample] = np.asarray(label[0].detach().cpu().numpy(), dtype=np.uint8)
     sp = spacing if spacing is not None else getattr(case, "spacing", (1.0, 1.0, 1.0))
-    root[INPUT_SPACING][sample] = np.asarray([float(v) for v in sp], dtype=np.float64)
+    _array(root, INPUT_SPACING)[sample] = np.asarray([float(v) for v in sp], dtype=np.float64)
     box = getattr(case, "box", None)
     if box is not None:
-        root[CROP_BOX][sample] = np.asarray([box.crop_start, box.crop_stop, box.pad_before, box.pad_after],
-                                            dtype=np.int32)
+        _array(root, CROP_BOX)[sample] = np.asarray(
+            [box.crop_start, box.crop_stop, box.pad_before, box.pad_after], dtype=np.int32)
 
 
 def read_input(path: str | Path, sample: int) -> StoreInput | None:
@@ -120,10 +125,12 @@ def read_input(path: str | Path, sample: int) -> StoreInput | None:
     root = zarr.open_group(str(path), mode="r")
     if INPUT not in root:
         return None
-    box = np.asarray(root[CROP_BOX][sample])
-    crop = None if (box < 0).all() else {k: tuple(int(v) for v in box[i]) for i, k in
+    box = np.asarray(_array(root, CROP_BOX)[sample])
+    crop = None if (box < 0).all() else {k: (int(box[i, 0]), int(box[i, 1]), int(box[i, 2])) for i, k in
                                          enumerate(("crop_start", "crop_stop", "pad_before", "pad_after"))}
-    return StoreInput(case_id=str(np.asarray(root["case"][sample])), image=np.asarray(root[INPUT][sample]),
-                      mask=np.asarray(root[INPUT_MASK][sample]), label=np.asarray(root[INPUT_LABEL][sample]),
-                      spacing=tuple(float(v) for v in root[INPUT_SPACING][sample]),  # type: ignore[arg-type]
+    sp = np.asarray(_array(root, INPUT_SPACING)[sample])
+    return StoreInput(case_id=str(np.asarray(_array(root, "case")[sample])),
+                      image=np.asarray(_array(root, INPUT)[sample]), mask=np.asarray(_array(root, INPUT_MASK)[sample]),
+                      label=np.asarray(_array(root, INPUT_LABEL)[sample]),
+                      spacing=(float(sp[0]), float(sp[1]), float(sp[2])),
                       crop_box=crop)

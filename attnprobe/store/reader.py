@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -29,7 +29,7 @@ class CheckedRoot:
     done: np.ndarray
 
 
-def open_checked(path: str | Path, *, lenient_done: bool = False) -> CheckedRoot:
+def open_checked(path: str | os.PathLike[str], *, lenient_done: bool = False) -> CheckedRoot:
     """Open a store for reading: schema, root arrays, case ids and done flags, checked.
 
     Raises
@@ -64,7 +64,7 @@ def open_checked(path: str | Path, *, lenient_done: bool = False) -> CheckedRoot
         )
     store = CheckedStore(path, rules)
     group = zarr.open_group(store=store, mode="r")
-    cases = [str(c) for c in np.asarray(group[CASE][:]).tolist()]
+    cases = [str(c) for c in np.asarray(cast(zarr.Array, group[CASE])[:]).tolist()]
     store.cases = cases
     done = _read_done(group, len(cases), lenient_done)
     if done.shape != (len(cases),):
@@ -76,14 +76,14 @@ def open_checked(path: str | Path, *, lenient_done: bool = False) -> CheckedRoot
 
 def _read_done(group: zarr.Group, n: int, lenient: bool) -> np.ndarray:
     try:
-        return np.asarray(group[DONE][:], dtype=bool)
+        return np.asarray(cast(zarr.Array, group[DONE])[:], dtype=bool)
     except StoreError:
         if not lenient:
             raise
     done = np.zeros(n, dtype=bool)
     for sample in range(n):  # one chunk per sample: find the damaged ones
         try:
-            done[sample] = bool(group[DONE][sample])
+            done[sample] = bool(cast(zarr.Array, group[DONE])[sample])
         except StoreError:
             done[sample] = True
     return done
@@ -118,7 +118,9 @@ def open_store(path: str | os.PathLike[str], *, chunks: Any = None) -> xr.DataTr
     """
     checked = open_checked(path)
     check_done_chunks(checked.path, checked.rules, checked.done, checked.cases)
-    return xr.open_datatree(checked.store, engine="zarr", consolidated=False, chunks=chunks)
+    # xarray's stubs do not list zarr stores, which its zarr engine accepts
+    return xr.open_datatree(checked.store, engine="zarr", consolidated=False,  # type: ignore[arg-type]
+                            chunks=chunks)
 
 
 def as_tree(store: str | os.PathLike[str] | xr.DataTree, *, chunks: Any = None) -> xr.DataTree:

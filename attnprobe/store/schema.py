@@ -44,7 +44,7 @@ BLOCK_ARRAYS = (ATTN, ATTN_KIND, OUT)
 #: On captured float16 maps of the tiny Swin UNETR (158 MiB a case, one core) it encodes in
 #: 168 ms against 346 ms for zstd level 1 and 750 ms for zstd's default level 3 (ratios 1.62,
 #: 1.94, 1.95), so the writer keeps up with the forward; docs/store.md has the numbers.
-BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
+BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
 
 
 def check_schema(attrs: Mapping[str, Any], path: Path, *, versions: Sequence[int] = READABLE_VERSIONS) -> int:

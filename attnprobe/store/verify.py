@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -84,11 +84,11 @@ def verify_store(path: str | Path) -> VerifyReport:
     group = checked.group
     report = VerifyReport(str(checked.path), checked.version, len(checked.cases), int(checked.done.sum()))
     block_rules = sorted((r for r in checked.rules.values() if r.per_sample), key=lambda r: r.path)
-    arrays = {r.path: group[r.path] for r in block_rules}
+    arrays = {r.path: cast(zarr.Array, group[r.path]) for r in block_rules}
     for sample in np.flatnonzero(checked.done).tolist():
         problems: list[Problem] = []
         try:
-            group[DONE][sample]
+            cast(zarr.Array, group[DONE])[sample]
         except ChunkError as exc:
             problems.append(Problem("", "done", exc.key, exc.problem))
         report.chunks += 1
@@ -128,7 +128,7 @@ def repair_store(report: VerifyReport) -> VerifyReport:
                          expected=f"schema {SCHEMA_VERSION}", got=f"schema {report.schema}",
                          fix="re-capture into a new store")
     with StoreLock(path):
-        done = zarr.open_group(str(path), mode="r+")[DONE]
+        done = cast(zarr.Array, zarr.open_group(str(path), mode="r+")[DONE])
         for bad in report.bad:
             done[bad.sample] = False
     report.repaired = True

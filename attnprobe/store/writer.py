@@ -16,11 +16,12 @@ import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.array_spec import ArrayConfigParams
 
 from attnprobe.errors import AttnprobeError, StoreError
 from attnprobe.models.adapter import ATTN_DIMS, KIND_DIMS, OUT_DIMS, BlockGeometry
@@ -47,7 +48,7 @@ _STOP = object()
 #: before decoding); why this codec: schema.BLOSC, docs/store.md
 COMPRESSORS = (BloscCodec(**BLOSC), Crc32cCodec())
 #: chunks equal to the fill value are written too: a missing chunk always means damage
-ARRAY_CONFIG = {"write_empty_chunks": True}
+ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,9 +119,9 @@ class StoreWriter:
         self.path = Path(path)
         self.dtype = dtype
         self.cases = list(cases)
-        attrs = _jsonable({**attrs, "cases": list(cases), "dtype": dtype})
+        stamped: dict[str, Any] = _jsonable({**attrs, "cases": list(cases), "dtype": dtype})
         if fingerprint is not None:
-            attrs[FINGERPRINT_ATTR] = _jsonable(fingerprint)
+            stamped[FINGERPRINT_ATTR] = _jsonable(fingerprint)
         self._lock = StoreLock(self.path) if lock else None
         if self._lock is not None:
             self._lock.acquire()
@@ -134,15 +135,17 @@ class StoreWriter:
                                      fix="choose another path; nothing was removed")
                 shutil.rmtree(self.path)
             if self.path.exists():
-                self.root = self._open_existing(attrs)
+                self.root = self._open_existing(stamped)
             else:
-                self.root = self._create(cases, blocks, attrs)
-            self._done = np.asarray(self.root[DONE][:], dtype=bool)
+                self.root = self._create(cases, blocks, stamped)
+            # the layout is ours: root arrays and one group of arrays per block
+            self._done = np.asarray(cast(zarr.Array, self.root[DONE])[:], dtype=bool)
+            groups = {name: cast(zarr.Group, self.root[name]) for name in blocks}
             self._arrays = {
-                (name, var): self.root[name][var].with_config(ARRAY_CONFIG)  # type: ignore[union-attr]
-                for name in blocks for var in self.root[name].array_keys()  # type: ignore[union-attr]
+                (name, var): cast(zarr.Array, group[var]).with_config(ARRAY_CONFIG)
+                for name, group in groups.items() for var in group.array_keys()
             }
-            self._done_array = self.root[DONE].with_config(ARRAY_CONFIG)  # type: ignore[union-attr]
+            self._done_array = cast(zarr.Array, self.root[DONE]).with_config(ARRAY_CONFIG)
         except BaseException:
             self._release()
             raise
@@ -199,7 +202,7 @@ class StoreWriter:
                 expected=f"a schema-{SCHEMA_VERSION} store (chunk checksums and a capture fingerprint)",
                 got=f"schema {checked.version}", fix="capture into a new --out (the old store stays readable)",
             )
-        stored = dict(checked.group.attrs)
+        stored: dict[str, Any] = dict(checked.group.attrs)
         if FINGERPRINT_ATTR in attrs:
             diffs = fingerprint_diff(stored.get(FINGERPRINT_ATTR) or {}, attrs[FINGERPRINT_ATTR])
             if diffs:
