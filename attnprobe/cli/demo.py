@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from attnprobe.cli.common import console, err_console, one_line_errors
-from attnprobe.demo.progress import ProgressEvent
 
-if TYPE_CHECKING:  # rich is imported when the display starts
+if TYPE_CHECKING:  # rich and the demo package (torch) are imported when the demo runs
     from rich.progress import TaskID
+
+    from attnprobe.demo.progress import ProgressEvent
 
 Format = Literal["png", "pdf", "svg"]
 

@@ -110,7 +110,7 @@ def test_store_path_equals_online_path(workspace, sweep, tmp_path):
 
     result = invoke("--store", store, "--out", tmp_path / "offline")
     assert result.exit_code == 0, result.output
-    assert "n/a" in result.stdout  # a capture does not record the voxel padding fraction
+    assert "n/a" not in result.stdout  # the store records each sample's voxel padding fraction
     offline = pd.read_csv(tmp_path / "offline" / "adi.csv")
     # With end padding, sweep step p=0 is the prepared case itself.
     online = pd.read_csv(sweep["out"] / "adi.csv").query("padding == 0 and case == 'case1'").reset_index(drop=True)
