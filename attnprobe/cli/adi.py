@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -63,6 +63,20 @@ def _write_outputs(frame, out: Path, attrs: dict, *, label: str | None = None, m
     AdiRun(frame=frame, attrs=dict(attrs), label=label, manifest=manifest, engine=_netcdf_engine()).save(
         out, replace=replace)
     return sweep_tables(frame)
+
+
+def _model_label(model: str, checkpoint: Any) -> str:
+    """What figures call the model: its training preset and backbone when the checkpoint records
+    them, else the file name (the run folder's name for attnprobe's own ``last.pt``/``best.pt``)."""
+    from attnprobe.results.runs import model_labels
+
+    preset, backbone = model_labels(str(checkpoint) if checkpoint else model)
+    if preset and backbone:
+        return f"{backbone} ({preset})"
+    path = Path(model)
+    if not path.exists():
+        return model  # a name from attnprobe.toml
+    return path.parent.name if path.stem in ("last", "best") and path.parent.name else path.stem
 
 
 def _netcdf_engine() -> str:
@@ -200,7 +214,7 @@ def adi(
     elif model is not None and data is not None:  # a model run (both were checked above)
         manifest.add_input(attrs["checkpoint"], "checkpoint")
         manifest.add_data(data)
-        label = Path(model).stem if Path(model).exists() else model
+        label = _model_label(model, attrs.get("checkpoint"))
     manifest.compat = {"model": str(attrs.get("compat"))}
     tables = _write_outputs(frame, out, attrs, label=label, manifest=manifest, replace=target.replace)
     if json_output:

@@ -216,3 +216,19 @@ def test_overwrite_refuses_a_folder_with_foreign_files(sweep, workspace, tmp_pat
                     "--overwrite")
     assert result.exit_code == 2 and "did not write" in result.stderr and "notes.txt" in result.stderr
     assert (out / "notes.txt").read_text() == "mine" and (out / "adi.csv").exists()
+
+
+def test_a_run_checkpoint_is_labelled_by_its_run_folder_not_last(tmp_path):
+    # figures used to say "model(s): last, last" for two fine-tuned runs
+    from attnprobe.cli.adi import _model_label
+    from attnprobe.models import build_model
+    from attnprobe.models.checkpoints import save_checkpoint
+
+    path = tmp_path / "mri-act" / "last.pt"
+    path.parent.mkdir()
+    save_checkpoint(build_model("swin_unetr", preset="tiny"), path)
+    assert _model_label(str(path), str(path)) == "mri-act"
+    other = tmp_path / "ct_tiny.pt"
+    save_checkpoint(build_model("swin_unetr", preset="tiny"), other)
+    assert _model_label(str(other), str(other)) == "ct_tiny"
+    assert _model_label("ct", None) == "ct"  # a name from attnprobe.toml
