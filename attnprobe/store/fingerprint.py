@@ -119,8 +119,22 @@ def fingerprint_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[
                 diffs.append(f"({len(changed) - 3} more case files differ)")
             continue  # added or dropped cases show under 'cases'
         if _normal(old) != _normal(new):
-            diffs.append(f"{key}: stored {_show(old)} vs now {_show(new)}")
+            diffs.append(_list_diff(key, old, new) or f"{key}: stored {_show(old)} vs now {_show(new)}")
     return diffs
+
+
+def _list_diff(key: str, old: Any, new: Any) -> str | None:
+    """For two lists of names (taps, cases): what only one side holds, so that a difference past
+    the first few entries stays visible; None when the lists hold the same names in another order."""
+    if not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))):
+        return None
+    if not all(isinstance(v, str) for v in [*old, *new]):
+        return None
+    gone, added = [v for v in old if v not in set(new)], [v for v in new if v not in set(old)]
+    if not gone and not added:
+        return f"{key}: same entries in another order (stored {_show(old)} vs now {_show(new)})"
+    parts = [f"only stored {_show(gone)}" if gone else "", f"only now {_show(added)}" if added else ""]
+    return f"{key}: " + ", ".join(p for p in parts if p)
 
 
 def _normal(value: Any) -> Any:

@@ -98,7 +98,7 @@ def test_crash_halfway_leaves_complete_samples_and_resumes(model, tmp_path):
 
 def test_another_capture_cannot_resume_into_a_store(model, tmp_path):
     path = capture_to_store(model, make_cases(2), tmp_path / "s.zarr", taps=["stage1.*"])
-    with pytest.raises(StoreError, match="taps: stored "):
+    with pytest.raises(StoreError, match=r"taps: only stored \(stage1"):
         capture_to_store(model, make_cases(2), path, taps=["stage2.*"])
     capture_to_store(model, make_cases(2), path, taps=["stage2.*"], overwrite=True)
     assert block_names(open_store(path)) == ["stage2.block0", "stage2.block1"]
@@ -150,3 +150,12 @@ def test_dask_backed_open(model, tmp_path):
     attn = tree["stage1.block0"]["attn"]
     assert attn.chunks is not None
     assert float(attn.astype("float64").sum().compute()) == pytest.approx(2 * 18 * 6 * 343, rel=1e-3)
+
+
+def test_a_resume_diff_names_the_taps_that_differ_past_the_first_few():
+    from attnprobe.store.fingerprint import fingerprint_diff
+
+    stored = {"taps": [f"stage{s}.block{b}.attn" for s in range(4) for b in range(2)]}
+    now = {"taps": stored["taps"][:-1] + ["stage3.block1.out"]}
+    (line,) = fingerprint_diff(stored, now)
+    assert line == "taps: only stored (stage3.block1.attn), only now (stage3.block1.out)"
