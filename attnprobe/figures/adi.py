@@ -32,6 +32,7 @@ from attnprobe.figures.style import (
     unique_in_order,
 )
 from attnprobe.tokens import PADDING_KINDS, PaddingKind
+from attnprobe.train.stats import bootstrap_ci
 
 __all__ = ["Metric", "PaddingKind", "METRIC_LABELS", "adi_vs_padding"]
 
@@ -92,11 +93,12 @@ def adi_vs_padding(
     ax: Axes | Sequence[Axes] | None = None,
     pad_fraction_axis: bool = True,
 ) -> Figure:
-    """Stage curves of a flow metric against input padding, mean ± sd over cases.
+    """Stage curves of a flow metric against input padding: mean over cases with a 95% interval.
 
-    One line per stage (colour, marker and line style differ per stage), a shaded band of
-    ± one sample standard deviation over cases (absent for a single case), one panel per model
-    when the frame has a ``model`` column.
+    One line per stage (colour, marker and line style differ per stage), a shaded band with the
+    95% percentile case-bootstrap interval of the mean (2000 resamples, seed 0; absent for a
+    single case: one case has no interval), one panel per model when the frame has a ``model``
+    column. A standard deviation over a handful of cases is not an interval, so none is drawn.
 
     Parameters
     ----------
@@ -146,13 +148,14 @@ def adi_vs_padding(
             cell = sub[sub["stage"] == stage]
             if cell.empty:
                 continue
-            stats = cell.groupby("padding", sort=True)["value"].agg(["mean", "std"])
-            x = stats.index.to_numpy(dtype=float)
-            mean, sd = stats["mean"].to_numpy(float), stats["std"].to_numpy(float)
+            groups = cell.groupby("padding", sort=True)["value"]
+            x = np.asarray(list(groups.groups), dtype=float)
+            mean = groups.mean().to_numpy(float)
             axis.plot(x, mean, color=colours[i], marker=MARKERS[i % len(MARKERS)],
                       linestyle=LINESTYLES[i % len(LINESTYLES)], label=f"stage {stage}")
-            if np.isfinite(sd).any():
-                axis.fill_between(x, mean - sd, mean + sd, color=colours[i], alpha=0.2, linewidth=0)
+            if groups.size().min() > 1:
+                low, high = np.array([bootstrap_ci(v.to_numpy(float)) for _, v in groups]).T
+                axis.fill_between(x, low, high, color=colours[i], alpha=0.2, linewidth=0)
         paddings = np.sort(sub["padding"].unique().astype(float))
         axis.xaxis.set_major_locator(FixedLocator(paddings.tolist()))
         axis.set_xlabel("input padding (voxels)")
@@ -161,7 +164,7 @@ def adi_vs_padding(
         axis.set_ylim(bottom=0.0)
         n_model_cases = sub["case"].nunique()
         panel = f"{model}: " if model is not None else ""
-        axis.set_title(f"{panel}mean ± sd over {count(n_model_cases, 'case')}")
+        axis.set_title(f"{panel}n = {count(n_model_cases, 'case')}, 95% CI")
         if pad_fraction_axis and "pad_fraction" in sub.columns and sub["pad_fraction"].notna().any():
             fractions = sub.groupby("padding", sort=True)["pad_fraction"].mean()
             top = axis.secondary_xaxis("top")

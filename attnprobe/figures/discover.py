@@ -400,11 +400,11 @@ def _draw_adi(found: RunContents, w: _Writer) -> None:
     span = f"{paddings[0]:g}–{paddings[-1]:g}" if len(paddings) > 1 else f"{paddings[0]:g}"
     w.draw("adi_vs_padding", "adi", lambda: adi_vs_padding(frame, metric="adi", kind="all"),
            f"Attention dilution index (ADI, entropy share of padding keys, 0–1) per stage against input padding "
-           f"({span} voxels along z), mean ± sd over {count(n, 'case')}; all padding tokens (input and window); "
+           f"({span} voxels along z), mean with 95% case-bootstrap bands, n = {count(n, 'case')}; all padding tokens (input and window); "
            f"model(s): {names}.", sources)
     w.draw("sfr_vs_padding", "sfr", lambda: adi_vs_padding(frame, metric="sfr", kind="all"),
            f"Signal fidelity ratio (SFR = A_rr, attention of real queries on real keys) per stage against input "
-           f"padding ({span} voxels along z), mean ± sd over {count(n, 'case')}; model(s): {names}.", sources)
+           f"padding ({span} voxels along z), mean with 95% case-bootstrap bands, n = {count(n, 'case')}; model(s): {names}.", sources)
     top = paddings[-1]
     for model in models:
         sub = frame if len(models) == 1 else frame[frame["model"] == model]

@@ -34,6 +34,7 @@ from attnprobe.figures import (  # noqa: E402
     training_curves,
     tumor_clusters,
 )
+from attnprobe.train.stats import bootstrap_ci  # noqa: E402
 
 METRICS = ("adi", "sfr", "a_rr", "a_rp", "a_pr", "a_pp", "h", "h_rp")
 PADDINGS = (0, 16, 32)
@@ -153,16 +154,20 @@ def test_adi_vs_padding_lines_are_stage_means_over_cases():
         assert line.get_label() == f"stage {stage}"
         np.testing.assert_allclose(line.get_xdata(), PADDINGS)
         np.testing.assert_allclose(line.get_ydata(), expected.loc[stage, "mean"].to_numpy())
-    # One ±sd band per stage, spanning mean - sd .. mean + sd.
+    # One band per stage: the 95% case-bootstrap interval of the mean at each padding, which
+    # holds the mean and stays within the cases' range (a ±sd band would not).
     bands = [c for c in ax.collections]
     assert len(bands) == len(STAGES)
     for band, stage in zip(bands, STAGES):
         ys = band.get_paths()[0].vertices[:, 1]
-        m, s = expected.loc[stage, "mean"].to_numpy(), expected.loc[stage, "std"].to_numpy()
-        np.testing.assert_allclose([ys.min(), ys.max()], [(m - s).min(), (m + s).max()])
+        cells = frame[(frame["kind"] == "all") & (frame["metric"] == "adi") & (frame["stage"] == stage)]
+        per_padding = cells.groupby("padding")["value"]
+        lows, highs = zip(*(bootstrap_ci(v.to_numpy(float)) for _, v in per_padding))
+        np.testing.assert_allclose([ys.min(), ys.max()], [min(lows), max(highs)])
+        assert min(lows) >= per_padding.min().min() - 1e-12 and max(highs) <= per_padding.max().max() + 1e-12
     assert ax.get_xlabel() == "input padding (voxels)"
     assert ax.get_ylabel() == METRIC_LABELS["adi"]
-    assert ax.get_title() == "mean ± sd over 3 cases"
+    assert ax.get_title() == "n = 3 cases, 95% CI"
     assert fig.get_suptitle() == "ADI vs input padding (all padding tokens)"
     assert ax.get_ylim()[0] == 0.0
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"stage {s}" for s in STAGES]
@@ -179,7 +184,7 @@ def test_adi_vs_padding_one_panel_per_model_and_other_metric():
     assert len(panels) == 2
     assert panels[0].get_ylabel() == "entropy H of real queries (nats)"
     for ax, model in zip(panels, ("CT-pretrained", "MRI fine-tuned")):
-        assert ax.get_title() == f"{model}: mean ± sd over 3 cases"
+        assert ax.get_title() == f"{model}: n = 3 cases, 95% CI"
         assert len(ax.lines) == len(STAGES)
         expected = line_means(frame, kind="input", metric="h", model=model)
         for line, stage in zip(ax.lines, STAGES):
