@@ -88,7 +88,7 @@ def dataset(ws: Workspace, name: str) -> DatasetRef:
 def preprocessing(loaded: LoadedModel | None, *, roi: Any, spacing: float | None) -> PreprocessConfig:
     """Preprocessing for a model: ``spacing`` when given, else the training spacing, else 1 mm.
 
-    Intensities are scaled by percentiles (the MRI setting of SPEC §5), padding goes at the end.
+    Intensities are scaled by percentiles (the MRI setting, docs/conventions.md), padding goes at the end.
     """
     trained = loaded.train.get("spacing") if loaded is not None else None
     use = spacing if spacing is not None else (float(trained) if trained is not None else 1.0)

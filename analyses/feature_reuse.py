@@ -1,7 +1,7 @@
 """Paper figure/table: feature reuse, CKA of every block of a pretrained model with fine-tuned ones.
 
 Both models see identical crops of the same cases; examples are block outputs pooled to 8³ by
-named axes, CKA is linear with the unbiased HSIC (SPEC §4). The cases are prepared at ``--roi``
+named axes, CKA is linear with the unbiased HSIC (docs/cka.md). The cases are prepared at ``--roi``
 (default: the reference model's ROI) around their tumor; an input that is mostly real tissue
 (e.g. the anisotropic crop) keeps the padding share from dominating every block's features. Writes per target ``cka.nc``,
 ``cka.csv`` and ``summary.json`` under ``<out>/<tgt>/``, a heatmap per target, the

@@ -1,4 +1,6 @@
-"""Paper figure/table: tumor detection, Dice and HD95 per training preset and backbone (SPEC §5).
+"""Paper figure/table: tumor detection, Dice and HD95 per training preset and backbone.
+
+Definitions: docs/conventions.md, "Evaluation".
 
 Every ``--model`` (e.g. the runs of the ``base``, ``ta``, ``act`` and ``scratch`` presets of each
 backbone) predicts every case of ``--data`` by sliding-window inference on its training window

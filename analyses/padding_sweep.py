@@ -1,4 +1,4 @@
-"""Paper figure/table: attention dilution (ADI) per stage as input padding grows (SPEC §3).
+"""Paper figure/table: attention dilution (ADI) per stage as input padding grows (docs/definitions.md).
 
 For each model and each test case, the input keeps the model ROI while its real content is
 shortened along z by p voxels (the fixed-ROI sweep); ADI, SFR and the flow metrics are reduced

@@ -1,4 +1,4 @@
-"""Paper figure/table: tumor appearance heterogeneity and its clusters (SPEC §5).
+"""Paper figure/table: tumor appearance heterogeneity and its clusters (docs/conventions.md).
 
 Per case: tumor mean intensity, coefficient of variation, tumor-to-background contrast,
 boundary gradient, volume and the radial profile (±15 mm); the cases are clustered by k-means

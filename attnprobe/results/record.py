@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ def staged(folder: Path) -> Iterator[Path]:
 
 
 @dataclass
-class RunRecord:
+class RunRecord(ABC):
     """Base of the run records (:mod:`attnprobe.results`); subclasses set ``kind``,
     ``schema_version`` and ``files`` and implement ``_write`` / ``_read`` / ``_read_legacy``.
 
@@ -100,22 +101,26 @@ class RunRecord:
     legacy: bool = field(default=False, kw_only=True, compare=False)
     folder: Path | None = field(default=None, kw_only=True, compare=False)
 
-    # -- to implement -----------------------------------------------------------------------
+    # -- each kind implements --------------------------------------------------------------
+    @abstractmethod
     def _write(self, tmp: Path) -> list[str]:
         """Write the data files into ``tmp`` (staged); return their names."""
-        raise NotImplementedError
 
     def _meta(self) -> dict[str, Any]:
         """Extra ``record.json`` fields of this kind."""
         return {}
 
     @classmethod
+    @abstractmethod
     def _read(cls: type[R], folder: Path, meta: dict[str, Any]) -> R:
-        raise NotImplementedError
+        """Read the data files of a folder with ``record.json`` (``meta``: its contents)."""
 
     @classmethod
     def _read_legacy(cls: type[R], folder: Path) -> R:
-        raise NotImplementedError
+        """Read a folder written before run records; kinds that had no such folders refuse."""
+        raise DataError(f"{folder} has no {RECORD_FILE}, and {_a(cls.kind)} run has no older layout to read",
+                        expected=f"a folder with {RECORD_FILE}", got=_listing(folder),
+                        fix="rerun the command that writes it")
 
     # -- common -----------------------------------------------------------------------------
     def display_label(self) -> str:
