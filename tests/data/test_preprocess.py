@@ -1,4 +1,4 @@
-"""Preprocessing with an explicit real-voxel mask (SPEC §2 "Padding tokens", §5)."""
+"""Preprocessing with an explicit real-voxel mask (docs/definitions.md, "Token kinds")."""
 
 from __future__ import annotations
 

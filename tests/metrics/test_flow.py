@@ -1,4 +1,4 @@
-"""Attention flow / ADI (SPEC §3) against brute force, closed forms and invariances."""
+"""Attention flow / ADI (docs/definitions.md) against brute force, closed forms and invariances."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def random_block(seed: int, *, batch=(2,), windows=7, heads=3, n=6, dtype=torch.
 
 
 def brute_force(probs, kinds, padding, heads, pad_queries="all-windows"):
-    """Triple loop over windows, queries, keys on Python floats, straight from SPEC §3.
+    """Triple loop over windows, queries, keys on Python floats, straight from the definition in docs/definitions.md.
 
     Padding queries of windows without a real token count for ``pad_queries="all-windows"``
     only; real queries only exist in windows with a real token. ``a_pr``/``a_pp`` are NaN

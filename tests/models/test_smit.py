@@ -1,7 +1,7 @@
 """Tests of the SMIT backbone (attnprobe.models.smit).
 
 References used:
-- the reference name/shape list ``reference/smit_2282_state_dict.json`` (SPEC §2), through its
+- the reference name/shape list ``reference/smit_2282_state_dict.json``, through its
   digest below so the test runs without the file, and directly when the file is present;
 - MONAI's ``SwinTransformerBlock`` / ``compute_mask`` / ``WindowAttention`` (same math for
   window 4 when no window shrinks, or only the first axis does);
