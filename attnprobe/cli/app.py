@@ -13,6 +13,7 @@ import typer
 
 from attnprobe.cli import capture as _capture
 from attnprobe.cli import inspect as _inspect
+from attnprobe.environment import installed_versions
 
 app = typer.Typer(
     name="attnprobe",
@@ -25,26 +26,9 @@ app = typer.Typer(
 
 
 
-def _versions() -> dict[str, str]:
-    """Installed versions from package metadata: no package is imported to get them."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("attnprobe", "torch", "monai"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    if out["attnprobe"] == "not installed":  # running from a source tree
-        from attnprobe import __version__
-
-        out["attnprobe"] = __version__
-    return out
-
-
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(" ".join(f"{k} {v}" for k, v in _versions().items()))
+        typer.echo(" ".join(f"{k} {v}" for k, v in installed_versions().items()))
         raise typer.Exit()
 
 

@@ -333,8 +333,3 @@ def print_json(obj: Any) -> None:
 
     console.file.write(json.dumps(plain(obj), indent=1) + "\n")
     console.file.flush()
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
