@@ -223,7 +223,7 @@ _TIER_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(n_cases=6, split=(1 / 3, 0.0, 2 / 3), axial_range_mm=(90.0, 140.0), epochs=1, max_steps=1,
                   num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=4, eval_cases=2,
                   capture_cases=1, ablation_cases=2, cka_baseline_seeds=1, pretrain_steps=2),
-    # Sized for five minutes on two cores (4 min 13 s and 4 min 30 s measured idle): 56 one-crop steps per fine-tuning
+    # Sized for five minutes on two cores (4 min 13 s to 5 min 3 s measured idle): 56 one-crop steps per fine-tuning
     # run (7 epochs of 8 volumes; fine-tuning is most of the run's CPU time) at a high learning rate;
     # with 3 epochs (2 min 45 s) no model detected a tumor, with 7 the presets differ in detection;
     # three padding amounts; CKA on 6 test cases (intervals need 5; the random-init baseline doubles
