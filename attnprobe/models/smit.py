@@ -82,7 +82,6 @@ __all__ = [
     "MASK_VALUE",
     "MERGE_ORDER",
     "NUM_STAGES",
-    "BlockGeometry",
     "PatchEmbed",
     "PatchMerging",
     "SMIT",
@@ -104,7 +103,6 @@ __all__ = [
     "window_padding",
     "window_partition",
     "window_reverse",
-    "window_token_index",
 ]
 
 Triple = tuple[int, int, int]
@@ -293,25 +291,6 @@ def from_windows(windows: torch.Tensor, window: Sequence[int], shift: Sequence[i
     if tuple(x.shape[1:4]) == (d, h, w):
         return x
     return x[:, :d, :h, :w].contiguous()
-
-
-def window_token_index(grid: Sequence[int], window: Sequence[int], shift: Sequence[int], *,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-    """Where each window slot comes from: flat token index into the grid, or -1 for padding.
-
-    Pushes ``arange(D*H*W)`` through :func:`to_windows`, so it follows the block's own
-    pad / roll / partition. Index a per-token flag tensor (flattened row-major over the
-    grid) with it to get flags in window order.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(nW, N)`` int64 for one sample.
-    """
-    grid3 = _triple(grid, "grid")
-    idx = torch.arange(math.prod(grid3), device=device, dtype=torch.int64).reshape(1, *grid3, 1)
-    windows, _ = to_windows(idx, window, shift, pad_value=-1)
-    return windows[..., 0]
 
 
 def _region_labels(length: int, window: int, shift: int) -> torch.Tensor:
@@ -593,41 +572,6 @@ class SMITStage(nn.Module):
 
 
 @dataclass(frozen=True)
-class BlockGeometry:
-    """Where a block sits and how it cuts its grid into windows, for one input size.
-
-    Attributes
-    ----------
-    stage, block
-        Indices.
-    path, attn_path, softmax_path
-        Module paths (``named_modules`` names) of the block, its attention, its softmax.
-    grid, window, shift, padded_grid
-        Token grid, effective window and shift, grid after window padding.
-    num_windows
-        Windows per sample (``nW``).
-    tokens_per_window
-        ``N``.
-    num_heads, dim
-        Heads and channels of the block.
-    """
-
-    stage: int
-    block: int
-    path: str
-    attn_path: str
-    softmax_path: str
-    grid: Triple
-    window: Triple
-    shift: Triple
-    padded_grid: Triple
-    num_windows: int
-    tokens_per_window: int
-    num_heads: int
-    dim: int
-
-
-@dataclass(frozen=True)
 class SMITConfig:
     """Architecture of a SMIT segmentation model (defaults: the rectal-MRI model of docs/definitions.md).
 
@@ -780,31 +724,6 @@ class SMITEncoder(nn.Module):
                              fix=f"pad or crop to multiples of {k}")
         return tuple(tuple(s // (p * 2**i) for s in size) for i in range(NUM_STAGES))
 
-    def block_geometry(self, spatial_size: Sequence[int], *, prefix: str = "") -> list[BlockGeometry]:
-        """Per-block window geometry for one input size, in forward order.
-
-        Parameters
-        ----------
-        spatial_size
-            Input ``(D, H, W)`` in voxels.
-        prefix
-            Prepended to module paths (``"transformer."`` when called through :class:`SMIT`).
-        """
-        out = []
-        for i, grid in enumerate(self.stage_grids(spatial_size)):
-            stage: Any = self.layers[i]  # an SMITStage (ModuleList indexing is untyped)
-            for j, block in enumerate(stage.blocks):
-                window, shift = block.window_for(grid)
-                padded = padded_grid(grid, window)
-                path = f"{prefix}layers.{i}.blocks.{j}"
-                out.append(BlockGeometry(
-                    stage=i, block=j, path=path, attn_path=f"{path}.attn",
-                    softmax_path=f"{path}.attn.softmax", grid=grid, window=window, shift=shift,
-                    padded_grid=padded,
-                    num_windows=math.prod(p // w for p, w in zip(padded, window)),
-                    tokens_per_window=math.prod(window), num_heads=block.num_heads, dim=block.dim))
-        return out
-
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(x)
         x = self.pos_drop(self.patch_embed(x))
@@ -850,8 +769,9 @@ class SMIT(nn.Module):
     a 1x1x1 bottleneck that torch's instance norm refuses (a :class:`ShapeError` says so);
     ``SMIT.transformer`` alone takes any multiple of 32.
 
-    Geometry for capture code: :meth:`stage_grids`, :meth:`block_geometry` (module paths,
-    effective window/shift, window counts) and, per block, :meth:`SMITBlock.window_for`.
+    Geometry for capture code: :meth:`stage_grids` and, per block, :meth:`SMITBlock.window_for`;
+    per-block geometry (window counts, module paths) comes from the shared adapter API
+    (:meth:`attnprobe.models.adapter.Adapter.geometry`, :class:`~attnprobe.models.adapter.BlockGeometry`).
     """
 
     def __init__(self, config: SMITConfig | None = None, /, **kwargs: Any) -> None:
@@ -901,10 +821,6 @@ class SMIT(nn.Module):
     def stage_grids(self, spatial_size: Sequence[int]) -> tuple[Triple, ...]:
         """Token grid of each stage; see :meth:`SMITEncoder.stage_grids`."""
         return self.transformer.stage_grids(spatial_size)
-
-    def block_geometry(self, spatial_size: Sequence[int]) -> list[BlockGeometry]:
-        """Per-block window geometry with module paths relative to this model."""
-        return self.transformer.block_geometry(spatial_size, prefix="transformer.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h0, h1, h2, h3, h4 = self.transformer(x)

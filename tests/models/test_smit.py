@@ -21,8 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attnprobe.capture.geometry import token_positions
 from attnprobe.errors import CheckpointError, ConfigError, ShapeError
 from attnprobe.models import smit as S
+from attnprobe.models.adapter import BlockGeometry
+from attnprobe.models.registry import adapter_for, get_adapter
 
 # sha256 over the sorted lines "name:(shape)" of reference/smit_2282_state_dict.json
 # (253 entries, 64,755,458 values), computed from the file on 2024-11-28.
@@ -180,7 +183,9 @@ def test_noncubic_inputs_window_counts(tiny_model, size):
         for h in handles:
             h.remove()
     assert out.shape == (1, 2, *size)
-    geometry = {g.path: g for g in model.block_geometry(size)}
+    adapter = adapter_for(model)
+    refs = {ref.name: ref for ref in adapter.blocks(model)}
+    geometry = {refs[g.name].block_path: (g, refs[g.name]) for g in adapter.geometry(model, size)}
     assert len(geometry) == 8
     for stage in range(4):
         n_windows, n_tokens, grid = _expected_windows(size, stage)
@@ -188,16 +193,16 @@ def test_noncubic_inputs_window_counts(tiny_model, size):
             path = f"transformer.layers.{stage}.blocks.{block}"
             assert seen[f"{path}.attn.softmax"] == (n_windows, 3, n_tokens, n_tokens), path
             assert seen[path] == (1, *grid, 12 * 2**stage), path
-            g = geometry[path]
-            assert (g.num_windows, g.tokens_per_window, list(g.grid)) == (n_windows, n_tokens, grid)
-            assert g.softmax_path == f"{path}.attn.softmax"
-            assert model.get_submodule(g.softmax_path) is model.get_submodule(path).attn.softmax
-    last = geometry["transformer.layers.3.blocks.1"]
+            g, ref = geometry[path]
+            assert (g.n_windows, g.n_tokens, list(g.grid)) == (n_windows, n_tokens, grid)
+            assert ref.softmax_path == f"{path}.attn.softmax"
+            assert model.get_submodule(ref.softmax_path) is model.get_submodule(path).attn.softmax
+    last, _ = geometry["transformer.layers.3.blocks.1"]
     if size == (96, 128, 64):  # the grid the public SMIT code crashes on
-        assert (last.grid, last.window, last.shift, last.padded_grid, last.num_windows) == (
+        assert (last.grid, last.window, last.shift, last.padded, last.n_windows) == (
             (6, 8, 4), (4, 4, 4), (2, 2, 0), (8, 8, 4), 4)
     else:
-        assert (last.grid, last.shift, last.num_windows) == ((8, 8, 4), (2, 2, 0), 4)
+        assert (last.grid, last.shift, last.n_windows) == ((8, 8, 4), (2, 2, 0), 4)
 
 
 # ------------------------------------------------------------------ config inference
@@ -319,8 +324,8 @@ def test_padding_tokens_are_zero_before_attention(shift):
                 else:
                     assert torch.equal(tok, normed[(b, *src)]), (b, wi, n)
     assert n_pad == 2 * (8 * 8 * 8 - 6 * 5 * 7)
-    # the public helper marks the same slots as padding
-    idx = S.window_token_index(grid, (4, 4, 4), shift)
+    # the shared geometry helper marks the same slots as padding
+    idx = _token_positions(grid, (4, 4, 4), shift)
     assert int((idx < 0).sum()) == n_pad // 2
     assert sorted(idx[idx >= 0].tolist()) == list(range(6 * 5 * 7))
 
@@ -431,9 +436,15 @@ def test_to_from_windows_round_trip(grid, shift):
     assert int((lw == 2).sum()) == math.prod(padded) - math.prod(grid)
 
 
-def test_window_token_index_matches_brute_force():
+def _token_positions(grid, window, shift):
+    """Flat grid index of every window slot (-1 for padding) from the shared geometry API."""
+    geom = BlockGeometry(stage=0, block=1, grid=grid, window=window, shift=shift, heads=3, channels=12)
+    return token_positions(get_adapter("smit"), geom)
+
+
+def test_token_positions_match_brute_force():
     grid, window, shift = (6, 5, 7), (4, 4, 4), (2, 2, 2)
-    idx = S.window_token_index(grid, window, shift)
+    idx = _token_positions(grid, window, shift)
     slots, _ = _slot_sources(grid, window, shift)
     expected = [[-1 if src is None else (src[0] * grid[1] + src[1]) * grid[2] + src[2] for _, _, src in row]
                 for row in slots]
@@ -482,6 +493,8 @@ def test_stage_grids_and_geometry_paths(tiny_model):
     assert tiny_model.stage_grids((96, 128, 64)) == ((48, 64, 32), (24, 32, 16), (12, 16, 8), (6, 8, 4))
     with pytest.raises(ShapeError):
         tiny_model.stage_grids((96, 128, 60))
-    geo = tiny_model.transformer.block_geometry((64, 64, 32))
-    assert geo[-1].path == "layers.3.blocks.1" and geo[-1].window == (4, 4, 2)
-    assert geo[-1].shift == (0, 0, 0) and geo[-1].tokens_per_window == 32
+    adapter = adapter_for(tiny_model)
+    geo = adapter.geometry(tiny_model, (64, 64, 32))
+    assert adapter.blocks(tiny_model)[-1].block_path == "transformer.layers.3.blocks.1"
+    assert geo[-1].name == "stage3.block1" and geo[-1].window == (4, 4, 2)
+    assert geo[-1].shift == (0, 0, 0) and geo[-1].n_tokens == 32
