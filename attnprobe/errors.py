@@ -12,6 +12,11 @@ from :class:`AttnprobeError` only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 
 class AttnprobeError(Exception):
     """Root of every error attnprobe raises for bad input or a broken contract.
@@ -61,8 +66,13 @@ class TapError(AttnprobeError):
     """A tap pattern that matches nothing, or a tap that did not fire as expected."""
 
 
-def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` ``unknown {name} option`` unless ``value`` is one of ``allowed``."""
+def check_option(name: str, value: _T, allowed: Sequence[str]) -> _T:
+    """``value`` when it is one of ``allowed``, else :class:`ConfigError` ``unknown {name} option``.
+
+    The one checker of string options (``kernel=``, ``pooling=``, ``pad_queries=``, ...), so
+    every bad option reads the same: ``unknown kernel option; expected 'linear' | 'rbf';
+    got 'rfb'; fix: pass kernel= one of the allowed values``.
+    """
     if value not in allowed:
         raise ConfigError(
             f"unknown {name} option",
@@ -70,3 +80,4 @@ def check_option(name: str, value: object, allowed: tuple[str, ...]) -> None:
             got=repr(value),
             fix=f"pass {name}= one of the allowed values",
         )
+    return value

@@ -25,7 +25,7 @@ from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from attnprobe.errors import ConfigError, DataError
+from attnprobe.errors import ConfigError, DataError, check_option
 
 __all__ = [
     "Context",
@@ -166,10 +166,7 @@ _S = TypeVar("_S", bound=str)
 
 def choice(value: _S, name: str, options: Iterable[str]) -> _S:
     """Check a ``Literal`` option; raise :class:`ConfigError` naming the allowed values."""
-    options = tuple(options)
-    if value not in options:
-        raise ConfigError(f"unknown {name}", expected=" | ".join(map(repr, options)), got=repr(value),
-                          fix=f"pass {name}= one of those")
+    check_option(name, value, tuple(options))
     return cast(_S, str(value))  # the same text as a plain str
 
 

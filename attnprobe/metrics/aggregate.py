@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from attnprobe.errors import ConfigError, DataError, ShapeError
+from attnprobe.errors import DataError, ShapeError, check_option
 from attnprobe.metrics.flow import COUNTS, METRICS, FlowResult
 from attnprobe.tokens import PADDING_KINDS
 
@@ -211,8 +211,7 @@ def model_means(frame: pd.DataFrame, *, weighting: Literal["stages", "tokens"] =
         One row per (case, padding, pad_fraction, [head], kind, metric) with ``value`` (NaN
         skipped), ``n_stages`` (stages with a value) and the count columns summed over stages.
     """
-    if weighting not in ("stages", "tokens"):
-        raise ConfigError("unknown weighting", expected="'stages' | 'tokens'", got=repr(weighting))
+    check_option("weighting", weighting, ("stages", "tokens"))
     if "block" in frame.columns:
         frame = stage_means(frame)
     _require(frame, ("case", "stage", "kind", "metric", "value"), "model_means")

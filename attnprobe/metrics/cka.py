@@ -23,7 +23,6 @@ from attnprobe.metrics.cka_base import (
     Kernel,
     Median,
     _check_threshold,
-    _choice,
     _tf32_off,
 )
 from attnprobe.metrics.cka_gram import (
@@ -66,4 +65,4 @@ __all__ = [
 ]
 
 # private helpers other modules and tests reach through this name
-_PRIVATE = (_check_threshold, _choice, _tf32_off)
+_PRIVATE = (_check_threshold, _tf32_off)

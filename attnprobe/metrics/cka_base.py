@@ -15,18 +15,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
-from attnprobe.errors import ConfigError, DataError, ShapeError
+from attnprobe.errors import ConfigError, DataError, ShapeError, check_option
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["biased", "unbiased"]
 GemmDtype = Literal["float32", "float64"]
 Median = Literal["pairs", "kornblith"]
-_Option = TypeVar("_Option", bound=str)
 
 F64 = torch.float64
 _ROW_CHUNK = 8192  # rows per float32 GEMM before the partial sum moves to float64
@@ -35,15 +34,8 @@ _COL_CHUNK = 16384  # features per float32 Gram GEMM before the partial sum move
 # --------------------------------------------------------------------------- validation
 
 
-def _choice(value: _Option, name: str, options: tuple[str, ...]) -> _Option:
-    if value not in options:
-        raise ConfigError(f"unknown {name}", expected=" or ".join(repr(o) for o in options),
-                          got=repr(value), fix=f"pass {name}= one of those")
-    return value
-
-
 def _gemm_torch_dtype(gemm_dtype: str) -> torch.dtype:
-    _choice(gemm_dtype, "gemm_dtype", get_args(GemmDtype))
+    check_option("gemm_dtype", gemm_dtype, get_args(GemmDtype))
     return torch.float32 if gemm_dtype == "float32" else F64
 
 

@@ -20,7 +20,7 @@ from typing import Any, get_args
 
 import torch
 
-from attnprobe.errors import DataError, ShapeError
+from attnprobe.errors import DataError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
     _COL_CHUNK,
     _ROW_CHUNK,
@@ -33,7 +33,6 @@ from attnprobe.metrics.cka_base import (
     _centre,
     _check_finite,
     _check_threshold,
-    _choice,
     _device_of,
     _feature_pair,
     _features,
@@ -142,7 +141,7 @@ def rbf_gram(x: Any, *, threshold: float = 1.0, median: Median = "pairs",
     torch.Tensor, shape (n, n), float64
     """
     threshold = _check_threshold(threshold)
-    _choice(median, "median", get_args(Median))
+    check_option("median", median, get_args(Median))
     k = linear_gram(x, gemm_dtype=gemm_dtype)
     _need_n(k.shape[0], "biased")
     diag = k.diagonal()
@@ -163,8 +162,8 @@ def gram(x: Any, *, kernel: Kernel = "linear", threshold: float = 1.0, median: M
 
     ``threshold`` and ``median`` set the RBF bandwidth (:func:`rbf_gram`); the linear kernel
     ignores them."""
-    _choice(kernel, "kernel", get_args(Kernel))
-    _choice(median, "median", get_args(Median))
+    check_option("kernel", kernel, get_args(Kernel))
+    check_option("median", median, get_args(Median))
     if kernel == "linear":
         return linear_gram(x, gemm_dtype=gemm_dtype)
     return rbf_gram(x, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
@@ -237,7 +236,7 @@ def hsic(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
     -------
     float
     """
-    _choice(estimator, "estimator", get_args(Estimator))
+    check_option("estimator", estimator, get_args(Estimator))
     kt, lt = _gram_pair(gram_x, gram_y)
     n = kt.shape[0]
     _need_n(n, estimator)
@@ -247,7 +246,7 @@ def hsic(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
 
 def cka_from_grams(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
     """CKA from two Gram matrices, shapes (n, n); ``HSIC(K,L) / sqrt(HSIC(K,K) HSIC(L,L))``."""
-    _choice(estimator, "estimator", get_args(Estimator))
+    check_option("estimator", estimator, get_args(Estimator))
     kt, lt = _gram_pair(gram_x, gram_y)
     _need_n(kt.shape[0], estimator)
     kc, lc = _centre_for(kt, estimator), _centre_for(lt, estimator)
@@ -287,9 +286,9 @@ def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "bi
     The linear kernel uses feature cross-products (no ``n x n`` memory) when ``n`` exceeds
     both feature counts, and Grams otherwise; both are exact.
     """
-    _choice(kernel, "kernel", get_args(Kernel))
-    _choice(estimator, "estimator", get_args(Estimator))
-    _choice(median, "median", get_args(Median))
+    check_option("kernel", kernel, get_args(Kernel))
+    check_option("estimator", estimator, get_args(Estimator))
+    check_option("median", median, get_args(Median))
     xt, yt = _feature_pair(x, y)
     n = xt.shape[0]
     _need_n(n, estimator)
@@ -370,7 +369,7 @@ def cka_matrix_from_grams(grams_x: Sequence[Any], grams_y: Sequence[Any], *,
     Each centred Gram is flattened and scaled to unit norm; the whole matrix is then one
     float64 product ``(L1, n²) @ (n², L2)``.
     """
-    _choice(estimator, "estimator", get_args(Estimator))
+    check_option("estimator", estimator, get_args(Estimator))
     dev = _device_of(*grams_x, *grams_y)
     out, _, _ = _hsic_stack(grams_x, grams_y, estimator, dev, True)
     return out
@@ -400,8 +399,8 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
     stacked flattened Grams. Linear kernels centre the features once before a batched float32
     GEMM and never centre a Gram (:func:`_linear_terms`). Memory ``O((L1 + L2) n²)``.
     """
-    _choice(kernel, "kernel", get_args(Kernel))
-    _choice(estimator, "estimator", get_args(Estimator))
+    check_option("kernel", kernel, get_args(Kernel))
+    check_option("estimator", estimator, get_args(Estimator))
     if kernel == "linear":
         return _normalised(*_linear_terms(xs, ys, estimator, gemm_dtype, check=False), feats=(xs, ys))
     gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)

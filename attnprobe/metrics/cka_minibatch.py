@@ -12,13 +12,12 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
-from attnprobe.errors import DataError, ShapeError
+from attnprobe.errors import DataError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
     GemmDtype,
     Kernel,
     Median,
     _check_threshold,
-    _choice,
     _device_of,
     _gemm_torch_dtype,
     _hsic_scale,
@@ -58,9 +57,9 @@ class MinibatchCKA:
 
     def __init__(self, *, kernel: Kernel = "linear", threshold: float = 1.0, median: Median = "pairs",
                  gemm_dtype: GemmDtype = "float32") -> None:
-        self.kernel = _choice(kernel, "kernel", get_args(Kernel))
+        self.kernel = check_option("kernel", kernel, get_args(Kernel))
         self.threshold = _check_threshold(threshold)
-        self.median = _choice(median, "median", get_args(Median))
+        self.median = check_option("median", median, get_args(Median))
         _gemm_torch_dtype(gemm_dtype)
         self.gemm_dtype = gemm_dtype
         self.batches = 0

@@ -18,14 +18,13 @@ from typing import Any, cast, get_args
 
 import torch
 
-from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.errors import ConfigError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
     _ROW_CHUNK,
     F64,
     Estimator,
     GemmDtype,
     _centre,
-    _choice,
     _feature_pair,
     _gemm_torch_dtype,
     _hsic_scale,
@@ -327,7 +326,7 @@ def linear_cka(x: Any, y: Any, *, estimator: Estimator = "biased",
     -------
     float
     """
-    _choice(estimator, "estimator", get_args(Estimator))
+    check_option("estimator", estimator, get_args(Estimator))
     xt, yt = _feature_pair(x, y)
     _need_n(xt.shape[0], estimator)
     m = _moments_of(xt, yt, _gemm_torch_dtype(gemm_dtype), chunk_rows)
@@ -505,7 +504,7 @@ class StreamingLinearCKA:
 
     def hsic(self, estimator: Estimator = "biased") -> tuple[float, float, float]:
         """``(HSIC(X,Y), HSIC(X,X), HSIC(Y,Y))`` for the linear kernel."""
-        _choice(estimator, "estimator", get_args(Estimator))
+        check_option("estimator", estimator, get_args(Estimator))
         m = self._flush()
         if m is None:
             _need_n(0, estimator)
@@ -514,7 +513,7 @@ class StreamingLinearCKA:
 
     def compute(self, estimator: Estimator = "biased") -> float:
         """Linear CKA of all examples seen, biased or unbiased."""
-        _choice(estimator, "estimator", get_args(Estimator))
+        check_option("estimator", estimator, get_args(Estimator))
         m = self._flush()
         if m is None:
             _need_n(0, estimator)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.errors import ConfigError, ShapeError, check_option
 
 __all__ = ["Pooling", "SmallGrid", "POOLINGS", "SMALL_GRIDS", "pool_examples", "tokens_as_examples"]
 
@@ -77,12 +77,6 @@ def _float(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
 
 
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} option", expected=" | ".join(repr(a) for a in allowed),
-                          got=repr(value), fix=f"pass {name}= one of the allowed values")
-
-
 def pool_examples(x: Any, dims: Sequence[str] | None = None, *, grid: int | Sequence[int] = 8,
                   sample: str = "sample", channel: str = "channel",
                   spatial: Sequence[str] = SPATIAL, pooling: Pooling = "correct",
@@ -129,8 +123,8 @@ def pool_examples(x: Any, dims: Sequence[str] | None = None, *, grid: int | Sequ
     ConfigError
         Unknown ``pooling`` or ``small_grid``, a bad grid.
     """
-    _check_choice("pooling", pooling, POOLINGS)
-    _check_choice("small_grid", small_grid, SMALL_GRIDS)
+    check_option("pooling", pooling, POOLINGS)
+    check_option("small_grid", small_grid, SMALL_GRIDS)
     spatial = tuple(spatial)
     if len(spatial) not in _POOL:
         raise ConfigError("pooling supports 1 to 3 spatial axes", expected="1, 2 or 3 names",

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from attnprobe import dist
-from attnprobe.errors import ConfigError, DataError, StoreError
+from attnprobe.errors import ConfigError, DataError, StoreError, check_option
 from attnprobe.metrics.cka import (
     GemmDtype,
     Kernel,
@@ -171,10 +171,7 @@ class CKAConfig:
                               ("estimator", get_args(ReuseEstimator)),
                               ("gemm_dtype", get_args(GemmDtype)), ("median", get_args(Median)),
                               ("pooling", POOLINGS), ("small_grid", SMALL_GRIDS)):
-            value = getattr(self, name)
-            if value not in options:
-                raise ConfigError(f"unknown {name}", expected=" or ".join(repr(o) for o in options),
-                                  got=repr(value), fix=f"pass {name}= one of those")
+            check_option(name, getattr(self, name), options)
         if self.unit == "tokens" and (self.pooling, self.small_grid) != ("correct", "keep"):
             raise ConfigError("pooling options apply to the pooled unit only",
                               expected="--pooling correct --small-grid keep with --unit tokens",

@@ -36,9 +36,9 @@ from torch import nn
 
 from attnprobe.capture.probe import Probe
 from attnprobe.data.preprocess import PadMode
-from attnprobe.errors import ConfigError, ShapeError
+from attnprobe.errors import ConfigError, ShapeError, check_option
 from attnprobe.metrics.aggregate import model_means, stage_means, sweep_summary
-from attnprobe.metrics.flow import PAD_QUERY_MODES, HeadMode, PadQueries, check_option
+from attnprobe.metrics.flow import PAD_QUERY_MODES, HeadMode, PadQueries
 from attnprobe.metrics.reducers import FlowReducer, FlowTag
 from attnprobe.models.adapter import Adapter
 from attnprobe.models.registry import adapter_for

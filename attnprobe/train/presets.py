@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from attnprobe.data.preprocess import IntensityMode, PadMode, PreprocessConfig, validate_roi
-from attnprobe.errors import ConfigError
+from attnprobe.errors import ConfigError, check_option
 from attnprobe.models.registry import get_adapter, resolve_config
 
 __all__ = [
@@ -275,11 +275,8 @@ class TrainConfig:
         if not 0.0 <= self.tumor_prob <= 1.0:
             raise ConfigError("bad tumor_prob", expected="a probability in [0, 1]", got=repr(self.tumor_prob))
         for name, options in (("loss", get_args(LossName)), ("schedule", get_args(Schedule)),
-                              ("augmentation", get_args(Augmentation))):
-            if getattr(self, name) not in options:
-                raise ConfigError(f"unknown {name}", expected=f"one of {list(options)}", got=repr(getattr(self, name)))
-        if self.intensity not in get_args(IntensityMode):
-            raise ConfigError("unknown intensity mode", expected="'percentile' or 'fixed'", got=repr(self.intensity))
+                              ("augmentation", get_args(Augmentation)), ("intensity", get_args(IntensityMode))):
+            check_option(name, getattr(self, name), options)
         # Fails early (here, not after minutes of loading) on a bad window or spacing.
         self.preprocess_config()
 

@@ -473,7 +473,7 @@ def test_clear_errors():
         cka(x, y, kernel="rbf", threshold=0.0)
     for bad in (lambda: cka(x, y, kernel="rbf", median="all"), lambda: rbf_gram(x, median="pairs "),
                 lambda: MinibatchCKA(median="n2")):
-        with pytest.raises(ConfigError, match="unknown median; expected 'pairs' or 'kornblith'; got"):
+        with pytest.raises(ConfigError, match="unknown median option; expected 'pairs' | 'kornblith'; got"):
             bad()
     z, _ = related(14, 10, 3, 3)
     with pytest.raises(DataError, match="without variation"):

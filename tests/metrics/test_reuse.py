@@ -82,7 +82,7 @@ def channels(grids):
     ({"estimator": "debiased"}, "unknown estimator"),
     ({"pool": 0}, "pooling grid"),
     ({"gemm_dtype": "float16"}, "unknown gemm_dtype"),
-    ({"median": "all"}, "unknown median; expected 'pairs' or 'kornblith'; got 'all'"),
+    ({"median": "all"}, "unknown median option; expected 'pairs' | 'kornblith'; got 'all'"),
     ({"pooling": "paper"}, "unknown pooling"),
     ({"small_grid": "repeat"}, "unknown small_grid"),
     ({"unit": "tokens", "pooling": "paper-swin-axes"}, "pooled unit only"),
