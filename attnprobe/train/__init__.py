@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "presets": ("TRAIN_PRESETS", "TrainConfig", "TrainPreset", "anisotropic_roi", "get_preset", "pretrained_roi",
                 "resolve_train_config"),
-    "trainer": ("EpochInfo", "StepInfo", "TrainResult", "initial_model", "read_train_metadata", "train"),
+    "trainer": ("EpochInfo", "StepInfo", "TrainResult", "Trainer", "initial_model", "read_train_metadata", "train"),
     "inference": ("InferenceConfig", "Prediction", "predict_case", "sliding_window_probs", "write_prediction"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
