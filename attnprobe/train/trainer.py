@@ -177,13 +177,7 @@ class Trainer:
         self.checkpoint_every = _positive_or_none("checkpoint_every", checkpoint_every)
         self.stop_after_steps = _positive_or_none("stop_after_steps", stop_after_steps)
         check_run_dir(self.out, overwrite=overwrite, resume=resume)
-        self.world = dist.world_size()
-        if config.batch_size < self.world:
-            raise ConfigError(
-                "the batch is smaller than the number of ranks",
-                expected=f"batch_size >= {self.world} (batch_size is the global batch, split over ranks)",
-                got=f"batch_size={config.batch_size}",
-                fix=f"pass --batch-size {self.world} or more, or start fewer processes")
+        self.world = _check_world(config.batch_size, dist.world_size())
         self.data_info = {"data": str(_abs(data)), "split": split,
                           "val_data": str(_abs(val_data if val_data is not None else data)),
                           "val_split": val_split}
@@ -207,10 +201,9 @@ class Trainer:
         self.net = dist.data_parallel(self.model, device=dev)
         self.n_batches = math.ceil(len(self.volumes) / config.batch_size)
         self.total_steps = self.n_batches * config.epochs
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, config, n_batches=self.n_batches)
-        self.use_amp = config.amp and dev.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.optimizer, self.scheduler, self.scaler = _optimisation(self.model, config, n_batches=self.n_batches,
+                                                                    device=dev)
+        self.use_amp = self.scaler is not None
         self.loss_fn = make_loss(config.loss)
         self.infer = InferenceConfig(roi=config.roi, overlap=config.overlap, sw_batch_size=config.sw_batch_size,
                                      amp=config.amp)
@@ -497,6 +490,25 @@ def _batch_loss(loss: torch.Tensor, n_mine: int, n_batch: int) -> float:
         return float(loss.detach())
     total = torch.tensor([float(loss.detach()) * n_mine], dtype=torch.float64, device=loss.device)
     return float(dist.all_reduce_sum_(total)) / n_batch
+
+
+def _check_world(batch_size: int, world: int) -> int:
+    """``world``, the number of ranks, after checking that each rank gets a volume of a full batch."""
+    if batch_size < world:
+        raise ConfigError(
+            "the batch is smaller than the number of ranks",
+            expected=f"batch_size >= {world} (batch_size is the global batch, split over ranks)",
+            got=f"batch_size={batch_size}", fix=f"pass --batch-size {world} or more, or start fewer processes")
+    return world
+
+
+def _optimisation(model: nn.Module, config: TrainConfig, *, n_batches: int, device: torch.device) -> tuple[
+        torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler | None]:
+    """AdamW, its learning-rate schedule, and a gradient scaler when AMP runs (CUDA only)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config, n_batches=n_batches)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+    return optimizer, scheduler, scaler
 
 
 def _positive_or_none(name: str, value: int | None) -> int | None:
