@@ -19,6 +19,11 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 from attnprobe.models import build_model  # noqa: E402
 from attnprobe.models.checkpoints import save_checkpoint  # noqa: E402
+from tests.helpers import run_torchrun_groups  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torchrun(group): the test reads GROUP's runs from the torchrun_runs fixture")
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +88,22 @@ def swin_ckpt(tmp_path_factory):
 def smit_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     return save_checkpoint(build_model("smit", preset="tiny"), tmp_path_factory.mktemp("ck") / "smit.pt")
+
+
+@pytest.fixture(scope="session")
+def torchrun_runs(request, tmp_path_factory, swin_ckpt, smit_ckpt, datalist):
+    """The distributed tests' runs, made once: every group named by a ``torchrun`` mark of a
+    selected test runs on 2 ranks in one shared torchrun launch (one start-up of torch, MONAI and
+    attnprobe per rank instead of one per command) and in one process, here, meanwhile.
+
+    A test calls ``torchrun_runs.check(GROUP)``: the group's folder and what its 2-rank runs printed.
+    """
+    groups = sorted({m.args[0] for item in request.session.items for m in item.iter_markers("torchrun")})
+    root = tmp_path_factory.mktemp("torchrun")
+
+    def phantoms():
+        from attnprobe.data.phantoms import write_phantom_dataset
+
+        return write_phantom_dataset(root / "phantoms", n=7, seed=0, shape=(48, 48, 24), modalities=("mri",))["mri"]
+
+    return run_torchrun_groups(groups, root, swin=swin_ckpt, smit=smit_ckpt, datalist=datalist, phantoms=phantoms)

@@ -8,11 +8,15 @@ plain functions live here.
 from __future__ import annotations
 
 import csv
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -101,13 +105,143 @@ def launch(*args: object, nproc: int | None = None, timeout: int = 300) -> subpr
     """``python -m attnprobe ARGS``, or under torchrun with ``nproc`` processes; must exit 0."""
     prefix = [sys.executable]
     if nproc is not None:
-        prefix += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-                   f"--master_port={free_port()}"]
+        prefix += torchrun_prefix(nproc)
     cmd = [*prefix, "-m", "attnprobe", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=torchrun_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def torchrun_prefix(nproc: int) -> list[str]:
+    """``-m torch.distributed.run`` with ``nproc`` processes on a free local port."""
+    return ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}"]
+
+
+def torchrun_env() -> dict[str, str]:
+    """The environment of a launched run: one torch thread per process, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun_group_jobs(group: str, root: Path, *, swin: Path, smit: Path, datalist: Path,
+                        phantoms: Callable[[], Path]) -> tuple[list[list[object]], list[list[object]]]:
+    """The runs a distributed test compares: (single-process runs, runs on 2 ranks), in order.
+
+    Each run is the argument list of one ``attnprobe`` command, writing under ``root``.
+    ``phantoms()`` makes (once) the phantom MRI datalist the training runs read.
+    """
+    if group == "capture":
+        args = ["capture", "--model", swin, "--data", datalist, "--taps", "stage1.*", "--taps",
+                "stage3.block0.out", "--dtype", "float32"]
+        return [[*args, "--out", root / "one.zarr"]], [[*args, "--out", root / "two.zarr"]]
+    if group == "adi":
+        # z 32: the cases (20-32 voxels on z) get more padding at 16 (at 64 every amount gave the same input)
+        args = ["adi", "--model", swin, "--data", datalist, "--padding-sweep", "0,16", "--roi", "64,64,32"]
+        return [[*args, "--out", root / "one"]], [[*args, "--out", root / "two"]]
+    if group in ("cka-pooled", "cka-tokens"):
+        options = {
+            # pooled features gathered to rank 0 (3 cases x 2 crops: ranks hold 4 and 2 examples)
+            # (plus the random-init baseline from the kept reference features, and the case bootstrap)
+            "cka-pooled": ["--unit", "pooled", "--estimator", "unbiased", "--crops", "2", "--crop-size", "32,64,32",
+                           "--baseline-seeds", "1", "--bootstrap", "100", "--permutations", "50"],
+            # token statistics all-reduced across ranks
+            "cka-tokens": ["--unit", "tokens", "--estimator", "biased", "--baseline", "none"],
+        }[group]
+        args = ["cka", "--ref", swin, "--tgt", smit, "--data", datalist, *options]
+        return [[*args, "--out", root / "one"]], [[*args, "--out", root / "two"]]
+    if group == "train":
+        # 5 training volumes and batch 2: steps of 2, 2 and 1 volumes (the last one on rank 0 only);
+        # on 2 ranks: stopped after step 2, then resumed to the end
+        args = ["train", "--preset", "act", "--model-preset", "tiny", "--init", "none", "--data", phantoms(),
+                "--epochs", 1, "--spacing", 2, "--num-samples", 1, "--batch-size", 2, "--seed", 5]
+        return [[*args, "--out", root / "one"]], [[*args, "--out", root / "two", "--max-steps", 2],
+                                                  [*args, "--out", root / "two", "--resume"]]
+    raise KeyError(f"no torchrun group {group!r}")
+
+
+@dataclass
+class RunOutput:
+    """What a run printed (for a run on several ranks: every rank's output, rank 0 first)."""
+
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class TorchrunRuns:
+    """The runs of the ``torchrun_runs`` fixture: every group's single-process runs (made in the
+    test process) and its 2-rank runs (all groups in one torchrun launch)."""
+
+    root: Path
+    single: dict[str, list[dict]]
+    two: dict[str, list[str]]
+    results: Path
+    launch_output: str
+
+    def check(self, group: str) -> tuple[Path, list[RunOutput]]:
+        """``(folder, outputs of the 2-rank runs)`` of ``group``; fails the test, with the output,
+        when one of its runs did not exit 0 (or never ran because an earlier job failed)."""
+        for i, result in enumerate(self.single[group]):
+            if result["code"] != 0:
+                pytest.fail(f"{group}: single-process run {i} exited {result['code']}:\n"
+                            f"{result['stdout'][-3000:]}{result['stderr'][-3000:]}")
+        outputs = []
+        for name in self.two[group]:
+            ranks = [self.results / f"{name}.rank{r}.json" for r in range(2)]
+            if not all(p.is_file() for p in ranks):
+                pytest.fail(f"{name}: the 2-rank run did not finish on every rank:\n{self.launch_output[-6000:]}")
+            done = [json.loads(p.read_text()) for p in ranks]
+            for r, result in enumerate(done):
+                if result["code"] != 0:
+                    pytest.fail(f"{name}: rank {r} exited {result['code']}:\n"
+                                f"{result['stdout'][-3000:]}{result['stderr'][-3000:]}")
+            outputs.append(RunOutput("".join(d["stdout"] for d in done), "".join(d["stderr"] for d in done)))
+        return self.root / group, outputs
+
+
+def run_torchrun_groups(groups: list[str], root: Path, *, timeout: int = 1200,
+                        **inputs: object) -> TorchrunRuns:
+    """Every group's 2-rank runs in one torchrun launch and, while it runs, its single-process runs
+    in this process (one torch thread, as each rank has; torch's and numpy's random state and the
+    warning filters are restored afterwards). See ``tests/torchrun_jobs.py``."""
+    import torch
+
+    from tests.torchrun_jobs import run_command
+
+    jobs, single, two = [], {}, {}
+    for group in groups:
+        (root / group).mkdir(parents=True)
+        ones, twos = torchrun_group_jobs(group, root / group, **inputs)
+        single[group] = ones
+        two[group] = [f"{group}.{i}" for i in range(len(twos))]
+        jobs += [{"name": name, "args": [str(a) for a in args]} for name, args in zip(two[group], twos)]
+        if group == "train":  # last.pt of the stopped run, before the resumed run replaces it
+            jobs[-2]["keep"] = [str(root / group / "two" / "last.pt"), str(root / group / "stopped.pt")]
+    results = root / "results"
+    results.mkdir(parents=True)
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    script = Path(__file__).with_name("torchrun_jobs.py")
+    log = root / "launch.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, *torchrun_prefix(2), str(script), str(root / "jobs.json"),
+                                 str(results)], stdout=fh, stderr=subprocess.STDOUT, env=torchrun_env(),
+                                start_new_session=True)
+    try:
+        threads = torch.get_num_threads()
+        state = np.random.get_state()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                single = {g: [run_command([str(a) for a in args]) for args in runs] for g, runs in single.items()}
+        finally:
+            torch.set_num_threads(threads)
+            np.random.set_state(state)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return TorchrunRuns(root, single, two, results, log.read_text())
 
 
 # --- inputs ------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""torchrun with the gloo backend on CPU, 2 processes, against the single-process result."""
+"""torchrun with the gloo backend on CPU, 2 processes, against the single-process result.
+
+The runs are made once for all such tests by the ``torchrun_runs`` fixture (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,14 @@ import pytest
 
 from attnprobe import open_store
 from attnprobe.store import block_names
-from tests.helpers import free_port, launch
+from tests.helpers import free_port
 
 
 @pytest.mark.slow
-def test_capture_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
-    args = ["--model", swin_ckpt, "--data", datalist, "--taps", "stage1.*", "--taps", "stage3.block0.out",
-            "--dtype", "float32"]
-    launch("capture", *args, "--out", tmp_path / "one.zarr")
-    launch("capture", *args, "--out", tmp_path / "two.zarr", nproc=2)
-    one, two = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "two.zarr")
+@pytest.mark.torchrun("capture")
+def test_capture_two_ranks_equals_one(torchrun_runs):
+    folder, _ = torchrun_runs.check("capture")
+    one, two = open_store(folder / "one.zarr"), open_store(folder / "two.zarr")
     assert two["done"].values.all()
     assert list(one["case"].values) == list(two["case"].values)
     assert block_names(one) == block_names(two)
@@ -30,17 +31,14 @@ def test_capture_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
 
 
 @pytest.mark.slow
-def test_adi_sweep_two_ranks_equals_one(swin_ckpt, datalist, tmp_path):
+@pytest.mark.torchrun("adi")
+def test_adi_sweep_two_ranks_equals_one(torchrun_runs):
     import pandas as pd
 
-    # z 32: the cases (20-32 voxels on z) get more padding at 16 (at 64 every amount gave the same input)
-    args = ["--model", swin_ckpt, "--data", datalist, "--padding-sweep", "0,16", "--roi", "64,64,32"]
-    launch("adi", *args, "--out", tmp_path / "one")
-    launch("adi", *args, "--out", tmp_path / "two", nproc=2)
-    one = pd.read_csv(tmp_path / "one" / "adi.csv")
-    two = pd.read_csv(tmp_path / "two" / "adi.csv")
+    folder, _ = torchrun_runs.check("adi")
+    one = pd.read_csv(folder / "one" / "adi.csv")
+    two = pd.read_csv(folder / "two" / "adi.csv")
     pd.testing.assert_frame_equal(one, two)
-
 
 
 @pytest.mark.slow

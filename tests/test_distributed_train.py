@@ -18,11 +18,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnprobe.data.phantoms import write_phantom_dataset
 from attnprobe.models import load_checkpoint
 from attnprobe.train.presets import resolve_train_config
 from attnprobe.train.trainer import initial_model, rank_batches, read_train_metadata
-from tests.helpers import launch, read_csv_rows
+from tests.helpers import read_csv_rows
 
 
 def test_rank_batches_split_each_single_process_batch():
@@ -46,17 +45,15 @@ def test_rank_batches_split_each_single_process_batch():
 
 
 @pytest.mark.slow
-def test_two_ranks_follow_one_process_and_resume(tmp_path):
-    # 5 training volumes and batch 2: steps of 2, 2 and 1 volumes (the last one on rank 0 only)
-    data = write_phantom_dataset(tmp_path / "ph", n=7, seed=0, shape=(48, 48, 24), modalities=("mri",))["mri"]
-    args = ["train", "--preset", "act", "--model-preset", "tiny", "--init", "none", "--data", data, "--epochs", 1,
-            "--spacing", 2, "--num-samples", 1, "--batch-size", 2, "--seed", 5]
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(*args, "--out", one)
-    stopped = launch(*args, "--out", two, "--max-steps", 2, nproc=2)
+@pytest.mark.torchrun("train")
+def test_two_ranks_follow_one_process_and_resume(torchrun_runs):
+    # the runs (tests/helpers.py, torchrun_group_jobs): 7 phantom cases, 5 of them for training, and
+    # batch 2: steps of 2, 2 and 1 volumes (the last one on rank 0 only); the 2-rank run stops after
+    # step 2, then resumes
+    folder, (stopped, resumed) = torchrun_runs.check("train")
+    one, two = folder / "one", folder / "two"
     assert stopped.stderr.count("2 ranks") == 1 and stopped.stdout.count("stopped after step 2") == 1
-    assert read_train_metadata(two / "last.pt")["state"]["global_step"] == 2
-    resumed = launch(*args, "--out", two, "--resume", nproc=2)
+    assert read_train_metadata(folder / "stopped.pt")["state"]["global_step"] == 2  # last.pt then
     assert resumed.stdout.count("finished: 1 epochs, 3 steps") == 1
 
     # rank 0 alone wrote the files: one row per step and one for validation, as in one process
