@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnprobe.metrics import cka_base
+from attnprobe.metrics import cka_base, cka_gram
 from attnprobe.metrics.cka import MinibatchCKA, StreamingLinearCKA, cka_matrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,6 +66,29 @@ def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monk
     want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
     assert got.dtype == torch.float64 and got.shape == (4, 3)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("mean", [0.0, 1e4])
+@pytest.mark.parametrize("large_n_path", [False, True])
+def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_n_path, monkeypatch):
+    # equal widths take the halved-Gram path (A, B, C blocks); odd n splits unevenly; the
+    # large-n path forms the block products in row blocks (rectangular B included)
+    if large_n_path:
+        monkeypatch.setattr(cka_gram, "_SMALL_GRAM", 0)
+        monkeypatch.setattr(cka_gram, "_POST_ROWS", 30)  # 2 or 3 rows a block
+        # and column chunks (blocks added in float64) in batches of two layers
+        monkeypatch.setattr(cka_gram, "_COL_CHUNK", 8)
+        monkeypatch.setattr(cka_gram, "_BATCH_TOTAL", 2 * 25 * 8)
+    xs = layers(4, 25, [20, 20, 20], mean)
+    ys = layers(5, 25, [20, 20], mean)
+    assert cka_gram._halvable(xs + ys, torch.float32)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+    # ... and agrees with the full-Gram path
+    monkeypatch.setattr(cka_gram, "_halvable", lambda feats, dt: False)
+    np.testing.assert_allclose(got.numpy(), cka_matrix(xs, ys, estimator=estimator).numpy(), rtol=0, atol=1e-7)
 
 
 def test_all_pairs_large_layers_run_one_by_one():
