@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  online reduction {online_s:7.2f} s  ({online_s / n_forwards:.2f} s each)")
     print(f"  hooked / plain (goal <= 1.10): total {online_s / plain_s:.2f}, median per input "
           f"{median_ratio:.2f}, fastest / fastest {min_ratio:.2f}  ({'CPU' if device.type == 'cpu' else 'wall'} time)")
-    print(f"  peak RSS of one forward at p={max(spec.paddings)} (fresh process): plain {rss_plain:.0f} MB, "
-          f"hooked {rss_online:.0f} MB")
+    if not args.online_only:
+        print(f"  peak RSS of one forward at p={max(spec.paddings)} (fresh process): plain {rss_plain:.0f} MB, "
+              f"hooked {rss_online:.0f} MB")
     for dtype, o in offline.items():
         print(f"offline {dtype}: {o['gb_read']:.3f} GB in {o['seconds']:.2f} s = {o['gb_per_s']:.3f} GB/s "
               f"({o['chunks']} chunks, largest {o['largest_chunk_mb']:.1f} MiB)")

@@ -600,6 +600,9 @@ def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
     return n <= _ROW_CHUNK and all(x.shape[1] == p and _sub_dtype(x, dt) == sub for x in feats)
 
 
+_UNCENTRED_MAX = 2.0  # trace(K) / trace(centred K) up to which a large layer skips its centred copy
+
+
 def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str) -> list[torch.Tensor]:
     """Three blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C = W₂W₂ᵀ`` of the Grams of centred features.
 
@@ -608,31 +611,69 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
     ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
     means, subtracted in the subtraction dtype) and multiplied in batches of at most
     :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`; partial blocks of
-    column chunks add in float64. The unbiased estimator zeroes the diagonals of ``A`` and
-    ``C``. For layers that pass :func:`_halvable`.
+    column chunks add in float64. A layer larger than :data:`_BATCH_LAYER` whose mean is small
+    next to its spread skips the centred copy (:func:`_uncentred_blocks`). The unbiased
+    estimator zeroes the diagonals of ``A`` and ``C``. For layers that pass :func:`_halvable`.
     """
     n, p = feats[0].shape
     sub = _sub_dtype(feats[0], dt)
-    per = max(1, _BATCH_TOTAL // (n * min(p, _COL_CHUNK)))
+
+    def centred(group: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        acc: list[torch.Tensor] = []
+        for s in range(0, p, _COL_CHUNK):
+            w = torch.stack([x[:, s:s + _COL_CHUNK].to(sub) for x in group])
+            w.sub_(w.mean(1, keepdim=True))  # one float32 reduction; NaN/inf surface in the sums
+            if w.dtype != dt:
+                w = w.to(dt)
+            blocks = _three_blocks(w, n)
+            acc = blocks if not acc else [a.to(F64) + b for a, b in zip(acc, blocks)]
+        return acc
+
     groups: list[list[torch.Tensor]] = []
     with _tf32_off(feats[0].device):
-        for g in range(0, len(feats), per):
-            acc: list[torch.Tensor] = []
-            for s in range(0, p, _COL_CHUNK):
-                w = torch.stack([x[:, s:s + _COL_CHUNK].to(sub) for x in feats[g:g + per]])
-                w.sub_(w.mean(1, keepdim=True))  # one float32 reduction; NaN/inf surface in the sums
-                if w.dtype != dt:
-                    w = w.to(dt)
-                top, bottom = w[:, :n // 2], w[:, n // 2:]
-                blocks = [torch.bmm(top, top.transpose(1, 2)), torch.bmm(top, bottom.transpose(1, 2)),
-                          torch.bmm(bottom, bottom.transpose(1, 2))]
-                acc = blocks if not acc else [a.to(F64) + b for a, b in zip(acc, blocks)]
-            groups.append(acc)
+        if n * p > _BATCH_LAYER:  # one by one, as _raw_grams does
+            for x in feats:
+                groups.append((_uncentred_blocks(x, dt) if x.dtype == dt else None) or centred([x]))
+        else:
+            per = max(1, _BATCH_TOTAL // (n * min(p, _COL_CHUNK)))
+            groups = [centred(feats[g:g + per]) for g in range(0, len(feats), per)]
     out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(3)]
     if estimator == "unbiased":
         out[0].diagonal(0, 1, 2).zero_()
         out[2].diagonal(0, 1, 2).zero_()
     return out
+
+
+def _three_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``A``, ``B``, ``C`` of stacked features ``w`` (g, n, c) split at row ``n // 2``."""
+    top, bottom = w[:, :n // 2], w[:, n // 2:]
+    return [torch.bmm(top, top.transpose(1, 2)), torch.bmm(top, bottom.transpose(1, 2)),
+            torch.bmm(bottom, bottom.transpose(1, 2))]
+
+
+def _uncentred_blocks(x: torch.Tensor, dt: torch.dtype) -> list[torch.Tensor] | None:
+    """The three blocks of one layer's Gram from its features as they are, or ``None``.
+
+    Centring a large layer costs a copy and two passes over it, about what its GEMM costs
+    when ``n`` is small. Any centre is exact for the HSIC terms (the row-sum corrections of
+    :func:`_linear_terms` remove it); centring only guards float32 against cancellation. So
+    the blocks are kept when the column means take at most half of the Gram's trace
+    (``trace(K) <= 2 trace(HKH)``: float32 loses at most a bit), and ``None`` (centre first)
+    otherwise, or when the sums are not finite.
+    """
+    n, p = x.shape
+    rows = x.unsqueeze(0)
+    blocks: list[torch.Tensor] = []
+    for s in range(0, p, _COL_CHUNK):
+        part = _three_blocks(rows[..., s:s + _COL_CHUNK], n)
+        blocks = part if not blocks else [a.to(F64) + b for a, b in zip(blocks, part)]
+    # centring takes n |mean|² = 1ᵀK1 / n off the trace; both from the blocks, in float64
+    a_, b_, c_ = (k.to(F64) for k in blocks)
+    trace = a_.diagonal(0, 1, 2).sum() + c_.diagonal(0, 1, 2).sum()
+    centred_trace = trace - (a_.sum() + 2 * b_.sum() + c_.sum()) / n
+    ok = bool(torch.isfinite(centred_trace)) and float(centred_trace) > 0 and float(trace) <= (
+        _UNCENTRED_MAX * float(centred_trace))
+    return blocks if ok else None
 
 
 def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str

@@ -91,6 +91,28 @@ def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_
     np.testing.assert_allclose(got.numpy(), cka_matrix(xs, ys, estimator=estimator).numpy(), rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(("mean", "uncentred"), [(0.0, True), (0.3, True), (1e4, False)])
+def test_large_layers_skip_the_centred_copy_only_when_the_mean_is_small(estimator, mean, uncentred, monkeypatch):
+    # every layer counts as large: its Gram blocks come from the features as they are when the
+    # mean is small next to the spread, from a centred copy otherwise; exact either way
+    monkeypatch.setattr(cka_gram, "_BATCH_LAYER", 0)
+    seen = []
+    real = cka_gram._uncentred_blocks
+
+    def spy(x, dt):
+        seen.append(real(x, dt))
+        return seen[-1]
+
+    monkeypatch.setattr(cka_gram, "_uncentred_blocks", spy)
+    xs = layers(6, 25, [20, 20], mean)
+    ys = layers(7, 25, [20], mean)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    assert len(seen) == 3 and all((blocks is not None) == uncentred for blocks in seen)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+
+
 def test_all_pairs_large_layers_run_one_by_one():
     # layers too big to batch take the one-layer path; same answer as the batched one
     xs = layers(2, 16, [20000], 1e4)
