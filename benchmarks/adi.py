@@ -16,6 +16,7 @@ Also prints the stage ADI (padding kinds ``input`` and ``all``) of the sweep.
 
     python benchmarks/adi.py                     # ROI 64x64x64, sweep 0,16,32,48, 2 cases
     python benchmarks/adi.py --roi 64,64,32 --sweep 0,8,16,24 --cases 3
+    python benchmarks/adi.py --roi 64,64,32 --sweep 0,8,16,24 --cases 3 --threads 1 --repeat 3 --online-only
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--repeat", type=int, default=1, help="timed passes over the sweep (min/median over all)")
+    parser.add_argument("--online-only", action="store_true",
+                        help="only the online ratio: skip the peak-RSS processes and the offline stores")
     # Internal: one forward in a fresh process, print its peak RSS (see _peak_rss_of).
     parser.add_argument("--rss-of", choices=["plain", "hooked"], default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -133,32 +137,36 @@ def main(argv: list[str] | None = None) -> dict:
     # Plain and hooked forwards alternate input by input, so load from other processes on a
     # shared machine hits both alike; the ratio is taken per input and summarised by its median.
     plain_times, hooked_times, parts = [], [], []
-    for case in cases:
-        for p in spec.paddings:
-            item = swept_input(case, p, spec)
-            _sync(device)
-            t0 = _clock(device)
-            with torch.no_grad():
-                model(item.image[None].to(device))
-            _sync(device)
-            plain_times.append(_clock(device) - t0)
-            one = SweepSpec(paddings=(p,), axis=spec.axis, pad_mode=spec.pad_mode, mode=spec.mode)
-            t0 = _clock(device)
-            parts.append(padding_sweep(model, [case], one, device=device))
-            _sync(device)
-            hooked_times.append(_clock(device) - t0)
+    for rep in range(args.repeat):
+        for case in cases:
+            for p in spec.paddings:
+                item = swept_input(case, p, spec)
+                _sync(device)
+                t0 = _clock(device)
+                with torch.no_grad():
+                    model(item.image[None].to(device))
+                _sync(device)
+                plain_times.append(_clock(device) - t0)
+                one = SweepSpec(paddings=(p,), axis=spec.axis, pad_mode=spec.pad_mode, mode=spec.mode)
+                t0 = _clock(device)
+                out = padding_sweep(model, [case], one, device=device)
+                _sync(device)
+                hooked_times.append(_clock(device) - t0)
+                if rep == 0:
+                    parts.append(out)
     frame = pd.concat(parts, ignore_index=True)
+    n_forwards *= args.repeat
     plain_s, online_s = sum(plain_times), sum(hooked_times)
     median_ratio = statistics.median(h / p for h, p in zip(hooked_times, plain_times))
     min_ratio = min(hooked_times) / min(plain_times)
 
     rss_plain = rss_online = float("nan")
-    if device.type == "cpu":
+    if device.type == "cpu" and not args.online_only:
         rss_plain, rss_online = _peak_rss_of("plain", argv), _peak_rss_of("hooked", argv)
 
     offline = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in ("float16", "float32"):
+        for dtype in () if args.online_only else ("float16", "float32"):
             path = capture_to_store(model, cases, Path(tmp) / f"{dtype}.zarr", taps=["*.attn"], dtype=dtype,
                                     device=device)
             stats = OfflineStats()
@@ -185,14 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
         "pad_fraction": fractions,
         "stage_adi": {f"{k}@{p}": row.to_dict() for (k, p), row in adi_table.iterrows()},
     }
-    print(f"padding sweep, {n_forwards} forwards ({args.cases} cases x {len(spec.paddings)} levels), "
+    print(f"padding sweep, {n_forwards} forwards ({args.repeat} x {args.cases} cases x {len(spec.paddings)} levels), "
           f"ROI {roi}, {args.preset}, {args.threads} threads, {device}")
     print(f"  plain forwards   {plain_s:7.2f} s  ({plain_s / n_forwards:.2f} s each)")
     print(f"  online reduction {online_s:7.2f} s  ({online_s / n_forwards:.2f} s each)")
     print(f"  hooked / plain (goal <= 1.10): total {online_s / plain_s:.2f}, median per input "
           f"{median_ratio:.2f}, fastest / fastest {min_ratio:.2f}  ({'CPU' if device.type == 'cpu' else 'wall'} time)")
-    print(f"  peak RSS of one forward at p={max(spec.paddings)} (fresh process): plain {rss_plain:.0f} MB, "
-          f"hooked {rss_online:.0f} MB")
+    if not args.online_only:
+        print(f"  peak RSS of one forward at p={max(spec.paddings)} (fresh process): plain {rss_plain:.0f} MB, "
+              f"hooked {rss_online:.0f} MB")
     for dtype, o in offline.items():
         print(f"offline {dtype}: {o['gb_read']:.3f} GB in {o['seconds']:.2f} s = {o['gb_per_s']:.3f} GB/s "
               f"({o['chunks']} chunks, largest {o['largest_chunk_mb']:.1f} MiB)")

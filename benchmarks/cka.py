@@ -5,8 +5,9 @@ the CPU (``--threads 1``, the default) or CUDA events with ``--device cuda``:
 
 (a) all-pairs linear CKA (``cka_matrix``, biased and unbiased) of two L-layer models over a
     grid of n examples x p features / the bare float32 Gram GEMMs ``X Xᵀ`` of the 2L layers
-    (goal <= 1.3), with the largest |difference| from a float64 reference (goal <= 1e-6),
-    also on features whose means are 1e4 x their spread;
+    (goal <= 1.3), and attnprobe's unbiased time / pytorch-cka's ``cka_from_features`` (goal
+    <= 1.0; skipped when pytorch-cka is not installed), with the largest |difference| from a
+    float64 reference (goal <= 1e-6), also on features whose means are 1e4 x their spread;
 (b) streaming token CKA (``StreamingLinearCKA``) at batches of --batch tokens / its three
     GEMMs ``XᵀX``, ``YᵀY``, ``XᵀY`` per batch (goal <= 1.5);
 (c) minibatch CKA (``MinibatchCKA``) / the per-batch float32 Grams of every layer (goal <= 1.5).
@@ -26,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -38,6 +40,20 @@ sys.path.append(str(Path(__file__).resolve().parent))
 from _timing import race, ratio, setup_device  # noqa: E402
 
 from attnprobe.metrics import cka as ours  # noqa: E402
+
+
+def pytorch_cka() -> ModuleType | None:
+    """pytorch-cka (import name ``cka``, which this file's own name would shadow), or None."""
+    here = str(Path(__file__).resolve().parent)
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != here]
+    try:
+        mod = importlib.import_module("cka")
+    except Exception:  # not installed or broken: the column is left out
+        return None
+    finally:
+        sys.path[:] = saved
+    return mod if hasattr(mod, "cka_from_features") else None
 
 
 def load_baseline(path: str | None) -> ModuleType | None:
@@ -88,7 +104,10 @@ def reference(xs: list[torch.Tensor], ys: list[torch.Tensor], estimator: str) ->
 def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | None) -> None:
     print(f"\n(a) all-pairs linear CKA, {args.layers} x {args.layers} layers; time / bare float32 Grams "
           f"(goal <= 1.3), median (min) of {args.rounds} rounds")
+    peer = pytorch_cka()
     head = f"  {'n':>4} {'p':>6} {'Grams ms':>9} {'biased':>12} {'unbiased':>12}"
+    if peer is not None:
+        head += f" {'pytorch-cka':>12} {'unb./peer':>12}"
     if before is not None:
         head += f" {'before b.':>12} {'before u.':>12}"
     print(head + f" {'max |err| b/u (mean 1e4)':>30}")
@@ -100,6 +119,8 @@ def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | Non
             "biased": lambda xs=xs, ys=ys: ours.cka_matrix(xs, ys, estimator="biased"),
             "unbiased": lambda xs=xs, ys=ys: ours.cka_matrix(xs, ys, estimator="unbiased"),
         }
+        if peer is not None:
+            fns["peer"] = lambda xs=xs, ys=ys: peer.cka_from_features(list(xs), list(ys))
         if before is not None:
             fns["before_b"] = lambda xs=xs, ys=ys: before.cka_matrix(xs, ys, estimator="biased")
             fns["before_u"] = lambda xs=xs, ys=ys: before.cka_matrix(xs, ys, estimator="unbiased")
@@ -113,6 +134,8 @@ def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | Non
                 errs.append(float((got - reference(big_x, big_y, est)).abs().max()))
         line = (f"  {n:4d} {p:6d} {t['grams'].median * 1e3:9.2f} {ratio(t['biased'], t['grams']):>12} "
                 f"{ratio(t['unbiased'], t['grams']):>12}")
+        if peer is not None:
+            line += f" {ratio(t['peer'], t['grams']):>12} {ratio(t['unbiased'], t['peer']):>12}"
         if before is not None:
             line += f" {ratio(t['before_b'], t['grams']):>12} {ratio(t['before_u'], t['grams']):>12}"
         err = " / ".join(f"{e:.1e}" for e in errs) if errs else "(skipped: --check-max)"

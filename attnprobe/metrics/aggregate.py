@@ -38,6 +38,7 @@ from attnprobe.tokens import PADDING_KINDS
 __all__ = [
     "TIDY_COLUMNS",
     "tidy_flow",
+    "tidy_columns",
     "stage_means",
     "model_means",
     "sweep_summary",
@@ -130,6 +131,25 @@ def tidy_flow(
         Columns :data:`TIDY_COLUMNS` plus ``n_real_queries``, ``n_pad_queries`` (and ``head``
         after ``block`` for per-head results); ``kind`` is ``result.padding``.
     """
+    return pd.DataFrame(tidy_columns(result, cases=cases, padding=padding, pad_fraction=pad_fraction, stage=stage,
+                                     block=block))
+
+
+def tidy_columns(
+    result: FlowResult,
+    *,
+    cases: str | Sequence[str],
+    padding: float,
+    pad_fraction: float | Sequence[float],
+    stage: int,
+    block: int,
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`tidy_flow` as arrays, to join many blocks into one frame at once.
+
+    ``pd.DataFrame`` of the per-column concatenation of several blocks' columns equals
+    ``pd.concat`` of their :func:`tidy_flow` frames (with ``ignore_index=True``), at a
+    fraction of the cost when a forward has many blocks.
+    """
     per_head = result.heads == "per-head"
     lead = tuple(result.n_real_queries.shape)
     if len(lead) > 1:
@@ -163,7 +183,7 @@ def tidy_flow(
     frame["metric"] = np.tile(np.asarray(METRICS, dtype=object), n_samples * n_heads)
     frame["value"] = values.reshape(-1)
     frame.update(counts)
-    return pd.DataFrame(frame)
+    return frame
 
 
 def stage_means(frame: pd.DataFrame) -> pd.DataFrame:

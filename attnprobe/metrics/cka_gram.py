@@ -8,8 +8,9 @@
 The linear all-pairs path (:func:`cka_matrix`, also behind
 :class:`~attnprobe.metrics.cka_minibatch.MinibatchCKA`) centres each layer's features once
 (float64 means, float32 subtraction), forms all Grams of equally wide layers in one batched
-float32 GEMM, and never centres a Gram: the centring enters as exact float64 corrections from
-the Grams' row sums (:func:`_linear_terms`).
+float32 GEMM -- three of the four blocks of each symmetric Gram (:func:`_halved_grams`) -- and
+never centres a Gram: the centring enters as exact float64 corrections from the Grams' row
+sums (:func:`_linear_terms`).
 """
 
 from __future__ import annotations
@@ -555,12 +556,16 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     a, b = (1.0 / (n * n), 2.0 / n) if estimator == "biased" else (1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2))
     s = _hsic_scale(n, estimator)
     if n * n > _SMALL_GRAM:  # one model at a time: smaller buffers that the allocator reuses
-        kx = _raw_grams(fx, [f"xs[{i}]" for i in range(l1)], dt)
-        ky = _raw_grams(fy, [f"ys[{j}]" for j in range(len(fy))], dt)
-        if estimator == "unbiased":
-            kx.diagonal(0, 1, 2).zero_()
-            ky.diagonal(0, 1, 2).zero_()
-        kk_xy, kk_x, kk_y, rx, ry = _gram_products(kx, ky)
+        if _halvable(fx, dt) and _halvable(fy, dt):
+            kk_xy, kk_x, kk_y, rx, ry = _halved_products(_halved_grams(fx, dt, estimator),
+                                                         _halved_grams(fy, dt, estimator))
+        else:
+            kx = _raw_grams(fx, [f"xs[{i}]" for i in range(l1)], dt)
+            ky = _raw_grams(fy, [f"ys[{j}]" for j in range(len(fy))], dt)
+            if estimator == "unbiased":
+                kx.diagonal(0, 1, 2).zero_()
+                ky.diagonal(0, 1, 2).zero_()
+            kk_xy, kk_x, kk_y, rx, ry, _, _ = _gram_products(kx, ky)
         sx, sy = rx.sum(-1), ry.sum(-1)
         if check and not (bool(torch.isfinite(sx).all()) and bool(torch.isfinite(sy).all())):
             _name_non_finite(fx, fy)
@@ -568,45 +573,156 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
         xx = (kk_x - b * _self_dots(rx) + a * sx * sx) * s
         yy = (kk_y - b * _self_dots(ry) + a * sy * sy) * s
         return xy, xx, yy
-    k = _raw_grams(fx + fy, [f"xs[{i}]" for i in range(l1)] + [f"ys[{j}]" for j in range(len(fy))], dt)
-    if estimator == "unbiased":
-        k.diagonal(0, 1, 2).zero_()
-    f = k.reshape(k.shape[0], -1).to(F64)
-    r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
+    if _halvable(fx + fy, dt):
+        inner, r = _halved_gram_terms(fx + fy, dt, estimator)
+    else:
+        k = _raw_grams(fx + fy, [f"xs[{i}]" for i in range(l1)] + [f"ys[{j}]" for j in range(len(fy))], dt)
+        if estimator == "unbiased":
+            k.diagonal(0, 1, 2).zero_()
+        f = k.reshape(k.shape[0], -1).to(F64)
+        r = f.view(-1, n, n).sum(-1)  # (L, n) row sums
+        inner = f @ f.T
     tot = r.sum(-1)
     if check and not bool(torch.isfinite(tot).all()):  # non-finite features give non-finite sums
         _name_non_finite(fx, fy)
     # small n: one product for cross and self terms; fewer calls beat fewer flops
-    full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).addmm_(f, f.T).mul_(s)
+    full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).add_(inner).mul_(s)
     diag = full.diagonal()
     return full[:l1, l1:], diag[:l1], diag[l1:]
+
+
+def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
+    """All layers share one width and subtraction dtype, with few enough rows for one float32
+    reduction of the column sums: their Grams can be formed as halved blocks."""
+    n, p = feats[0].shape
+    sub = _sub_dtype(feats[0], dt)
+    return n <= _ROW_CHUNK and all(x.shape[1] == p and _sub_dtype(x, dt) == sub for x in feats)
+
+
+_UNCENTRED_MAX = 2.0  # trace(K) / trace(centred K) up to which a large layer skips its centred copy
+
+
+def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str) -> list[torch.Tensor]:
+    """Three blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C = W₂W₂ᵀ`` of the Grams of centred features.
+
+    A Gram is symmetric, so with the examples split in halves ``W = [W₁; W₂]`` three of its
+    four blocks hold all of it -- three quarters of the GEMM work -- and
+    ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
+    means, subtracted in the subtraction dtype) and multiplied in batches of at most
+    :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`; partial blocks of
+    column chunks add in float64. A layer larger than :data:`_BATCH_LAYER` whose mean is small
+    next to its spread skips the centred copy (:func:`_uncentred_blocks`). The unbiased
+    estimator zeroes the diagonals of ``A`` and ``C``. For layers that pass :func:`_halvable`.
+    """
+    n, p = feats[0].shape
+    sub = _sub_dtype(feats[0], dt)
+
+    def centred(group: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        acc: list[torch.Tensor] = []
+        for s in range(0, p, _COL_CHUNK):
+            w = torch.stack([x[:, s:s + _COL_CHUNK].to(sub) for x in group])
+            w.sub_(w.mean(1, keepdim=True))  # one float32 reduction; NaN/inf surface in the sums
+            if w.dtype != dt:
+                w = w.to(dt)
+            blocks = _three_blocks(w, n)
+            acc = blocks if not acc else [a.to(F64) + b for a, b in zip(acc, blocks)]
+        return acc
+
+    groups: list[list[torch.Tensor]] = []
+    with _tf32_off(feats[0].device):
+        if n * p > _BATCH_LAYER:  # one by one, as _raw_grams does
+            for x in feats:
+                groups.append((_uncentred_blocks(x, dt) if x.dtype == dt else None) or centred([x]))
+        else:
+            per = max(1, _BATCH_TOTAL // (n * min(p, _COL_CHUNK)))
+            groups = [centred(feats[g:g + per]) for g in range(0, len(feats), per)]
+    out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(3)]
+    if estimator == "unbiased":
+        out[0].diagonal(0, 1, 2).zero_()
+        out[2].diagonal(0, 1, 2).zero_()
+    return out
+
+
+def _three_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``A``, ``B``, ``C`` of stacked features ``w`` (g, n, c) split at row ``n // 2``."""
+    top, bottom = w[:, :n // 2], w[:, n // 2:]
+    return [torch.bmm(top, top.transpose(1, 2)), torch.bmm(top, bottom.transpose(1, 2)),
+            torch.bmm(bottom, bottom.transpose(1, 2))]
+
+
+def _uncentred_blocks(x: torch.Tensor, dt: torch.dtype) -> list[torch.Tensor] | None:
+    """The three blocks of one layer's Gram from its features as they are, or ``None``.
+
+    Centring a large layer costs a copy and two passes over it, about what its GEMM costs
+    when ``n`` is small. Any centre is exact for the HSIC terms (the row-sum corrections of
+    :func:`_linear_terms` remove it); centring only guards float32 against cancellation. So
+    the blocks are kept when the column means take at most half of the Gram's trace
+    (``trace(K) <= 2 trace(HKH)``: float32 loses at most a bit), and ``None`` (centre first)
+    otherwise, or when the sums are not finite.
+    """
+    n, p = x.shape
+    rows = x.unsqueeze(0)
+    blocks: list[torch.Tensor] = []
+    for s in range(0, p, _COL_CHUNK):
+        part = _three_blocks(rows[..., s:s + _COL_CHUNK], n)
+        blocks = part if not blocks else [a.to(F64) + b for a, b in zip(blocks, part)]
+    # centring takes n |mean|² = 1ᵀK1 / n off the trace; both from the blocks, in float64
+    a_, b_, c_ = (k.to(F64) for k in blocks)
+    trace = a_.diagonal(0, 1, 2).sum() + c_.diagonal(0, 1, 2).sum()
+    centred_trace = trace - (a_.sum() + 2 * b_.sum() + c_.sum()) / n
+    ok = bool(torch.isfinite(centred_trace)) and float(centred_trace) > 0 and float(trace) <= (
+        _UNCENTRED_MAX * float(centred_trace))
+    return blocks if ok else None
+
+
+def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<Kᵢ, Kⱼ>`` (L, L) and row sums (L, n) in float64, from :func:`_halved_grams` (small n)."""
+    a_, b_, c_ = (k.to(F64) for k in _halved_grams(feats, dt, estimator))
+    rows = torch.cat([a_.sum(-1) + b_.sum(-1), b_.sum(-2) + c_.sum(-1)], dim=1)
+    fa, fb, fc = (k.reshape(k.shape[0], -1) for k in (a_, b_, c_))
+    inner = torch.addmm(fa @ fa.T, fb, fb.T, alpha=2.0).addmm_(fc, fc.T)
+    return inner, rows
+
+
+def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`_gram_products` gives for two models' Grams, from their halved blocks."""
+    (ca, xa, ya, rxa, rya, _, _), (cb, xb, yb, rxb, ryb, cxb, cyb), (cc, xc, yc, rxc, ryc, _, _) = (
+        _gram_products(kx, ky) for kx, ky in zip(bx, by))
+    rx = torch.cat([rxa + rxb, cxb + rxc], dim=1)
+    ry = torch.cat([rya + ryb, cyb + ryc], dim=1)
+    return ca + 2 * cb + cc, xa + 2 * xb + xc, ya + 2 * yb + yc, rx, ry
 
 
 _POST_ROWS = 1 << 15  # Gram entries per layer converted to float64 at a time
 
 
-def _gram_products(kx: torch.Tensor, ky: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``<Kᵢ, Lⱼ>``, ``|Kᵢ|²``, ``|Lⱼ|²`` and the row sums of stacked Grams, all in float64.
+def _gram_products(kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``<Kᵢ, Lⱼ>``, ``|Kᵢ|²``, ``|Lⱼ|²``, the row sums and the column sums of stacked
+    (possibly rectangular) Grams, all in float64.
 
     The Grams are converted to float64 a block of rows at a time, so no float64 copy of the
     whole stack is made: large fresh allocations cost page faults on every call.
     """
-    (l1, n, _), l2 = kx.shape, ky.shape[0]
-    step = max(1, _POST_ROWS // n)
+    (l1, n, m), l2 = kx.shape, ky.shape[0]
+    step = max(1, _POST_ROWS // max(m, 1))
     cross = kx.new_zeros(l1, l2, dtype=F64)
     sx, sy = kx.new_zeros(l1, dtype=F64), kx.new_zeros(l2, dtype=F64)
     rx, ry = kx.new_empty(l1, n, dtype=F64), kx.new_empty(l2, n, dtype=F64)
+    cx, cy = kx.new_zeros(l1, m, dtype=F64), kx.new_zeros(l2, m, dtype=F64)
     for i in range(0, n, step):
         bx = kx[:, i:i + step].to(F64)
         by = ky[:, i:i + step].to(F64)
         torch.sum(bx, -1, out=rx[:, i:i + step])
         torch.sum(by, -1, out=ry[:, i:i + step])
+        cx += bx.sum(1)
+        cy += by.sum(1)
         bx, by = bx.reshape(l1, -1), by.reshape(l2, -1)
         cross.addmm_(bx, by.T)
         sx += _self_dots(bx)
         sy += _self_dots(by)
-    return cross, sx, sy, rx, ry
+    return cross, sx, sy, rx, ry, cx, cy
 
 
 def _self_dots(a: torch.Tensor) -> torch.Tensor:

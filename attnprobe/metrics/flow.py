@@ -45,8 +45,10 @@ Empty query sets
   query at all (an input without a real voxel), kept as 0 so real-query metrics never NaN.
 - ``n_real_queries`` / ``n_pad_queries`` count the queries behind the values and serve as
   token weights.
-- Precision: element-wise work in float32 (float64 if the input is float64), sums over
-  queries and windows in float64 (float32 on MPS, which has no float64). Results are float64.
+- Precision: element-wise work in float32 (float64 if the input is float64); within a
+  window the sum over queries of one class in the work dtype (one small GEMM), every sum
+  after that — over keys of a class, over windows — in float64 (float32 on MPS, which has
+  no float64). Results are float64, within ~1e-7 relative of a float64 computation.
 """
 
 from __future__ import annotations
@@ -174,6 +176,10 @@ def check_kind_codes(kinds: torch.Tensor) -> None:
         )
 
 
+# On the CPU, windows are reduced in pieces of about this much work copy (stays in cache).
+_CPU_PIECE_BYTES = 2 << 20
+
+
 def _sum_dtype(device: torch.device) -> torch.dtype:
     # MPS has no float64; float32 sums are still far inside the 1e-5 online/offline budget.
     return torch.float32 if device.type == "mps" else torch.float64
@@ -226,6 +232,13 @@ def _check_inputs(probs: torch.Tensor, kinds: torch.Tensor, *, check_codes: bool
     return kinds.expand(want)
 
 
+def _pieces(n_win: int, per_window_bytes: int, device: torch.device) -> int:
+    """Windows per piece: on the CPU a piece's work copy fits in cache; elsewhere all at once."""
+    if device.type != "cpu":
+        return max(1, n_win)
+    return max(1, min(n_win, _CPU_PIECE_BYTES // max(per_window_bytes, 1)))
+
+
 def _block_sums(
     probs: torch.Tensor, kinds: torch.Tensor, heads: HeadMode
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,19 +255,16 @@ def _block_sums(
         Queries of class c per window group (int64).
 
     ``head'`` is 1 for ``heads="mean"``. Class index = kind code.
+
+    Per window, both sums are ``Q^T A K`` with one-hot query rows ``Q`` (N, 6: group x
+    class) and key columns ``K`` (N, 3): ``Q^T A`` in the work dtype, the rest (and the sum
+    over windows) in ``sum_dtype``. On the CPU the windows go in pieces whose work copy stays
+    in cache, so the head average, its ``x log x`` and both GEMMs read it from there.
     """
     sum_dtype = _sum_dtype(probs.device)
     work = torch.float64 if probs.dtype == torch.float64 and sum_dtype == torch.float64 else torch.float32
     *lead, n_win, n_head, n_tok, _ = probs.shape
-
-    if heads == "mean":
-        # Heads are averaged before anything non-linear (docs/definitions.md); dtype= avoids a full fp32 copy.
-        attn = probs.mean(dim=-3, keepdim=True, dtype=work)
-        owned = True
-    else:
-        attn = probs.to(work)
-        owned = attn is not probs
-    hh = attn.shape[-3]
+    hh = 1 if heads == "mean" else n_head
 
     classes = torch.arange(_N_CLASSES, device=probs.device, dtype=kinds.dtype)
     key_onehot = kinds.unsqueeze(-1) == classes  # (*batch, window, N, 3) bool
@@ -265,22 +275,45 @@ def _block_sums(
     query_onehot = key_onehot.unsqueeze(-2) & groups.unsqueeze(-1)  # (*batch, window, N, group, 3)
     count = query_onehot.sum(dim=(-4, -3))  # int64 (*batch, group, 3)
 
-    key_w = key_onehot.to(work)
-    query_w = query_onehot.to(sum_dtype)
-    real_w = key_onehot[..., REAL].to(sum_dtype)  # every real query sits in a window with a real token
+    # Row g*3 + c of `rows` picks the queries of class c in window group g; row REAL (group 0,
+    # class REAL) is every real query, as every real query sits in a window with a real token.
+    rows = query_onehot.flatten(-2).transpose(-1, -2).to(work).unsqueeze(-3)  # (*batch, window, 1, 6, N)
+    cols = key_onehot.to(sum_dtype).unsqueeze(-3)  # (*batch, window, 1, N, 3)
+    flow_w = torch.empty((*lead, n_win, hh, 2 * _N_CLASSES, _N_CLASSES), dtype=sum_dtype, device=probs.device)
+    ent_w = torch.empty((*lead, n_win, hh, 1, _N_CLASSES), dtype=sum_dtype, device=probs.device)
 
-    def per_class(mat: torch.Tensor) -> torch.Tensor:
-        # (.., window, head', N, N) @ (.., window, N, 3): heads folded into rows so the
-        # one-hot is never expanded over heads.
-        rows = mat.reshape(*lead, n_win, hh * n_tok, n_tok)
-        return torch.matmul(rows, key_w).reshape(*lead, n_win, hh, n_tok, _N_CLASSES).to(sum_dtype)
+    step = _pieces(n_win, math.prod(lead) * hh * n_tok * n_tok * torch.finfo(work).bits // 8, probs.device)
+    on_cpu = probs.device.type == "cpu"
+    buf = torch.empty((*lead, min(step, n_win), hh, n_tok, n_tok), dtype=work, device=probs.device)
+    logs = torch.empty_like(buf) if on_cpu else buf
+    tiny = torch.finfo(work).tiny
+    for w0 in range(0, n_win, step):
+        part = probs[..., w0:w0 + step, :, :, :]
+        attn = buf[..., :part.shape[-4], :, :, :]
+        if heads == "mean":
+            # Heads are averaged before anything non-linear (docs/definitions.md); fp16/bf16
+            # heads are upcast by the first copy and added in the work dtype.
+            if part.dtype == work and n_head > 1:
+                torch.add(part[..., :1, :, :], part[..., 1:2, :, :], out=attn)
+            else:
+                attn.copy_(part[..., :1, :, :])
+            for h in range(1 + (part.dtype == work), n_head):
+                attn.add_(part[..., h:h + 1, :, :])
+            attn.div_(n_head)
+        else:
+            attn.copy_(part)
+        q, k = rows[..., w0:w0 + step, :, :, :], cols[..., w0:w0 + step, :, :, :]
+        flow_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q, attn).to(sum_dtype), k)
+        if on_cpu:
+            # x log x with 0 log 0 = 0 as x times the vectorised log of max(x, tiny): xlogy is
+            # scalar code on the CPU, several times slower (the two differ by an ulp of the log).
+            torch.mul(attn, torch.clamp_min(attn, tiny, out=logs[..., :attn.shape[-4], :, :, :]).log_(), out=attn)
+        else:
+            torch.special.xlogy(attn, attn, out=attn)
+        ent_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q[..., REAL:REAL + 1, :], attn).to(sum_dtype), k)
 
-    mass = per_class(attn)  # (*batch, window, head', N, 3)
-    flow = torch.einsum("...wngc,...whnd->...hgcd", query_w, mass)
-
-    # x log x in place when we own the buffer: keeps peak memory at one copy of the block.
-    xlx = torch.special.xlogy(attn, attn, out=attn) if owned else torch.special.xlogy(attn, attn)
-    ent = -torch.einsum("...wn,...whnd->...hd", real_w, per_class(xlx))
+    flow = flow_w.sum(dim=-4).unflatten(-2, (2, _N_CLASSES))  # (*batch, head', group, 3, 3)
+    ent = -ent_w.sum(dim=-4).squeeze(-2)  # (*batch, head', 3)
     return flow, ent, count
 
 
@@ -288,8 +321,8 @@ class FlowAccumulator:
     """Attention flow summed chunk by chunk over windows, for stores that do not fit in memory.
 
     Feed the windows of one block in any split and order with :meth:`update`; :meth:`result`
-    then equals :func:`attention_flow` on all windows at once (up to float64 summation order,
-    ~1e-15 relative). The state holds all three token classes, so one pass serves every
+    then equals :func:`attention_flow` on all windows at once up to rounding (float32 GEMMs
+    may sum in another order for another batch of windows: ~1e-9 relative). The state holds all three token classes, so one pass serves every
     ``padding`` kind and both ``pad_queries`` rules: call ``result(padding=...)`` once per kind.
 
     Parameters
@@ -523,8 +556,10 @@ def attention_flow(
 
     Notes
     -----
-    Cost: two batched matmuls against a (N, 3) one-hot plus one ``xlogy`` pass; extra memory
-    about one float32 copy of the head-averaged (or, per-head, the full) block. To get all
+    Cost: one read of ``probs``, then per window two thin GEMMs with one-hot query rows and
+    one ``x log x`` pass over the head-averaged (or, per head, the full) map. On the CPU the
+    windows go in cache-sized pieces (extra memory ~2 MiB); elsewhere the extra memory is
+    about one float32 copy of the head-averaged (or per-head) block. To get all
     three padding kinds from one pass use :class:`FlowAccumulator` and call ``result`` per kind.
     """
     return FlowAccumulator(padding=padding, heads=heads, pad_queries=pad_queries).update(probs, kinds).result()

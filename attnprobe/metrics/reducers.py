@@ -20,12 +20,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 from attnprobe.capture.probe import ForwardContext
 from attnprobe.errors import ConfigError, ShapeError
-from attnprobe.metrics.aggregate import TIDY_COLUMNS, tidy_flow
+from attnprobe.metrics.aggregate import TIDY_COLUMNS, tidy_columns
 from attnprobe.metrics.flow import (
     COUNTS,
     FlowAccumulator,
@@ -259,8 +260,12 @@ def flows_to_frame(records: Iterable[ForwardFlow]) -> pd.DataFrame:
     for rec in records:
         for bf in sorted(rec.blocks.values(), key=lambda b: (b.stage, b.block)):
             for result in bf.results.values():
-                parts.append(tidy_flow(result, cases=list(rec.tag.cases), padding=rec.tag.padding,
-                                       pad_fraction=rec.tag.pad_fraction, stage=bf.stage, block=bf.block))
+                parts.append(tidy_columns(result, cases=list(rec.tag.cases), padding=rec.tag.padding,
+                                          pad_fraction=rec.tag.pad_fraction, stage=bf.stage, block=bf.block))
     if not parts:
         return pd.DataFrame(columns=[*TIDY_COLUMNS, *COUNTS])
-    return pd.concat(parts, ignore_index=True)
+    if any(p.keys() != parts[0].keys() for p in parts):
+        # head-mean and per-head records mixed: let pandas align the columns
+        return pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True)
+    # One frame from joined columns: a frame per block and a concat cost more than the reduction.
+    return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnprobe.metrics import cka_base
+from attnprobe.metrics import cka_base, cka_gram
 from attnprobe.metrics.cka import MinibatchCKA, StreamingLinearCKA, cka_matrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,6 +66,51 @@ def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monk
     want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
     assert got.dtype == torch.float64 and got.shape == (4, 3)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("mean", [0.0, 1e4])
+@pytest.mark.parametrize("large_n_path", [False, True])
+def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_n_path, monkeypatch):
+    # equal widths take the halved-Gram path (A, B, C blocks); odd n splits unevenly; the
+    # large-n path forms the block products in row blocks (rectangular B included)
+    if large_n_path:
+        monkeypatch.setattr(cka_gram, "_SMALL_GRAM", 0)
+        monkeypatch.setattr(cka_gram, "_POST_ROWS", 30)  # 2 or 3 rows a block
+        # and column chunks (blocks added in float64) in batches of two layers
+        monkeypatch.setattr(cka_gram, "_COL_CHUNK", 8)
+        monkeypatch.setattr(cka_gram, "_BATCH_TOTAL", 2 * 25 * 8)
+    xs = layers(4, 25, [20, 20, 20], mean)
+    ys = layers(5, 25, [20, 20], mean)
+    assert cka_gram._halvable(xs + ys, torch.float32)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+    # ... and agrees with the full-Gram path
+    monkeypatch.setattr(cka_gram, "_halvable", lambda feats, dt: False)
+    np.testing.assert_allclose(got.numpy(), cka_matrix(xs, ys, estimator=estimator).numpy(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(("mean", "uncentred"), [(0.0, True), (0.3, True), (1e4, False)])
+def test_large_layers_skip_the_centred_copy_only_when_the_mean_is_small(estimator, mean, uncentred, monkeypatch):
+    # every layer counts as large: its Gram blocks come from the features as they are when the
+    # mean is small next to the spread, from a centred copy otherwise; exact either way
+    monkeypatch.setattr(cka_gram, "_BATCH_LAYER", 0)
+    seen = []
+    real = cka_gram._uncentred_blocks
+
+    def spy(x, dt):
+        seen.append(real(x, dt))
+        return seen[-1]
+
+    monkeypatch.setattr(cka_gram, "_uncentred_blocks", spy)
+    xs = layers(6, 25, [20, 20], mean)
+    ys = layers(7, 25, [20], mean)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    assert len(seen) == 3 and all((blocks is not None) == uncentred for blocks in seen)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
 
 
 def test_all_pairs_large_layers_run_one_by_one():

@@ -287,13 +287,15 @@ def test_accumulator_over_window_chunks_equals_one_shot(heads):
         one = attention_flow(probs, kinds, padding=padding, heads=heads)
         chunked = acc.result(padding=padding)
         for m, v in one.as_dict().items():
-            # Same float32 per-row work, only float64 summation order differs.
-            torch.testing.assert_close(getattr(chunked, m), v, rtol=1e-12, atol=1e-14, msg=m)
+            # Same float32 work per window, but a batched float32 GEMM may order its sums
+            # differently for another batch of windows: float32 rounding (~1e-9 relative
+            # seen), nothing a wrong split would give.
+            torch.testing.assert_close(getattr(chunked, m), v, rtol=1e-7, atol=1e-9, msg=m)
     # merge() of accumulators over disjoint windows == one accumulator over all
     a = FlowAccumulator(heads=heads).update(probs[:, :5], kinds[:, :5])
     b = FlowAccumulator(heads=heads).update(probs[:, 5:], kinds[:, 5:])
     merged = a.merge(b).result()
-    torch.testing.assert_close(merged.adi, attention_flow(probs, kinds, heads=heads).adi, rtol=1e-12, atol=0)
+    torch.testing.assert_close(merged.adi, attention_flow(probs, kinds, heads=heads).adi, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cpu:0"])  # "cpu:0" != "cpu" takes the concatenate-and-copy path

@@ -133,7 +133,8 @@ def test_offline_equals_online_for_both_padding_query_rules(run):
     diff = (every["value"] - kept["value"]).abs()
     pad_rows = every["metric"].isin(["a_pr", "a_pp"])
     assert diff[pad_rows].max() > 0.01
-    assert diff[~pad_rows].max() == 0
+    # (online and offline batch the windows differently: float32 GEMM rounding, ~1e-9, only)
+    assert diff[~pad_rows].max() < 1e-8
     with pytest.raises(ConfigError, match="pad_queries"):
         store_flow(run["store"], pad_queries="every-window")
 

@@ -182,7 +182,9 @@ def test_chunking_does_not_change_the_result():
     pieces = reduce_block(probs, kinds, max_chunk_bytes=27 * 27 * 4 * 2)  # one window per chunk
     for kind in PADDING_KINDS:
         for field, value in whole[kind].as_dict().items():
-            np.testing.assert_allclose(getattr(pieces[kind], field).numpy(), value.numpy(), rtol=1e-12)
+            # a batched float32 GEMM may order its sums differently for another batch of
+            # windows: float32 rounding (~2e-9 relative here), see test_flow
+            np.testing.assert_allclose(getattr(pieces[kind], field).numpy(), value.numpy(), rtol=1e-7)
 
 
 def _ctx(batch: int, tag) -> ForwardContext:
