@@ -9,7 +9,13 @@ from attnprobe.data.preprocess import PreprocessConfig, prepare_case
 from attnprobe.errors import ConfigError
 from attnprobe.metrics.sweep import SweepSpec
 from attnprobe.results import AblationRun
-from attnprobe.workflows.ablation import ablation_run, describe, intervention_plan, n_stages, run_interventions
+from attnprobe.workflows.ablation import (
+    ablation_run,
+    describe,
+    intervention_plan,
+    n_stages,
+    run_interventions,
+)
 
 
 def test_the_default_plan_and_what_it_edits(tiny_swin):

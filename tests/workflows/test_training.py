@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ def fake_trainer(monkeypatch):
     def train(config, data, out_dir, **kwargs):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text('{"preset": "%s"}' % config.preset)
+        (out / "config.json").write_text(json.dumps({"preset": config.preset}))
         (out / "metrics.csv").write_text("step,loss,val_dice\n1,0.5,\n")
         calls.append(kwargs)
         return SimpleNamespace(out_dir=out, finished=False)
