@@ -15,8 +15,6 @@ components, those of 10 voxels or fewer dropped, detection at IoU > 0.1). Writes
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 
@@ -25,12 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from attnprobe.data.arrays import affine_spacing  # noqa: E402
-from attnprobe.data.io import list_cases, load_volume  # noqa: E402
-from attnprobe.data.preprocess import prepare_case  # noqa: E402
+from attnprobe.data.io import list_cases  # noqa: E402
 from attnprobe.figures import detection_bars, dice_hd95_boxes  # noqa: E402
-from attnprobe.train.evaluate import DEFAULT_DEFINITIONS, evaluate_case, results_table, summarize  # noqa: E402
-from attnprobe.train.inference import InferenceConfig, predict_case  # noqa: E402
+from attnprobe.train.evaluate import DEFAULT_DEFINITIONS  # noqa: E402
+from attnprobe.train.inference import InferenceConfig  # noqa: E402
+from attnprobe.workflows.evaluation import evaluation_run, predict_and_score  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -48,22 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     for name in common.names(args.model, "model"):
         loaded = common.load_model(ws, name)
         config = common.preprocessing(loaded, roi="full", spacing=args.spacing)
-        infer = InferenceConfig(roi=loaded.roi)
-        results = []
-        for ref in refs:
-            prediction = predict_case(loaded.model, prepare_case(ref, config), config=infer)
-            label = load_volume(ref.label, role="label")
-            results.append(evaluate_case(prediction.native_label(), label.numpy(),
-                                         spacing=affine_spacing(label.affine), case=ref.case_id))
-        table = results_table(results)
-        summary = summarize(results)
-        folder = args.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        table.to_csv(folder / "cases.csv", index=False)
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
-        (folder / "summary.json").write_text(json.dumps(
-            {**clean, **DEFAULT_DEFINITIONS, "model": str(loaded.checkpoint), "preset": loaded.preset, "backbone": loaded.backbone,
-             "roi": list(loaded.roi)}, indent=1))
+        results = predict_and_score(loaded.model, refs, preprocess=config,
+                                    inference=InferenceConfig(roi=loaded.roi)).results
+        record = evaluation_run(results, info={"model": str(loaded.checkpoint), "preset": loaded.preset,
+                                               "backbone": loaded.backbone, "roi": list(loaded.roi)},
+                                metric_options=DEFAULT_DEFINITIONS, preset=loaded.preset, backbone=loaded.backbone)
+        record.save(args.out / name)
+        table, summary = record.cases, record.summary
         rows.append({"backbone": loaded.backbone, "preset": loaded.preset, "model": name,
                      "n_detected": summary["n_detected"], "n_cases": summary["n_with_reference"],
                      "detection_rate": summary["detection_rate"], "dice_mean": summary["dice_mean"],

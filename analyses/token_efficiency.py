@@ -22,12 +22,7 @@ import pandas as pd  # noqa: E402
 
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
 from attnprobe.figures import token_efficiency  # noqa: E402
-from attnprobe.workflows.extent import (  # noqa: E402
-    default_candidates,
-    extent_and_efficiency,
-    recommend_crop,
-    summarize_efficiency,
-)
+from attnprobe.workflows.extent import study_crops  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -48,13 +43,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     summaries, recommendations, extents = [], {}, None
     for arch in common.names(args.arch, "arch"):
         crops = ([tuple(int(v) for v in c.split("x")) for c in args.candidates.split(",")] if args.candidates
-                 else default_candidates(arch, args.model_preset))
-        extents, per_case = extent_and_efficiency(cases, crops, arch=arch, model_preset=args.model_preset)
+                 else None)
+        study = study_crops(cases, crops, arch=arch, model_preset=args.model_preset,
+                            spacing_z=config.spacing[2] if config.spacing else 1.0)
+        extents = study.extents
         written[f"per_case_{arch}"] = args.out / f"efficiency_{arch}.csv"
-        per_case.to_csv(written[f"per_case_{arch}"], index=False)
-        summaries.append(summarize_efficiency(per_case).assign(arch=arch))
-        rec = recommend_crop(extents, per_case, arch=arch, model_preset=args.model_preset,
-                             spacing_z=config.spacing[2] if config.spacing else 1.0)
+        study.per_case.to_csv(written[f"per_case_{arch}"], index=False)
+        summaries.append(study.efficiency.assign(arch=arch))
+        rec = study.recommendation
         recommendations[arch] = {"roi": list(rec.roi), "reason": rec.reason, "stage0_efficiency": rec.stage0_efficiency}
     written["extent"] = args.out / "extent.csv"
     extents.to_csv(written["extent"], index=False)

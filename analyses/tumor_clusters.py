@@ -19,10 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 
-from attnprobe.data.arrays import affine_spacing  # noqa: E402
-from attnprobe.data.io import list_cases, load_volume  # noqa: E402
-from attnprobe.data.tumor_stats import analyze_tumors  # noqa: E402
+from attnprobe.data.io import list_cases  # noqa: E402
 from attnprobe.figures import FEATURE_LABELS, tumor_clusters  # noqa: E402
+from attnprobe.workflows.tumors import tumor_analysis  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -36,13 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     refs = [r for r in list_cases(data, split=data.split) if r.label is not None]
     refs = refs[:args.limit] if args.limit is not None else refs
 
-    def cases():
-        for ref in refs:
-            image = load_volume(ref.image, role="image")
-            label = load_volume(ref.label, role="label")
-            yield ref.case_id, image.numpy(), label.numpy(), affine_spacing(image.affine)
-
-    analysis = analyze_tumors(cases(), k_range=(2, args.k_max))
+    analysis = tumor_analysis(refs, k_range=(2, args.k_max))
     args.out.mkdir(parents=True, exist_ok=True)
     written = {"table": args.out / "tumors.csv", "profiles": args.out / "tumor_profiles.csv"}
     analysis.wide.to_csv(written["table"], index=False)

@@ -61,12 +61,6 @@ def register(app: typer.Typer) -> None:
     app.command("ablate")(ablate)
 
 
-def _describe(iv) -> list[dict[str, Any]]:
-    """What an intervention edits, for summary.json."""
-    return [{"site": e.site, "blocks": e.blocks, "kind": e.kind, **({"value": e.value} if e.site == "out" else {})}
-            for e in iv.edits]
-
-
 def _print_table(summary) -> None:
     """Change against ``none`` per intervention and padding, narrow enough for 80 columns."""
     from rich import box
@@ -127,7 +121,7 @@ def ablate(
     Example: attnprobe ablate --model runs/mri/last.pt --data cases.json --padding-sweep 0,16,32 --out runs/ablate
     (preprocessing defaults to the checkpoint's training).
     """
-    from attnprobe.results import AblationRun, Manifest, check_out
+    from attnprobe.results import Manifest, check_out
 
     manifest = Manifest.start("ablate", locals())
     from attnprobe.capture.geometry import check_input_shape
@@ -135,12 +129,7 @@ def ablate(
     from attnprobe.errors import ConfigError, DataError
     from attnprobe.metrics.sweep import SweepSpec
     from attnprobe.models import adapter_for
-    from attnprobe.train.ablation import (
-        ablation_summary,
-        intervention_from_name,
-        run_ablation,
-        standard_interventions,
-    )
+    from attnprobe.workflows.ablation import ablation_run, describe, intervention_plan, run_interventions
     from attnprobe.workspace import list_data, resolve_model
 
     # every option is read before the model loads: bad input fails fast
@@ -182,9 +171,8 @@ def ablate(
     check_memory(tuple(grown), feature_size=facts.feature_size, device=str(dev), option="--roi/--padding-sweep")
     net, report, model_roi = load_model_ref(model, arch=arch, compat=compat, ref=model_ref)
     err_console.print(f"loaded {report.summary()}", highlight=False)
-    n_stages = len({ref.stage for ref in adapter_for(net).blocks(net)})
-    names = names if names is not None else standard_interventions(n_stages)
-    plan = [intervention_from_name(n, n_stages=n_stages, key_kind=key_kind) for n in names]
+    plan = intervention_plan(net, names, key_kind=key_kind)
+    names = [iv.name for iv in plan]
     if given_roi is None and not facts.stored.get("roi") and not model_ref.roi and not facts.roi and model_roi:
         config = replace(config, roi=tuple(model_roi))
     use_roi = tuple(int(v) for v in config.roi)  # a window size (checked above)
@@ -204,18 +192,17 @@ def ablate(
         def advance(case_id: str, p: int, name: str) -> None:
             bar.update(task, advance=1, status=f"{case_id} p={p} {name}")
 
-        result = run_ablation(net, prepared(), plan, spec, device=dev, metric_options=metric_options,
-                              on_step=advance)
-    summary = ablation_summary(result, n_resamples=n_resamples, seed=seed)
+        outcome = run_interventions(net, prepared(), plan, spec, device=dev, metric_options=metric_options,
+                                    n_resamples=n_resamples, seed=seed, on_step=advance)
+    summary = outcome.summary
     info = {"model": str(report.path), "arch": report.arch, "compat": report.compat, "data": str(data),
             "roi": list(use_roi), "padding_sweep": list(spec.paddings), "axis": axis, "pad_mode": pad_mode,
             "sweep_mode": sweep_mode, "key_kind": key_kind, "n_resamples": n_resamples, "seed": seed,
-            **metric_options, "interventions": {iv.name: _describe(iv) for iv in plan}}
+            **metric_options, "interventions": {iv.name: describe(iv) for iv in plan}}
     manifest.add_input(report.path, "checkpoint")
     manifest.add_data(data)
     manifest.compat = {"model": str(report.compat)}
-    record = AblationRun(table=result.table, adi=result.adi, summary=summary, info=info, manifest=manifest,
-                         label=Path(model).stem if Path(model).exists() else model)
+    record = ablation_run(outcome, info=info, manifest=manifest, label=Path(model).stem if Path(model).exists() else model)
     extra = []
     if figure:
         if len(plan) > 1 and "none" in names:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import Annotated, Literal
 
 import typer
 
@@ -64,10 +64,10 @@ def phantoms(
 
     Example: attnprobe data phantoms --out phantoms --n 8 --shape 48,48,24
     """
-    from attnprobe.data.phantoms import MODALITIES, Modality, write_phantom_dataset
+    from attnprobe.data.phantoms import MODALITIES
     from attnprobe.errors import ConfigError
-    from attnprobe.results import Manifest, PhantomSet, check_out
-    from attnprobe.results.folders import remove_entries
+    from attnprobe.results import Manifest, check_out
+    from attnprobe.workflows.phantoms import write_phantoms
 
     manifest = Manifest.start("data phantoms", locals())
 
@@ -83,11 +83,8 @@ def phantoms(
         if len(size) != 3 or min(size) < 8:
             raise ConfigError("cannot read --shape", expected="three sizes >= 8 like 48,48,24", got=repr(shape))
     target = check_out(out, overwrite=overwrite, kinds=("phantoms",))
-    # an earlier dataset goes first: a new seed or n must not leave orphan cases behind
-    remove_entries(target.path, target.replace)
-    paths = write_phantom_dataset(out, n=n, seed=seed, modalities=cast("tuple[Modality, ...]", mods), shape=size)
-    entries = sorted(p.name for p in target.path.iterdir() if p.name not in ("record.json", "manifest.json"))
-    PhantomSet(entries=entries, manifest=manifest).save(out)
+    paths = write_phantoms(out, n=n, seed=seed, modalities=mods, shape=size, replace=target.replace,
+                           manifest=manifest)
     for mod, path in paths.items():
         console.print(f"{mod}: {path}", highlight=False)
 
@@ -126,19 +123,13 @@ def extent(
     """
     from rich.table import Table
 
-    from attnprobe.results import ExtentRun, Manifest
+    from attnprobe.results import Manifest
 
     manifest = Manifest.start("data extent", locals())
 
     from attnprobe.data.preprocess import PreprocessConfig, prepare_case
     from attnprobe.models.registry import resolve_config
-    from attnprobe.workflows.extent import (
-        default_candidates,
-        extent_and_efficiency,
-        recommend_crop,
-        summarize_efficiency,
-        summarize_extents,
-    )
+    from attnprobe.workflows.extent import default_candidates, study_crops, summarize_extents
     from attnprobe.workspace import list_data
 
     resolve_config(arch, model_preset)  # unknown arch/preset fail before any loading
@@ -152,18 +143,15 @@ def extent(
                               a_min=a_min, a_max=a_max)
     with progress_bar() as bar:
         task = bar.add_task("extent", total=len(refs), status="")
-        cases = (prepare_case(ref, config) for ref in refs)
-        extents, per_case = extent_and_efficiency(
-            cases, crops, arch=arch, model_preset=model_preset, pad_mode=pad_mode, compat=compat,
-            on_case=lambda c: bar.update(task, advance=1, status=c.case_id))
+        study = study_crops((prepare_case(ref, config) for ref in refs), crops, arch=arch, model_preset=model_preset,
+                            pad_mode=pad_mode, compat=compat, coverage=coverage, rule=rule, spacing_z=spacing,
+                            on_case=lambda c: bar.update(task, advance=1, status=c.case_id))
+    extents, eff, rec = study.extents, study.efficiency, study.recommendation
     ext_summary = summarize_extents(extents)
-    eff = summarize_efficiency(per_case)
-    rec = recommend_crop(extents, per_case, arch=arch, model_preset=model_preset, coverage=coverage, rule=rule,
-                         spacing_z=spacing)
 
     manifest.add_data(data)
     manifest.compat = {"geometry": compat}
-    record = ExtentRun(extents=extents, efficiency=eff, arch=arch, model_preset=model_preset, manifest=manifest)
+    record = study.record(manifest=manifest)
     if target is not None:
         folder = target.path
         record.save(folder, replace=target.replace)

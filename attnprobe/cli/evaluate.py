@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import typer
 
 from attnprobe.cli.common import (
@@ -59,7 +58,6 @@ from attnprobe.cli.options import (
 Scope = Literal["matched", "volume"]
 Detection = Literal["lits", "pairwise"]
 Surface = Literal["surfel", "voxel"]
-CASE_COLUMNS = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
 
 
 def register(app: typer.Typer) -> None:
@@ -67,62 +65,17 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-def _nifti_ids(folder: Path, *, strip_label_suffix: bool) -> dict[str, Path]:
-    from attnprobe.data.io import LABEL_SUFFIXES, case_id_from_path, is_nifti
-    from attnprobe.errors import DataError
-
-    if not folder.is_dir():
-        raise DataError("not a folder", expected="a folder of NIfTI files", got=str(folder))
-    ids: dict[str, Path] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p)):
-        case = case_id_from_path(path)
-        if strip_label_suffix:
-            for suffix in LABEL_SUFFIXES:
-                if case.endswith(suffix) and len(case) > len(suffix):
-                    case = case[: -len(suffix)]
-        if case in ids:
-            raise DataError(f"two files for case {case!r} in {folder}", expected="one file per case",
-                            got=f"{ids[case].name} and {path.name}")
-        ids[case] = path
-    if not ids:
-        raise DataError(f"no NIfTI files in {folder}", expected="*.nii or *.nii.gz files", got="none")
-    return ids
-
-
 def _score_folders(pred_dir: Path, label_dir: Path, metric_options: dict[str, Any]) -> list:
-    from attnprobe.data.arrays import affine_spacing
-    from attnprobe.data.io import load_volume
-    from attnprobe.errors import DataError
-    from attnprobe.train.evaluate import check_label_map, evaluate_case
+    from attnprobe.workflows.evaluation import pair_folders, score_pairs
 
-    preds = _nifti_ids(pred_dir, strip_label_suffix=False)
-    labels = _nifti_ids(label_dir, strip_label_suffix=True)
-    missing = sorted(set(labels) - set(preds))
-    if missing:
-        raise DataError(f"{len(missing)} label(s) have no prediction in {pred_dir}",
-                        expected="a prediction file named like each label (same case id)",
-                        got=", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
-                        fix="predict those cases, or remove their labels from the folder")
-    extra = sorted(set(preds) - set(labels))
+    pairs = pair_folders(pred_dir, label_dir)
+    extra = pairs.unlabelled
     if extra:
         err_console.print(f"skipping {len(extra)} prediction(s) without a label: {', '.join(extra[:5])}",
                           highlight=False)
-    results = []
     with progress_bar() as bar:
-        task = bar.add_task("evaluate", total=len(labels), status="")
-        for case, label_path in labels.items():
-            ref = load_volume(label_path, role="label")
-            pred = load_volume(preds[case], role="label")
-            if tuple(pred.shape) != tuple(ref.shape) or not np.allclose(
-                    np.asarray(pred.affine), np.asarray(ref.affine), atol=1e-3, rtol=1e-4):
-                raise DataError(f"prediction of case {case!r} is not on its label's grid",
-                                expected=f"shape {tuple(ref.shape)} and the label's affine",
-                                got=f"shape {tuple(pred.shape)}", fix="resample the prediction to the label grid")
-            check_label_map(pred.numpy(), ref.numpy(), case=case)
-            results.append(evaluate_case(pred.numpy(), ref.numpy(), spacing=affine_spacing(ref.affine),
-                                         case=case, **metric_options))
-            bar.update(task, advance=1, status=case)
-    return results
+        task = bar.add_task("evaluate", total=len(pairs.pairs), status="")
+        return score_pairs(pairs, metric_options, on_case=lambda case: bar.update(task, advance=1, status=case))
 
 
 def _check_preprocessing(stored: dict[str, Any] | None, requested: dict[str, Any], *, allow: bool) -> dict[str, Any]:
@@ -140,12 +93,10 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                        tta: bool, device: str, limit: int | None,
                        write: bool, out: Path, metric_options: dict[str, Any],
                        compat: str | None = None) -> tuple[list, dict[str, Any]]:
-    from attnprobe.data.arrays import affine_spacing
-    from attnprobe.data.io import load_volume
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
+    from attnprobe.data.preprocess import PreprocessConfig
     from attnprobe.errors import ConfigError, DataError
-    from attnprobe.train.evaluate import check_label_map, evaluate_case
-    from attnprobe.train.inference import InferenceConfig, predict_case, write_prediction
+    from attnprobe.train.inference import InferenceConfig
+    from attnprobe.workflows.evaluation import predict_and_score
     from attnprobe.workspace import list_data, resolve_data, resolve_model
 
     # everything that can be checked without the model first: options, data, labels
@@ -192,39 +143,18 @@ def _predict_and_score(model: str, data: str, *, arch: str | None, split: str | 
                               pad_mode=used["pad_mode"] or "end")
     infer = InferenceConfig(roi=tuple(window), tta=tta)
 
-    net.to(dev)
-    results, predicted_only = [], []
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=len(refs), status="")
-        for case_ref in refs:
-            case = prepare_case(case_ref, config)
-            prediction = predict_case(net, case, config=infer, device=dev)
-            if write:
-                write_prediction(prediction, out, probabilities=True)
-            if case_ref.label is None:
-                predicted_only.append(case_ref.case_id)
-            else:
-                label = load_volume(case_ref.label, role="label")
-                native = prediction.native_label()
-                check_label_map(native, label.numpy(), case=case_ref.case_id)
-                results.append(evaluate_case(native, label.numpy(),
-                                             spacing=affine_spacing(label.affine), case=case_ref.case_id,
-                                             **metric_options))
-            bar.update(task, advance=1, status=case_ref.case_id)
+        scores = predict_and_score(net, refs, preprocess=config, inference=infer, device=dev,
+                                   metric_options=metric_options, write_to=out if write else None,
+                                   on_case=lambda case: bar.update(task, advance=1, status=case))
+    results, predicted_only = scores.results, scores.predicted_only
     if predicted_only:
         err_console.print(f"{len(predicted_only)} case(s) without a label were predicted but not scored; "
                           f"their predictions are in {out / 'predictions'}", highlight=False, markup=False)
     info = {"model": str(ref.checkpoint), "compat": report.compat, "data": str(source.path), "split": split,
             "roi": list(window), "tta": tta, "preprocessing": {k: v for k, v in used.items() if k != "roi"}}
     return results, info
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (np.integer, np.floating)):
-        return _plain(value.item())
-    return value
 
 
 @one_line_errors
@@ -273,12 +203,9 @@ def evaluate(
     Example: attnprobe evaluate --model runs/mri/last.pt --data cases.json --out runs/eval
     (or --pred PRED_DIR --labels LABEL_DIR; preprocessing defaults to the checkpoint's training).
     """
-    import pandas as pd
-
     from attnprobe.errors import ConfigError
-    from attnprobe.results import EvaluationRun, Manifest, check_out
-    from attnprobe.results.runs import model_labels
-    from attnprobe.train.evaluate import summarize
+    from attnprobe.results import Manifest, check_out
+    from attnprobe.workflows.evaluation import evaluation_run
 
     manifest = Manifest.start("evaluate", locals())
 
@@ -315,14 +242,12 @@ def evaluate(
         manifest.add_input(info["model"], "checkpoint")
         manifest.add_data(data)  # type: ignore[arg-type]
         manifest.compat = {"model": str(info["compat"])}
-    frame = pd.DataFrame([{c: getattr(r, c) for c in CASE_COLUMNS} for r in results], columns=list(CASE_COLUMNS))
-    summary = {k: _plain(v) for k, v in summarize(results, n_resamples=n_resamples, seed=seed).items()}
-    preset, backbone = model_labels(info.get("model"))
-    EvaluationRun(cases=frame, summary={**summary, **info, **metric_options}, preset=preset, backbone=backbone,
-                  label=preset, manifest=manifest).save(out, replace=target.replace,
-                                                        extra_files=("predictions", "probabilities"))
+    record = evaluation_run(results, info=info, metric_options=metric_options, n_resamples=n_resamples, seed=seed,
+                            manifest=manifest)
+    record.save(out, replace=target.replace, extra_files=("predictions", "probabilities"))
+    summary = record.summary  # the bootstrap summary, then info, then the definitions
     if json_output:
-        print_json({**summary, **info, **metric_options, "files": [str(out / "cases.csv"), str(out / "summary.json")]})
+        print_json({**summary, "files": [str(out / "cases.csv"), str(out / "summary.json")]})
     elif results:
         console.print(f"{summary['n_detected']}/{summary['n_with_reference']} detected"
                       f" ({_pct(summary['detection_rate'])} {_interval(summary, 'detection_rate', pct=True)}), "
@@ -350,45 +275,12 @@ def _interval(summary: dict[str, Any], name: str, *, pct: bool = False) -> str:
     return f"[{_pct(low)}, {_pct(high)}]" if pct else f"[{low:.4g}, {high:.4g}]"
 
 
-# definitions that must agree for two runs to be compared case by case
-_SAME_DEFINITIONS = ("scope", "detection", "surface", "min_component_voxels", "iou_threshold", "tolerance_mm")
-#: what attnprobe computed before these were options (summaries written then lack the keys)
-_PRE_OPTION_DEFINITIONS = {"scope": "volume", "detection": "pairwise", "surface": "voxel"}
-
-
-def _read_run(folder: Path) -> tuple[Any, dict[str, Any]]:
-    from attnprobe.errors import DataError
-    from attnprobe.results import EvaluationRun
-
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not an evaluation run", expected="a folder with cases.csv and summary.json",
-                        got="no folder", fix="pass two --out folders of attnprobe evaluate")
-    run = EvaluationRun.load_any(folder)
-    return run.cases, dict(run.summary)
-
-
 def _compare_runs(run_a: Path, run_b: Path, out: Path, *, n_resamples: int, seed: int, overwrite: bool = False,
                   manifest=None) -> None:
-    from attnprobe.errors import ConfigError
-    from attnprobe.results import ComparisonRun, check_out
-    from attnprobe.train.stats import compare_cases
+    from attnprobe.workflows.evaluation import compare_runs
 
-    (cases_a, info_a), (cases_b, info_b) = _read_run(run_a), _read_run(run_b)
-    # a summary without a definition key was scored before it was an option: its old behaviour
-    info_a, info_b = ({**_PRE_OPTION_DEFINITIONS, **info} for info in (info_a, info_b))
-    differ = [f"{k}: {info_a[k]!r} vs {info_b[k]!r}" for k in _SAME_DEFINITIONS
-              if k in info_a and k in info_b and info_a[k] != info_b[k]]
-    missing = [k for k in _SAME_DEFINITIONS if (k in info_a) != (k in info_b)]
-    differ += [f"{k}: recorded in one run only" for k in missing]
-    if differ:
-        raise ConfigError("the two runs were scored with different definitions", expected="the same options",
-                          got="; ".join(differ), fix="re-evaluate one run with the other's options")
-    target = check_out(out, overwrite=overwrite, kinds=("comparison",))
-    table = compare_cases(cases_a, cases_b, n_resamples=n_resamples, seed=seed)
-    if manifest is not None:
-        manifest.add_input(run_a / "cases.csv", "run-a")
-        manifest.add_input(run_b / "cases.csv", "run-b")
-    ComparisonRun(table=table, manifest=manifest).save(out, replace=target.replace)
+    table = compare_runs(run_a, run_b, out, n_resamples=n_resamples, seed=seed, overwrite=overwrite,
+                         manifest=manifest).table
     console.print(f"B = {run_b} vs A = {run_a} (paired by case; 95% bootstrap intervals):", highlight=False,
                   markup=False, soft_wrap=True)
     for row in table.to_dict("records"):  # one line per metric, unwrapped, for logs

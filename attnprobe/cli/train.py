@@ -96,10 +96,11 @@ def train(
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.models import CompatNotice
+    from attnprobe.results import Manifest
     from attnprobe.train.presets import get_preset, resolve_train_config
-    from attnprobe.train.trainer import train as run_training
+    from attnprobe.workflows.training import init_arch, run_training
 
-    manifest = _start_manifest(locals())
+    manifest = Manifest.start("train", locals())
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", expected="one of them",
                           got="both")
@@ -112,11 +113,7 @@ def train(
     init_ref = None if random_init else init
     declared_roi = None
     if init_ref is not None and get_preset(preset).pretrained:
-        from attnprobe.workspace import resolve_model
-
-        ref = resolve_model(init_ref)
-        arch = arch or ref.arch or _checkpoint_arch(ref.checkpoint)
-        declared_roi = ref.roi
+        arch, declared_roi = init_arch(init_ref, arch)
     if not get_preset(preset).pretrained and init_ref is not None and main:
         err_console.print(f"preset {preset} starts from random weights: --init {init_ref} is ignored", highlight=False)
     config = resolve_train_config(
@@ -155,41 +152,10 @@ def train(
                 val_split=None if val_split.lower() == "none" else val_split, device=device, overwrite=overwrite,
                 resume=resume, allow_random_init=random_init, checkpoint_every=checkpoint_every,
                 stop_after_steps=max_steps, on_step=on_step, on_epoch=on_epoch,
-                log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                log=lambda msg: err_console.print(msg, highlight=False, markup=False), manifest=manifest)
     if not main:
         return
-    _record_run(result, manifest, config=config, data=data, val_data=val_data)
     state = "finished" if result.finished else f"stopped after step {result.steps_done} (resume with --resume)"
     best = f", best val Dice {result.best_dice:.4f} (epoch {result.best_epoch})" if result.best_dice is not None else ""
     console.print(f"{state}: {result.epochs_done} epochs, {result.steps_done} steps{best}; run in {result.out_dir}",
                   highlight=False)
-
-
-def _checkpoint_arch(path: Path) -> str | None:
-    """Architecture stored in an attnprobe checkpoint (None: let the loader guess)."""
-    from attnprobe.models.checkpoints import read_metadata
-
-    return None if path.is_dir() else read_metadata(path).get("arch")
-
-
-def _start_manifest(arguments: dict):
-    from attnprobe.results import Manifest
-
-    return Manifest.start("train", arguments)
-
-
-def _record_run(result, manifest, *, config, data: str, val_data: str | None) -> None:
-    """``record.json`` and ``manifest.json`` next to the trainer's files (docs/results.md)."""
-    from attnprobe.results import TrainRun
-
-    if config.init:
-        from attnprobe.workspace import resolve_model
-
-        manifest.add_input(resolve_model(config.init).checkpoint, "init-checkpoint")
-    manifest.add_data(data)
-    if val_data is not None:
-        manifest.add_data(val_data, role="val-data")
-    compat = getattr(config, "init_compat", None)
-    manifest.compat = {"init": str(compat)} if compat else {}
-    TrainRun(finished=bool(result.finished), manifest=manifest,
-             label=config.preset).save(result.out_dir)

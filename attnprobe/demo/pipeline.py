@@ -40,7 +40,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -50,7 +50,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attnprobe.data.arrays import affine_spacing
 from attnprobe.demo.progress import Advance, OnProgress, Steps
 from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
@@ -313,12 +312,10 @@ def make_phantoms(out_dir: str | os.PathLike[str], *, n: int, seed: int, spacing
 
     See :func:`attnprobe.data.phantoms.write_phantom_dataset` for the layout.
     """
-    from attnprobe.data.phantoms import write_phantom_dataset
+    from attnprobe.workflows.phantoms import write_phantoms
 
-    paths = write_phantom_dataset(out_dir, n=n, seed=seed, modalities=tuple(modalities),  # type: ignore[arg-type]
-                                  split=tuple(split), spacing=(spacing_mm,) * 3,
-                                  axial_range_mm=tuple(axial_range_mm))
-    return {str(k): Path(v) for k, v in paths.items()}
+    return write_phantoms(out_dir, n=n, seed=seed, modalities=tuple(modalities), split=tuple(split),
+                          spacing=(spacing_mm,) * 3, axial_range_mm=tuple(axial_range_mm))
 
 
 def save_supervised_layout(model: nn.Module, path: str | os.PathLike[str], *,
@@ -501,7 +498,7 @@ def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str 
     Returns ``best.pt`` when the run validated, else ``last.pt``.
     """
     from attnprobe.train.presets import resolve_train_config
-    from attnprobe.train.trainer import train
+    from attnprobe.workflows.training import run_training
 
     config = resolve_train_config(preset, arch=arch, model_preset=settings.model_preset, epochs=settings.epochs,
                                   init=None if preset == "scratch" else os.fspath(init),
@@ -514,8 +511,8 @@ def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str 
                                                                                    settings.max_steps)
             on_step(int(info.step), total, float(info.loss))
 
-    result = train(config, data, out_dir, val_split="validation" if settings.validate else None, overwrite=True,
-                   stop_after_steps=settings.max_steps, on_step=step, log=log)
+    result = run_training(config, data, out_dir, val_split="validation" if settings.validate else None,
+                          overwrite=True, stop_after_steps=settings.max_steps, on_step=step, log=log)
     return result.best if result.best is not None else result.last
 
 
@@ -644,22 +641,18 @@ def ablation(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
     forward with its bootstrap 95 % interval, and the plain forward's Dice change from padding 0.
     ``on_step`` is called with ``(case, padding, intervention)`` after each forward."""
     from attnprobe.metrics.sweep import SweepSpec
-    from attnprobe.models.registry import adapter_for
-    from attnprobe.train.ablation import (
-        ablation_summary,
-        intervention_from_name,
-        run_ablation,
-        write_ablation,
-    )
+    from attnprobe.workflows.ablation import ablation_run, intervention_plan, run_interventions
 
-    n_stages = len({ref.stage for ref in adapter_for(model).blocks(model)})
-    plan = [intervention_from_name(n, n_stages=n_stages) for n in ABLATION_INTERVENTIONS]
+    plan = intervention_plan(model, ABLATION_INTERVENTIONS)
     spec = SweepSpec(paddings=tuple(int(p) for p in paddings))
     # Dice over the whole volume: every case counts (a missed tumor scores 0, not "no value")
-    result = run_ablation(model, cases, plan, spec, metric_options={"scope": "volume"}, on_step=on_step)
-    summary = ablation_summary(result, n_resamples=1000, seed=seed)
-    write_ablation(result, summary, out_dir, info={**info, "interventions": list(ABLATION_INTERVENTIONS),
-                                                   "padding_sweep": list(spec.paddings), "scope": "volume"})
+    outcome = run_interventions(model, cases, plan, spec, metric_options={"scope": "volume"}, n_resamples=1000,
+                                seed=seed, on_step=on_step)
+    summary = outcome.summary
+    label = info.get("label")
+    ablation_run(outcome, info={**info, "interventions": list(ABLATION_INTERVENTIONS),
+                                "padding_sweep": list(spec.paddings), "scope": "volume"},
+                 label=str(label) if label is not None else None).save(out_dir)
     top = max(spec.paddings)
     at = summary.set_index(["intervention", "padding"])
     plain = at.loc[("none", top)]
@@ -736,49 +729,30 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Seque
     first scored case in (``image``, ``label``, ``prediction`` on the native grid, ``spacing``,
     ``case``), for the prediction-vs-reference figure.
     """
-    from attnprobe.data.io import list_cases, load_volume
-    from attnprobe.data.preprocess import PreprocessConfig, prepare_case
-    from attnprobe.train.evaluate import evaluate_case
-    from attnprobe.train.inference import InferenceConfig, predict_case
+    from attnprobe.data.preprocess import PreprocessConfig
+    from attnprobe.train.inference import InferenceConfig
+    from attnprobe.workflows.evaluation import predict_and_score
 
     if window is None:
         config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end")
     else:
         config = PreprocessConfig(roi="full", spacing=spacing_mm, pad_mode="end", intensity="fixed",
                                   a_min=float(window[0]), a_max=float(window[1]))
-    infer = InferenceConfig(roi=as_triple(roi, "roi"))
-    refs = list_cases(data, split=split)  # type: ignore[arg-type]
-    results = []
-    for ref in refs[:limit] if limit is not None else refs:
-        if ref.label is None:
-            continue
-        prediction = predict_case(model, prepare_case(ref, config), config=infer)
-        label = load_volume(ref.label, role="label")
-        predicted = prediction.native_label()
-        results.append(evaluate_case(predicted, label.numpy(), spacing=affine_spacing(label.affine),
-                                     case=ref.case_id))
-        if overlay is not None and len(results) == 1:
-            Path(overlay).parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(overlay, image=load_volume(ref.image, role="image").numpy().astype(np.float32),
-                                label=label.numpy().astype(np.uint8), prediction=np.asarray(predicted, dtype=np.uint8),
-                                spacing=np.asarray(affine_spacing(label.affine), dtype=float), case=str(ref.case_id))
-        if on_case is not None:
-            on_case(ref.case_id)
-    return results
+    return predict_and_score(model, list_labelled(data, split=split, limit=limit), preprocess=config,
+                             inference=InferenceConfig(roi=as_triple(roi, "roi")), overlay=overlay,
+                             on_case=on_case).results
 
 
 def write_evaluation(results: Sequence[Any], out_dir: str | os.PathLike[str], *, info: Mapping[str, Any]) -> Path:
     """Write ``cases.csv`` and ``summary.json`` in the format of ``attnprobe evaluate`` (plus ``info``)."""
-    from attnprobe.train.evaluate import DEFAULT_DEFINITIONS, summarize
+    from attnprobe.train.evaluate import DEFAULT_DEFINITIONS
+    from attnprobe.workflows.evaluation import evaluation_run
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    columns = ("case", "detected", "iou", "dice", "hd95", "surface_dice")
-    pd.DataFrame([{c: getattr(r, c) for c in columns} for r in results], columns=list(columns)).to_csv(
-        out / "cases.csv", index=False)
-    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summarize(results).items()}
-    (out / "summary.json").write_text(json.dumps({**summary, **DEFAULT_DEFINITIONS, **dict(info)}, indent=1,
-                                                 default=str))
+    preset, backbone = info.get("preset"), info.get("backbone")
+    # the overlay figure's case sits next to the scores: it belongs to the run
+    evaluation_run(results, info=info, metric_options=DEFAULT_DEFINITIONS, preset=preset, backbone=backbone
+                   ).save(out, extra_files=("overlay.npz",))
     return out
 
 
@@ -793,20 +767,13 @@ def crop_efficiency(data: str | os.PathLike[str], *, arch: str, model_preset: st
         :func:`attnprobe.workflows.extent.summarize_efficiency` with an ``arch`` column, and the
         :class:`~attnprobe.workflows.extent.CropRecommendation`.
     """
-    from attnprobe.workflows.extent import (
-        default_candidates,
-        extent_and_efficiency,
-        recommend_crop,
-        summarize_efficiency,
-    )
+    from attnprobe.workflows.extent import study_crops
 
     cases = prepare_cases(data, split=split, roi="full", spacing_mm=spacing_mm)
-    extents, per_case = extent_and_efficiency(cases, default_candidates(arch, model_preset), arch=arch,
-                                              model_preset=model_preset)
-    summary = summarize_efficiency(per_case)
+    study = study_crops(cases, arch=arch, model_preset=model_preset, spacing_z=spacing_mm)
+    summary = study.efficiency
     summary.insert(0, "arch", arch)
-    recommendation = recommend_crop(extents, per_case, arch=arch, model_preset=model_preset, spacing_z=spacing_mm)
-    return extents, summary, recommendation
+    return study.extents, summary, study.recommendation
 
 
 def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
@@ -819,22 +786,13 @@ def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
         One row per case (features, ``cluster``; ``phantom_cluster`` when ``phantoms_json`` names
         the generating cluster of each case) and the :class:`~attnprobe.data.tumor_stats.ClusterResult`.
     """
-    from attnprobe.data.io import list_cases, load_volume
-    from attnprobe.data.tumor_stats import analyze_tumors
+    from attnprobe.data.io import list_cases
+    from attnprobe.workflows.tumors import tumor_analysis, with_phantom_clusters
 
-    def items() -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]]:
-        for ref in list_cases(data, split=split):  # type: ignore[arg-type]
-            if ref.label is None:
-                continue
-            image = load_volume(ref.image, role="image")
-            label = load_volume(ref.label, role="label")
-            yield ref.case_id, image.numpy(), label.numpy(), affine_spacing(image.affine)
-
-    analysis = analyze_tumors(items())
+    analysis = tumor_analysis(list_cases(data, split=split))  # type: ignore[arg-type]
     wide = analysis.wide
     if phantoms_json is not None:
-        truth = {c["case"]: int(c["cluster"]) for c in json.loads(Path(phantoms_json).read_text())["cases"]}
-        wide = wide.assign(phantom_cluster=[truth.get(c, -1) for c in wide["case"]])
+        wide = with_phantom_clusters(wide, phantoms_json)
     return wide, analysis.clustering
 
 
@@ -1255,11 +1213,9 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
 
 def list_labelled(data: str | os.PathLike[str], *, split: str, limit: int | None) -> list[Any]:
     """The labelled cases of a datalist split that :func:`evaluate_model` scores (first ``limit``)."""
-    from attnprobe.data.io import list_cases
+    from attnprobe.workflows.evaluation import labelled_cases
 
-    refs = list_cases(data, split=split)  # type: ignore[arg-type]
-    refs = refs[:limit] if limit is not None else refs
-    return [ref for ref in refs if ref.label is not None]
+    return labelled_cases(data, split=split, limit=limit)
 
 
 def _cpu_seconds() -> float:

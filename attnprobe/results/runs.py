@@ -183,7 +183,7 @@ class EvaluationRun(RunRecord):
     Attributes
     ----------
     cases
-        ``cases.csv``: one row per scored case (``cli.evaluate.CASE_COLUMNS``).
+        ``cases.csv``: one row per scored case (``workflows.evaluation.CASE_COLUMNS``).
     summary
         ``summary.json``: summary statistics with bootstrap intervals, the run's inputs
         (model, data, split, roi, preprocessing) and the metric definitions.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,8 @@ __all__ = [
     "summarize_extents",
     "summarize_efficiency",
     "recommend_crop",
+    "CropStudy",
+    "study_crops",
 ]
 
 Rule = Literal["coverage", "efficiency"]
@@ -398,3 +400,63 @@ def recommend_crop(
                   "the candidate with the largest axial size")
     best_roi = tuple(int(v) for v in sizes.loc[best].to_numpy())
     return CropRecommendation(best_roi, rule, coverage, q_mm, float(stage0[best]), reason)  # type: ignore[arg-type]
+
+
+@dataclass
+class CropStudy:
+    """Extents, token efficiency and the recommended crop of one architecture on one dataset.
+
+    Attributes
+    ----------
+    extents
+        One row per case (:func:`case_extent`).
+    per_case
+        One row per (case, candidate, stage) (:func:`extent_and_efficiency`).
+    efficiency
+        Means over cases per (candidate, stage) (:func:`summarize_efficiency`).
+    recommendation
+        :func:`recommend_crop` of the extents and ``per_case``.
+    arch, model_preset
+        The architecture whose token geometry was measured.
+    """
+
+    extents: pd.DataFrame
+    per_case: pd.DataFrame
+    efficiency: pd.DataFrame
+    recommendation: CropRecommendation
+    arch: str
+    model_preset: str | None = None
+
+    def record(self, *, manifest: Any = None, label: str | None = None) -> Any:
+        """The :class:`~attnprobe.results.ExtentRun` of the study (``extent.csv``, ``efficiency.csv``)."""
+        from attnprobe.results import ExtentRun
+
+        return ExtentRun(extents=self.extents, efficiency=self.efficiency, arch=self.arch,
+                         model_preset=self.model_preset, manifest=manifest, label=label)
+
+
+def study_crops(
+    cases: Iterable[PreparedCase],
+    candidates: Sequence[Sequence[int]] | None = None,
+    *,
+    arch: str,
+    model_preset: str | None = None,
+    pad_mode: PadMode | None = None,
+    compat: str = "current",
+    coverage: float = 0.9,
+    rule: Rule = "coverage",
+    spacing_z: float = 1.0,
+    on_case: Callable[[PreparedCase], None] | None = None,
+) -> CropStudy:
+    """Measure extents and crop efficiency in one pass over ``cases`` and recommend a crop.
+
+    ``candidates`` default to :func:`default_candidates`; the other arguments are those of
+    :func:`extent_and_efficiency` and :func:`recommend_crop`.
+    """
+    crops = list(candidates) if candidates is not None else default_candidates(arch, model_preset)
+    extents, per_case = extent_and_efficiency(cases, crops, arch=arch, model_preset=model_preset, pad_mode=pad_mode,
+                                              compat=compat, on_case=on_case)
+    rec = recommend_crop(extents, per_case, arch=arch, model_preset=model_preset, coverage=coverage, rule=rule,
+                         spacing_z=spacing_z)
+    return CropStudy(extents=extents, per_case=per_case, efficiency=summarize_efficiency(per_case),
+                     recommendation=rec, arch=arch, model_preset=model_preset)

@@ -126,3 +126,19 @@ def test_candidates_and_names():
     with pytest.raises(ConfigError):
         fit_mask(prepare_array(np.random.default_rng(1).uniform(0.5, 1.0, (8, 8, 8)), config=PreprocessConfig(roi="full")),
                  (48, 64, 64))
+
+
+def test_study_crops_measures_recommends_and_records(box_case, tmp_path):
+    from attnprobe.results import ExtentRun
+    from attnprobe.workflows.extent import study_crops
+
+    seen = []
+    study = study_crops([box_case], arch="swin_unetr", model_preset="tiny", rule="efficiency", on_case=seen.append)
+    assert seen == [box_case]
+    # default candidates: the pretrained cube (64) and every shallower multiple of 32
+    assert list(dict.fromkeys(study.efficiency["candidate"])) == ["64x64x64", "64x64x32"]
+    assert study.efficiency.equals(summarize_efficiency(study.per_case))
+    assert study.recommendation.roi == (64, 64, 32)  # both cover 20 mm; the shallower wastes fewer tokens
+    study.record(label="box").save(tmp_path / "ext")
+    back = ExtentRun.load(tmp_path / "ext")
+    assert back.arch == "swin_unetr" and back.model_preset == "tiny" and len(back.extents) == 1
