@@ -20,10 +20,11 @@ import _common as common  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
-from attnprobe.demo.pipeline import attention_volume  # noqa: E402
 from attnprobe.figures import attention_on_volume, flow_matrices  # noqa: E402
 from attnprobe.metrics.aggregate import stage_means  # noqa: E402
-from attnprobe.metrics.sweep import SweepSpec, padding_sweep  # noqa: E402
+from attnprobe.metrics.sweep import SweepSpec  # noqa: E402
+from attnprobe.workflows.attention import attention_volume  # noqa: E402
+from attnprobe.workflows.sweep import online_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     loaded = common.load_model(ws, args.model)
     config = common.preprocessing(loaded, roi=loaded.roi, spacing=args.spacing)
     cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
-    stages = stage_means(padding_sweep(loaded.model, cases, SweepSpec(paddings=(args.padding,))))
+    stages = stage_means(online_sweep(loaded.model, cases, SweepSpec(paddings=(args.padding,))))
     written = {"flow": common.save_figure(
         flow_matrices(stages, padding=args.padding), args.out, f"flow_{args.model}",
         f"Attention flow per stage of {args.model} at {args.padding} voxels of axial padding, mean over "

@@ -24,7 +24,8 @@ import pandas as pd  # noqa: E402
 
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
 from attnprobe.figures import cka_heatmap, feature_reuse_lines  # noqa: E402
-from attnprobe.metrics.reuse import compare_models, summarize, write_results  # noqa: E402
+from attnprobe.metrics.reuse import summarize  # noqa: E402
+from attnprobe.workflows.cka import ModelComparison, save_cka  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     diagonals, rows = {}, []
     for name in common.names(args.tgt, "tgt"):
         tgt = common.load_model(ws, name)
-        da = compare_models(ref.model, tgt.model, cases, crops=args.crops, crop_size=crop, seed=args.seed,
-                            names=(args.ref, name))
-        write_results(da, args.out / name)
+        da = ModelComparison(ref.model, tgt.model, cases, crops=args.crops, crop_size=crop, seed=args.seed,
+                             names=(args.ref, name)).run()
+        save_cka(da, args.out / name)
         summary = summarize(da)
         diagonals[name] = pd.Series(summary["diagonal"])
         per_stage = pd.Series(summary["diagonal"]).groupby(lambda b: b.split(".")[0]).mean()

@@ -20,10 +20,11 @@ import _common as common  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnprobe.data.preprocess import iter_cases  # noqa: E402
-from attnprobe.demo.pipeline import longest_cases  # noqa: E402
 from attnprobe.figures import adi_vs_padding  # noqa: E402
 from attnprobe.metrics.aggregate import stage_means, sweep_summary  # noqa: E402
-from attnprobe.metrics.sweep import SweepSpec, padding_sweep  # noqa: E402
+from attnprobe.metrics.sweep import SweepSpec  # noqa: E402
+from attnprobe.workflows.cases import longest_cases  # noqa: E402
+from attnprobe.workflows.sweep import online_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         cases = list(iter_cases(data, config, split=data.split, limit=args.limit))
         if args.longest is not None:
             cases = longest_cases(cases, args.longest)
-        frame = padding_sweep(loaded.model, cases, spec)
+        frame = online_sweep(loaded.model, cases, spec, check_fractions=False)
         args.out.mkdir(parents=True, exist_ok=True)
         written[f"adi_{name}"] = args.out / f"adi_{name}.csv"
         frame.to_csv(written[f"adi_{name}"], index=False)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 
@@ -54,29 +53,13 @@ def register(app: typer.Typer) -> None:
 
 def _write_outputs(frame, out: Path, attrs: dict, *, label: str | None = None, manifest=None,
                    replace=frozenset()):
-    """Save the run as an :class:`~attnprobe.results.AdiRun` (adi.csv / adi.parquet tidy blocks, adi.nc,
-    summary.csv stage level over cases, adi.json, manifest.json, record.json; docs/results.md);
+    """Save the run as an :class:`~attnprobe.results.AdiRun` (:func:`attnprobe.workflows.sweep.save_adi`);
     return the :class:`~attnprobe.metrics.sweep.SweepTables`."""
     from attnprobe.metrics.sweep import sweep_tables
-    from attnprobe.results import AdiRun
+    from attnprobe.workflows.sweep import save_adi
 
-    AdiRun(frame=frame, attrs=dict(attrs), label=label, manifest=manifest, engine=_netcdf_engine()).save(
-        out, replace=replace)
+    save_adi(frame, out, attrs, label=label, manifest=manifest, replace=replace, engine=_netcdf_engine())
     return sweep_tables(frame)
-
-
-def _model_label(model: str, checkpoint: Any) -> str:
-    """What figures call the model: its training preset and backbone when the checkpoint records
-    them, else the file name (the run folder's name for attnprobe's own ``last.pt``/``best.pt``)."""
-    from attnprobe.results.runs import model_labels
-
-    preset, backbone = model_labels(str(checkpoint) if checkpoint else model)
-    if preset and backbone:
-        return f"{backbone} ({preset})"
-    path = Path(model)
-    if not path.exists():
-        return model  # a name from attnprobe.toml
-    return path.parent.name if path.stem in ("last", "best") and path.parent.name else path.stem
 
 
 def _netcdf_engine() -> str:
@@ -159,6 +142,7 @@ def adi(
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.results import Manifest, check_out
+    from attnprobe.workflows.sweep import model_label
 
     manifest = Manifest.start("adi", locals())
 
@@ -214,7 +198,7 @@ def adi(
     elif model is not None and data is not None:  # a model run (both were checked above)
         manifest.add_input(attrs["checkpoint"], "checkpoint")
         manifest.add_data(data)
-        label = _model_label(model, attrs.get("checkpoint"))
+        label = model_label(model, attrs.get("checkpoint"))
     manifest.compat = {"model": str(attrs.get("compat"))}
     tables = _write_outputs(frame, out, attrs, label=label, manifest=manifest, replace=target.replace)
     if json_output:
@@ -226,77 +210,38 @@ def adi(
 
 
 def _offline(store_path: Path, *, heads: str, pad_queries: str, device, limit: int | None):
-    """ADI of a capture store, chunk by chunk."""
-    from attnprobe.metrics.offline import OfflineStats
-    from attnprobe.store import open_store
+    """ADI of a capture store, chunk by chunk (:class:`attnprobe.workflows.sweep.StoreSweep`)."""
+    from attnprobe.workflows.sweep import StoreSweep
 
-    check_limit(limit)
-    tree = open_store(store_path, chunks={})
-    done = int(tree.dataset["done"].values.sum())
-    stats = OfflineStats()
+    sweep = StoreSweep.open(store_path, limit=limit)
     with progress_bar() as bar:
-        task = bar.add_task("adi (store)", total=min(done, limit or done), status="")
-
-        def advance(case_id: str) -> None:
-            bar.update(task, advance=1, status=case_id)
-
-        frame = _limited_store_flow(tree, heads=heads, pad_queries=pad_queries, device=device, stats=stats,
-                                    on_sample=advance, limit=limit)
+        task = bar.add_task("adi (store)", total=sweep.total, status="")
+        frame = sweep.run(heads=heads, pad_queries=pad_queries, device=device,
+                          on_case=lambda case_id: bar.update(task, advance=1, status=case_id))
+    stats = sweep.stats
     if stats.skipped_samples:
         err_console.print(f"left out {len(stats.skipped_samples)} unfinished sample(s) of the store", highlight=False)
     err_console.print(f"read {stats.attn_bytes / 1e9:.3f} GB of attention in {stats.seconds:.1f} s "
                       f"({stats.gb_per_s:.3f} GB/s)", highlight=False)
-    attrs = {"source": "store", "store": str(store_path), "heads": heads, "pad_queries": pad_queries,
-             "arch": tree.attrs.get("arch"),
-             "compat": tree.attrs.get("compat", "current"),
-             "roi": tree.attrs.get("roi")}
-    return frame, attrs
-
-
-def _limited_store_flow(tree, *, heads, pad_queries, device, stats, on_sample, limit):
-    from attnprobe.metrics.offline import store_flow_records
-    from attnprobe.metrics.reducers import flows_to_frame
-
-    records = store_flow_records(tree, heads=heads, pad_queries=pad_queries, device=device, stats=stats,
-                                 on_sample=on_sample)
-    return flows_to_frame(list(islice(records, limit)))
-
-
-def _gather_in_case_order(frame, case_ids: list[str]):
-    """Every rank's rows on rank 0, in the order one process would have produced them."""
-    import pandas as pd
-
-    from attnprobe import dist
-
-    frames = dist.gather_objects(frame)
-    if len(frames) == 1:
-        return frame
-    order = {case: i for i, case in enumerate(case_ids)}
-    merged = pd.concat(frames, ignore_index=True)
-    rank_of_row = merged["case"].map(order)
-    return merged.iloc[rank_of_row.argsort(kind="stable").to_numpy()].reset_index(drop=True)
+    return frame, sweep.attrs(heads=heads, pad_queries=pad_queries)
 
 
 def _online(*, model: str, data: str, padding_sweep: str | None, axis: Axis, sweep_mode: SweepModeOpt,
             heads: str, pad_queries: str, device, limit: int | None, arch: str | None, pre: Preprocessing,
             split: str | None, compat: str | None = None):
-    """Prepare the cases and run them (swept or as prepared) with online reduction."""
+    """Resolve the preprocessing, load the model and run the cases (swept or as prepared,
+    :func:`attnprobe.workflows.sweep.online_sweep`)."""
     from attnprobe import dist
-    from attnprobe.data.preprocess import prepare_case
-    from attnprobe.errors import ConfigError
-    from attnprobe.metrics.sweep import SweepSpec, prepared_flow
-    from attnprobe.metrics.sweep import padding_sweep as run_sweep
+    from attnprobe.workflows.cases import prepared
+    from attnprobe.workflows.sweep import online_attrs, online_sweep, sweep_spec
     from attnprobe.workspace import list_data, resolve_model
 
     # every option is checked before the model is loaded: bad input fails fast
     pre.check()
     spec = None
     if padding_sweep is not None:
-        spec = SweepSpec(paddings=tuple(parse_int_list(padding_sweep, option="--padding-sweep")), axis=axis,
-                         pad_mode=pre.pad_mode or "end", mode=sweep_mode)  # type: ignore[arg-type]
-        if len(spec.paddings) > MAX_SWEEP_LEVELS:
-            raise ConfigError("padding sweep too long", expected=f"at most {MAX_SWEEP_LEVELS} amounts",
-                              got=f"{len(spec.paddings)} amounts", fix="sweep fewer amounts")
+        spec = sweep_spec(parse_int_list(padding_sweep, option="--padding-sweep"), axis=axis,
+                          pad_mode=pre.pad_mode or "end", mode=sweep_mode)
     ref = resolve_model(model)
     facts = checkpoint_facts(ref.checkpoint)
     config = pre.resolve(facts.stored, model_roi=ref.roi or facts.roi, what=Path(ref.checkpoint).name)
@@ -320,66 +265,10 @@ def _online(*, model: str, data: str, padding_sweep: str | None, axis: Axis, swe
 
     with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("adi", total=len(refs) * len(levels), status="")
-
-        def prepared():
-            for ref in refs:
-                bar.update(task, status=f"{ref.case_id} preprocessing")
-                case = prepare_case(ref, config)
-                if spec is not None:
-                    check_fraction_changes(case, spec)
-                yield case
-
-        def advance(case_id: str, p: int) -> None:
-            bar.update(task, advance=1, status=f"{case_id} p={p}")
-
-        if spec is None:
-            frame = prepared_flow(net, prepared(), heads=heads, pad_queries=pad_queries,  # type: ignore[arg-type]
-                                  device=device, on_step=advance)
-        else:
-            frame = run_sweep(net, prepared(), spec, heads=heads, pad_queries=pad_queries,  # type: ignore[arg-type]
-                              device=device, on_step=advance)
-    frame = _gather_in_case_order(frame, [r.case_id for r in all_refs])
-    attrs = {"source": "model", "model": model, "checkpoint": report.path, "arch": report.arch,
-             "compat": report.compat,
-             "roi": str(config.roi), "heads": heads, "pad_queries": pad_queries,
-             "padding_sweep": ",".join(map(str, levels)),
-             "axis": axis, "pad_mode": config.pad_mode, "sweep_mode": sweep_mode if spec is not None else "none",
-             "spacing": str(config.spacing), "intensity": config.intensity}
+        cases = prepared(refs, config, on_case=lambda case_id: bar.update(task, status=f"{case_id} preprocessing"))
+        frame = online_sweep(net, cases, spec, heads=heads, pad_queries=pad_queries, device=device,
+                             on_step=lambda case_id, p: bar.update(task, advance=1, status=f"{case_id} p={p}"),
+                             case_order=[r.case_id for r in all_refs])
+    attrs = online_attrs(model=model, report=report, config=config, spec=spec, heads=heads,
+                         pad_queries=pad_queries, axis=axis, sweep_mode=sweep_mode)
     return frame, attrs
-
-
-#: more amounts than this is a typo (a sweep runs one forward per case and amount)
-MAX_SWEEP_LEVELS = 64
-
-
-def check_fraction_changes(case, spec) -> None:
-    """Refuse a sweep whose padding fraction is the same at every amount for ``case``.
-
-    In ``fixed-roi`` mode, a case whose content is shorter than the ROI less the largest
-    amount already has that much padding: every amount gives the same input, and the sweep
-    would print identical rows.
-    """
-    from attnprobe.errors import ConfigError
-    from attnprobe.metrics.sweep import swept_input
-
-    if len(spec.paddings) < 2:
-        return
-    fractions = [swept_input(case, p, spec).pad_fraction for p in spec.paddings]
-    if max(fractions) - min(fractions) < 1e-9:
-        size = int(case.image.shape[spec.axis_index + 1])
-        content = _content_length(case, spec.axis_index)
-        raise ConfigError(
-            f"the padding sweep does not change the input of case {case.case_id}: its padding fraction is "
-            f"{fractions[0]:.3f} at every amount",
-            expected=f"content longer than the ROI less the largest amount on {spec.axis} "
-                     f"({size} - {max(spec.paddings)} = {size - max(spec.paddings)} voxels)",
-            got=f"{content} voxels of content on {spec.axis} (after preprocessing)",
-            fix="use a smaller --roi on that axis (the checkpoint's training ROI is the default), larger "
-                "amounts, or --sweep-mode grow")
-
-
-def _content_length(case, axis: int) -> int:
-    """Voxels along ``axis`` (0..2) that hold content in some position of the other axes."""
-    mask = case.mask.bool()[0]
-    other = tuple(d for d in range(3) if d != axis)
-    return int(mask.any(dim=other[1]).any(dim=other[0]).sum())

@@ -35,19 +35,6 @@ from attnprobe.cli.options import (
 DType = Literal["float16", "float32"]
 
 
-def lazy_cases(data: str, config, *, split: str, limit: int | None):
-    """Cases of a datalist/folder/dataset name, preprocessed when first touched."""
-    from attnprobe.data.lazy import LazyCase
-    from attnprobe.errors import DataError
-    from attnprobe.workspace import list_data
-
-    # "all" (the default) defers to the split a workspace dataset declares.
-    refs = list_data(data, split=None if split == "all" else split, limit=limit)  # type: ignore[arg-type]
-    if not refs:
-        raise DataError(f"no cases in {data}", expected="at least one case", got="0 after --limit/--split")
-    return [LazyCase(ref, config) for ref in refs]
-
-
 @one_line_errors
 def capture(
     model: Annotated[str, typer.Option(help="Model name from attnprobe.toml or a checkpoint path.")],
@@ -76,7 +63,8 @@ def capture(
     """
     from attnprobe import dist
     from attnprobe.errors import ConfigError
-    from attnprobe.store import capture_to_store
+    from attnprobe.workflows.capture import capture_cases
+    from attnprobe.workflows.cases import lazy_cases
     from attnprobe.workspace import resolve_model
 
     # every option is checked before the model loads: bad input fails fast
@@ -102,8 +90,6 @@ def capture(
     net, report, _ = load_model_ref(model, arch=arch, compat=compat, ref=ref)
     if dist.is_main():
         err_console.print(f"loaded {report.summary()}", highlight=False)
-    use_roi = config.roi
-    pad_mode = config.pad_mode
     cases = lazy_cases(data, config, split=split, limit=limit)
     with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task("capture", total=len(dist.shard(cases)), status="")
@@ -111,22 +97,7 @@ def capture(
         def advance(case_id: str, skipped: bool) -> None:
             bar.update(task, advance=1, status=f"{case_id}{' (done before)' if skipped else ''}")
 
-        path = capture_to_store(net, cases, out, taps=taps or ["*"], dtype=dtype, device=device,
-                                overwrite=overwrite, on_sample=advance, roi=use_roi,
-                                attrs={"preprocessing": config_dict(config), "padding": {"mode": pad_mode},
-                                       "data": data_source(data)})
+        path = capture_cases(net, cases, out, config=config, data=data, taps=taps or ["*"], dtype=dtype,
+                             device=device, overwrite=overwrite, on_case=advance)
     if dist.is_main():
         console.print(f"wrote {path}")
-
-
-def config_dict(config) -> dict:
-    """A preprocessing config as JSON-friendly store attributes."""
-    from dataclasses import asdict
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-
-
-def data_source(data: str) -> str:
-    """The ``--data`` source as recorded in a store's fingerprint: an absolute path, or the name."""
-    path = Path(data).expanduser()
-    return str(path.resolve()) if path.exists() else data

@@ -175,7 +175,8 @@ def cka_command(
     from attnprobe import dist
     from attnprobe.errors import ConfigError
     from attnprobe.metrics.reuse import CKAConfig
-    from attnprobe.results import CkaRun, Manifest, check_out
+    from attnprobe.results import Manifest, check_out
+    from attnprobe.workflows.cka import save_cka
 
     manifest = Manifest.start("cka", locals())
 
@@ -250,7 +251,7 @@ def cka_command(
                 manifest.add_data(tgt_data, role="tgt-data")
         manifest.compat = {side: str(da.attrs[f"{side}_compat"]) for side in ("ref", "tgt")
                            if f"{side}_compat" in da.attrs}
-        paths = CkaRun(matrix=da, manifest=manifest).save(out, replace=target.replace)
+        paths = save_cka(da, out, manifest=manifest, replace=target.replace)
         if json_output:
             from attnprobe.metrics.reuse import summarize
 
@@ -281,31 +282,20 @@ def _warnings_as_lines(main: bool):
 
 
 def _stores(ref_store, tgt_store, *, config, limit, device, names, main):
-    from attnprobe import dist
-    from attnprobe.metrics.features import store_case_ids
-    from attnprobe.metrics.reuse import check_examples, compare_stores, pair_by_case_id
-    from attnprobe.store import open_store
+    """Two capture stores (:class:`attnprobe.workflows.cka.StoreComparison`)."""
+    from attnprobe.workflows.cka import StoreComparison
 
-    ref_tree, tgt_tree = open_store(ref_store), open_store(tgt_store)
-    ids = store_case_ids(ref_tree)
-    pair_by_case_id(ids, store_case_ids(tgt_tree), what="stores")  # before the progress bar
-    check_examples(len(ids[:limit] if limit else ids), config,
-                   warn=lambda msg: warnings.warn(msg, UserWarning, stacklevel=2))
-    total = len(dist.shard(ids[:limit] if limit else ids))
+    comparison = StoreComparison.open(ref_store, tgt_store, config=config, limit=limit)  # before the progress bar
     with progress_bar(disable=not main) as bar:
-        task = bar.add_task("cka (stores)", total=total, status="")
-        return compare_stores(ref_tree, tgt_tree, config=config, limit=limit, device=device, names=names,
-                              attrs={"ref_path": str(ref_store), "tgt_path": str(tgt_store),
-                                     "ref_compat": ref_tree.attrs.get("compat", "current"),
-                                     "tgt_compat": tgt_tree.attrs.get("compat", "current")},
-                              on_case=lambda c: bar.update(task, advance=1, status=c))
+        task = bar.add_task("cka (stores)", total=comparison.total, status="")
+        return comparison.run(device=device, names=names, on_case=lambda c: bar.update(task, advance=1, status=c))
 
 
 def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device, limit, pre, split,
             names, main, compat=(None, None), baseline="none", baseline_seeds=3):
-    from attnprobe import dist
-    from attnprobe.cli.capture import lazy_cases
-    from attnprobe.metrics.reuse import check_examples, compare_models, pair_by_case_id
+    """Resolve the preprocessing, load both models and compare them
+    (:class:`attnprobe.workflows.cka.ModelComparison`)."""
+    from attnprobe.workflows.cka import ModelComparison, model_pair_attrs
     from attnprobe.workspace import resolve_model
 
     config_roi = pre.check()
@@ -331,29 +321,13 @@ def _models(ref, tgt, *, data, tgt_data, config, crops, crop_size, seed, device,
     if main and config_roi is None and ref_roi and tgt_roi and tuple(ref_roi) != tuple(tgt_roi):
         err_console.print(f"note: the models' ROIs differ ({tuple(ref_roi)} vs {tuple(tgt_roi)}); both see "
                           f"{_size(use_roi)} (set --roi to choose)", highlight=False)
-    ref_cases = lazy_cases(data, prep, split=split, limit=None)
-    tgt_cases = None
-    if tgt_data is not None:
-        tgt_cases = lazy_cases(tgt_data, prep, split=split, limit=None)
-        order = pair_by_case_id([c.case_id for c in ref_cases], [c.case_id for c in tgt_cases],
-                                what="input sets")
-        tgt_cases = [tgt_cases[i] for i in order]
-    if limit is not None:
-        ref_cases = ref_cases[:limit]
-        tgt_cases = None if tgt_cases is None else tgt_cases[:limit]
-    # before any forward pass: an estimator undefined for this n is refused, a small n is flagged
-    check_examples(len(ref_cases) * crops, config,
-                   warn=lambda msg: warnings.warn(msg, UserWarning, stacklevel=2))
-    attrs = {"ref_path": str(ref_report.path), "tgt_path": str(tgt_report.path), "ref_arch": ref_report.arch,
-             "tgt_arch": tgt_report.arch, "ref_compat": ref_report.compat, "tgt_compat": tgt_report.compat,
-             "data": data, "tgt_data": tgt_data or data,
-             "roi": use_roi if isinstance(use_roi, str) else ",".join(map(str, use_roi))}
+    comparison = ModelComparison.prepare(
+        ref_net, None if same_model else tgt_net, data=data, tgt_data=tgt_data, preprocessing=prep, split=split,
+        limit=limit, config=config, crops=crops, crop_size=crop_size, seed=seed, names=names,
+        attrs=model_pair_attrs(ref_report, tgt_report, data=data, tgt_data=tgt_data, roi=use_roi),
+        baseline=baseline, baseline_seeds=baseline_seeds)
     # one tick per crop (cases x crops per pass, the baseline's passes included): --crops 8 advances 8 times a case
-    per_pass = len(dist.shard(ref_cases)) * crops
     with progress_bar(disable=not main) as bar:
-        task = bar.add_task("cka crops", total=per_pass * (1 + (baseline_seeds if baseline != "none" else 0)),
-                            status="")
-        return compare_models(ref_net, None if same_model else tgt_net, ref_cases, tgt_cases, config=config,
-                              crops=crops, crop_size=crop_size, seed=seed, device=device, names=names,
-                              attrs=attrs, baseline=baseline, baseline_seeds=baseline_seeds,
-                              on_example=lambda c, k: bar.update(task, advance=1, status=f"{c} crop {k + 1}/{crops}"))
+        task = bar.add_task("cka crops", total=comparison.total, status="")
+        return comparison.run(device=device, on_example=lambda c, k: bar.update(
+            task, advance=1, status=f"{c} crop {k + 1}/{crops}"))

@@ -11,7 +11,7 @@ report read back::
       ssl/                      their encoders re-exported in the self-supervised key layouts
       train/<arch>-<preset>/    fine-tuning runs (config.json, metrics.csv, last.pt)
       capture/<arch>-base.zarr  a capture store (stage-3 attention, every block output) of padded inputs
-      adi/<arch>-base/          padding sweep: adi.csv, adi.parquet, summary.csv, adi.json
+      adi/<arch>-base/          padding sweep: adi.csv, adi.parquet, adi.nc, summary.csv, adi.json
       attention/<arch>-base.npz one block's attention mapped onto one input volume
       cka/<arch>-<preset>/      CKA pretrained vs fine-tuned: cka.nc, cka.csv, summary.json
       eval/<arch>-<preset>/     cases.csv, summary.json (as ``attnprobe evaluate`` writes them)
@@ -55,6 +55,11 @@ from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
 from attnprobe.models import ARCH_LABELS, model_config
 from attnprobe.models.adapter import as_triple
+from attnprobe.workflows.attention import attention_volume
+from attnprobe.workflows.capture import capture_swept as capture_store
+from attnprobe.workflows.cases import longest_cases, prepare_cases
+from attnprobe.workflows.cka import ModelComparison, save_cka, share_baseline
+from attnprobe.workflows.sweep import offline_agreement, online_sweep, save_adi
 
 __all__ = [
     "Tier",
@@ -519,113 +524,22 @@ def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str 
 # --------------------------------------------------------------------------- analysis steps
 
 
-def prepare_cases(data: str | os.PathLike[str], *, split: str = "test", roi: Sequence[int] | str,
-                  spacing_mm: float | None, limit: int | None = None) -> list[Any]:
-    """Prepare the cases of a datalist at a ROI (padding at the end of each axis, docs/definitions.md)."""
-    from attnprobe.data.preprocess import PreprocessConfig, iter_cases
-
-    roi_value = roi if isinstance(roi, str) else tuple(int(v) for v in roi)
-    config = PreprocessConfig(roi=roi_value, spacing=spacing_mm, pad_mode="end")  # type: ignore[arg-type]
-    return list(iter_cases(data, config, split=split, limit=limit))  # type: ignore[arg-type]
-
-
 def adi_sweep(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
               on_step: Callable[[str, int], None] | None = None) -> pd.DataFrame:
     """Block-level tidy frame of the fixed-ROI padding sweep along ``z`` (docs/definitions.md)."""
-    from attnprobe.metrics.sweep import SweepSpec, padding_sweep
+    from attnprobe.metrics.sweep import SweepSpec
 
-    return padding_sweep(model, cases, SweepSpec(paddings=tuple(int(p) for p in paddings)), on_step=on_step)
+    spec = SweepSpec(paddings=tuple(int(p) for p in paddings))
+    return online_sweep(model, cases, spec, on_step=on_step, check_fractions=False)
 
 
 def write_adi(frame: pd.DataFrame, out_dir: str | os.PathLike[str], *, attrs: Mapping[str, Any]) -> Path:
-    """Write a sweep as ``attnprobe adi`` does (``adi.csv``, ``adi.parquet``, ``summary.csv``) plus ``adi.json``."""
-    from attnprobe.metrics.sweep import sweep_tables
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = sweep_tables(frame)
-    frame.to_csv(out / "adi.csv", index=False)
-    frame.to_parquet(out / "adi.parquet", index=False)
-    tables.summary.to_csv(out / "summary.csv", index=False)
-    (out / "adi.json").write_text(json.dumps(dict(attrs), indent=1, default=str))
-    return out
-
-
-def attention_volume(model: nn.Module, case: Any, *, padding: int, block: str = "stage0.block0") -> dict[str, Any]:
-    """One block's attention, mapped onto the voxels of one swept input.
-
-    The input is the case with ``padding`` voxels of its axial extent replaced by padding (the
-    sweep's fixed-ROI input); the map is the attention every key token receives, averaged over
-    the real queries of its window and the heads
-    (:func:`attnprobe.metrics.attention_map.received_attention`), spread over each token's voxels.
-
-    Returns
-    -------
-    dict
-        ``image``, ``attention`` (float32 ``(x, y, z)``), ``padding_mask`` (bool, True on
-        padding), ``spacing`` (mm), ``slices`` (voxel ``(x, y, z)`` through the tumor centre,
-        else the centre of the real voxels), ``case``, ``block``, ``padding``, ``pad_fraction``.
-    """
-    from attnprobe.capture.probe import Probe
-    from attnprobe.metrics.attention_map import received_attention, to_voxels
-    from attnprobe.metrics.sweep import SweepSpec, swept_input
-    from attnprobe.models.registry import adapter_for
-
-    item = swept_input(case, int(padding), SweepSpec(paddings=(int(padding),)))
-    model = model.eval()
-    tap = f"{block}.attn"
-    with torch.no_grad(), Probe(model, [tap]) as probe:
-        probe.run(item.image[None], mask=item.mask[None])
-        probs = probe.cache[tap][0]
-        context = probe.context
-        if context is None:  # run() sets it
-            raise RuntimeError("internal: the probe saw no forward")
-        kinds = context.kinds[block][0]
-        geom = context.geometry[block]
-    tokens = received_attention(probs, kinds, geom, adapter_for(model))
-    spatial = tuple(int(s) for s in item.image.shape[1:])
-    voxels = to_voxels(tokens, spatial)  # type: ignore[arg-type]
-    return {"image": item.image[0].numpy().astype(np.float32), "attention": voxels.cpu().numpy().astype(np.float32),
-            "padding_mask": ~item.mask[0].numpy().astype(bool), "spacing": np.asarray(case.spacing, dtype=float),
-            "slices": _centre_slices(case, padding=int(padding), real=item.mask[0]),
-            "case": str(case.case_id), "block": block, "padding": int(padding),
-            "pad_fraction": float(item.pad_fraction)}
-
-
-@dataclass(frozen=True)
-class _LabelAsImage:
-    """A case whose image is its label: the sweep places it exactly as it places the image."""
-
-    case_id: str
-    image: torch.Tensor
-    mask: torch.Tensor
-    label: torch.Tensor
-
-
-def _centre_slices(case: Any, *, padding: int, real: torch.Tensor) -> np.ndarray:
-    from attnprobe.metrics.sweep import SweepSpec, swept_input
-
-    target = real.bool()
-    label = getattr(case, "label", None)
-    if label is not None and bool((label > 0).any()):
-        placed = swept_input(_LabelAsImage(case.case_id, label.float(), case.mask, label), padding,
-                             SweepSpec(paddings=(padding,))).image[0] > 0
-        if bool(placed.any()):
-            target = placed
-    idx = torch.nonzero(target).float()
-    if idx.numel() == 0:
-        return np.asarray([s // 2 for s in real.shape], dtype=np.int64)
-    return idx.mean(dim=0).round().to(torch.int64).numpy()
-
-
-def longest_cases(cases: Sequence[Any], n: int, *, axis: int = 2) -> list[Any]:
-    """The ``n`` cases with the most real voxels along ``axis`` (``2``: z), longest first (stable)."""
-    others = tuple(d for d in range(3) if d != axis)
-
-    def extent(case: Any) -> int:
-        return int(case.mask[0].bool().any(dim=others).sum())
-
-    return sorted(cases, key=extent, reverse=True)[:n]
+    """Save a sweep as ``attnprobe adi`` does (an :class:`~attnprobe.results.AdiRun`); ``attrs["label"]``
+    names the run."""
+    attrs = dict(attrs)
+    label = attrs.pop("label", None)
+    save_adi(frame, out_dir, attrs, label=None if label is None else str(label))
+    return Path(out_dir)
 
 
 #: the demo's causal test: the plain forward and attention to padding keys masked in every block
@@ -685,36 +599,17 @@ def block_cka(ref_model: nn.Module, tgt_model: nn.Module, cases: Sequence[Any], 
     """
     import warnings
 
-    from attnprobe.metrics.reuse import CKAConfig, compare_models
+    from attnprobe.metrics.reuse import CKAConfig
 
+    comparison = ModelComparison(ref_model, tgt_model, list(cases), crops=crops, crop_size=crop_size, seed=seed,
+                                 names=names, config=CKAConfig(bootstrap=bootstrap),
+                                 baseline="random-init" if baseline_seeds > 0 else "none",
+                                 baseline_seeds=max(1, baseline_seeds))
     with warnings.catch_warnings():
         # the report states n and the intervals; the small-n advice is for users' own runs
         warnings.filterwarnings("ignore", message="only .* examples", category=UserWarning)
         warnings.filterwarnings("ignore", message="CKA intervals and p-values need", category=UserWarning)
-        return compare_models(ref_model, tgt_model, list(cases), crops=crops, crop_size=crop_size, seed=seed,
-                              names=names, on_case=on_case, config=CKAConfig(bootstrap=bootstrap),
-                              baseline="random-init" if baseline_seeds > 0 else "none",
-                              baseline_seeds=max(1, baseline_seeds))
-
-
-_BASELINE_COORDS = ("baseline_mean", "baseline_sd")
-
-
-def _share_baseline(matrix: Any, baseline: Any) -> Any:
-    """Copy the random-init baseline of the first comparison of a backbone onto a later one (the
-    baseline compares the reference with random models of the target's architecture, whichever
-    fine-tuned target it stands next to); return the baseline to share."""
-    if baseline is None:
-        if all(c in matrix.coords for c in _BASELINE_COORDS):
-            return (matrix.coords["baseline_mean"].values, matrix.coords["baseline_sd"].values,
-                    dict(baseline=matrix.attrs.get("baseline"), baseline_seeds=matrix.attrs.get("baseline_seeds")))
-        return None
-    mean, sd, attrs = baseline
-    matrix.coords["baseline_mean"] = (("ref", "tgt"), mean)
-    matrix.coords["baseline_sd"] = (("ref", "tgt"), sd)
-    matrix.coords["above_baseline"] = (("ref", "tgt"), matrix.values - mean)
-    matrix.attrs.update({k: v for k, v in attrs.items() if v is not None})
-    return baseline
+        return comparison.run(on_case=on_case)
 
 
 def evaluate_model(model: nn.Module, data: str | os.PathLike[str], *, roi: Sequence[int], spacing_mm: float | None,
@@ -794,54 +689,6 @@ def tumor_table(data: str | os.PathLike[str], *, split: str = "all",
     if phantoms_json is not None:
         wide = with_phantom_clusters(wide, phantoms_json)
     return wide, analysis.clustering
-
-
-def capture_store(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *, padding: int = 0,
-                  taps: Sequence[str] = ("stage3.*", "*.out"), dtype: str = "float32",
-                  attrs: Mapping[str, Any] | None = None,
-                  on_case: Callable[[str], None] | None = None) -> Path:
-    """Capture taps of the sweep's inputs at ``padding`` voxels into a Zarr store (``dtype``).
-
-    Each case becomes the fixed-ROI sweep input of that amount (so the store holds exactly
-    what the online sweep saw); the amount is written to the store's ``padding`` attribute,
-    where offline metrics read it back. The store keeps each input crop, its real-voxel mask,
-    label and spacing (docs/store.md), so attention can be drawn on the anatomy from the store
-    alone. ``attrs`` are added to the store's root attributes; ``on_case`` is called with each
-    case id after its forward. An existing store is replaced.
-    """
-    from attnprobe.metrics.sweep import SweepSpec, swept_input
-    from attnprobe.store import capture_to_store
-
-    spec = SweepSpec(paddings=(int(padding),))
-    inputs = [swept_input(case, int(padding), spec) for case in cases]
-    roi = tuple(int(s) for s in inputs[0].image.shape[1:])
-    spacing = {case.case_id: [float(v) for v in getattr(case, "spacing", (1.0, 1.0, 1.0))] for case in cases}
-    store_attrs = {**dict(attrs or {}),
-                   "padding": {"mode": "sweep", "amount": int(padding), "axis": spec.axis, "pad_mode": spec.pad_mode}}
-    return capture_to_store(model, inputs, out, taps=list(taps), dtype=dtype, overwrite=True, roi=roi,  # type: ignore[arg-type]
-                            attrs=store_attrs, keep_inputs=True, spacing=[spacing[i.case_id] for i in inputs],
-                            on_sample=None if on_case is None else (lambda case_id, _skipped: on_case(case_id)))
-
-
-def offline_agreement(store: str | os.PathLike[str], online: pd.DataFrame) -> dict[str, Any]:
-    """Largest difference between ADI/flow from a store (offline) and the online sweep.
-
-    Compares every (case, padding, stage, block, kind, metric) row the store yields with the
-    online row of the same cell (docs/definitions.md: the two must agree to 1e-5); the store's rows carry
-    the padding amount it was captured at.
-    """
-    from attnprobe.metrics.offline import store_flow
-
-    offline = store_flow(store)
-    keys = ["case", "stage", "block", "kind", "metric"]
-    offline = offline.assign(padding=offline["padding"].astype(float))
-    online = online.assign(padding=online["padding"].astype(float))
-    merged = offline[keys + ["padding", "value"]].merge(online[keys + ["padding", "value"]], on=keys + ["padding"],
-                                                       suffixes=("_offline", "_online"))
-    diff = (merged["value_offline"] - merged["value_online"]).abs()
-    return {"rows": int(len(merged)), "max_abs_diff": float(diff.max()) if len(diff) else math.nan,
-            "paddings": sorted({int(p) if float(p).is_integer() else float(p) for p in merged["padding"]}),
-            "blocks": sorted({f"stage{s}.block{b}" for s, b in zip(merged["stage"], merged["block"])})}
 
 
 def write_workspace(path: str | os.PathLike[str], *, models: Mapping[str, Mapping[str, Any]],
@@ -1014,7 +861,6 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
     """
     from attnprobe.demo.report import write_report
     from attnprobe.figures.discover import draw_figures
-    from attnprobe.metrics.reuse import write_results
     from attnprobe.train.presets import anisotropic_roi, pretrained_roi
 
     settings = settings or settings_for("full")
@@ -1136,8 +982,8 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
                                    seed=settings.seed, names=(f"ct-{arch}", _label(arch, preset)),
                                    baseline_seeds=settings.cka_baseline_seeds if baseline is None else 0,
                                    on_case=_tick(advance, settings.cka_crops))
-                baseline = _share_baseline(matrix, baseline)
-                write_results(matrix, out / "cka" / _label(arch, preset))
+                baseline = share_baseline(matrix, baseline)
+                save_cka(matrix, out / "cka" / _label(arch, preset))
 
     eval_models: list[tuple[str, str, Path]] = [(arch, CT_ONLY, ct[arch]) for arch in settings.backbones]
     eval_models += [(arch, preset, tuned[(arch, preset)]) for arch in settings.backbones for preset in settings.presets]

@@ -220,9 +220,9 @@ def test_overwrite_refuses_a_folder_with_foreign_files(sweep, workspace, tmp_pat
 
 def test_a_run_checkpoint_is_labelled_by_its_run_folder_not_last(tmp_path):
     # figures used to say "model(s): last, last" for two fine-tuned runs
-    from attnprobe.cli.adi import _model_label
     from attnprobe.models import build_model
     from attnprobe.models.checkpoints import save_checkpoint
+    from attnprobe.workflows.sweep import model_label as _model_label
 
     path = tmp_path / "mri-act" / "last.pt"
     path.parent.mkdir()
