@@ -233,7 +233,7 @@ _TIER_SETTINGS: dict[str, dict[str, Any]] = {
     # three padding amounts; CKA on 6 test cases (intervals need 5; the random-init baseline doubles
     # its forwards) and the causal test on 4 (a Swin UNETR forward with
     # the flow reducer and the edit costs several plain ones).
-    "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=7, num_samples=1, lr=3e-3, paddings=(0, 24, 48),
+    "quick": dict(n_cases=16, split=(0.5, 0.0, 0.5), epochs=6, num_samples=1, lr=3e-3, paddings=(0, 24, 48),
                   sweep_cases=3, cka_cases=6, eval_cases=None, capture_cases=2, ablation_cases=4),
     # The default: more cases, longer fine-tuning with a validation split.
     "full": dict(n_cases=40, split=(0.6, 0.1, 0.3), epochs=4, num_samples=2, validate=True, sweep_cases=8,
