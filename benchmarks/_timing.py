@@ -3,6 +3,9 @@
 On the CPU each call is timed in single-thread CPU time (``time.thread_time``), which other
 processes on a shared machine disturb far less than wall time; on CUDA with CUDA events.
 Rounds interleave the candidates (A B C, A B C, ...) so that load hits all of them alike.
+Work shorter than :data:`MIN_SLOT` is called several times per round (as ``timeit`` does) and
+reported per call: one call of a fraction of a millisecond times its first-touch costs and
+the clock's granularity as much as the work.
 """
 
 from __future__ import annotations
@@ -28,31 +31,42 @@ class Timing:
         return min(self.times)
 
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+MIN_SLOT = 0.02  # seconds: shorter work is repeated within a round and timed per call
+
+
+def _time_once(fn: Callable[[], object], device: torch.device, number: int = 1) -> tuple[float, object]:
+    """Seconds per call of ``fn`` over ``number`` back-to-back calls, and the last result."""
+    out: object = None
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
         start.record()
-        out = fn()
+        for _ in range(number):
+            out = fn()
         end.record()
         torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1e3, out
+        return start.elapsed_time(end) / 1e3 / number, out
     t0 = time.thread_time()
-    out = fn()
-    return time.thread_time() - t0, out
+    for _ in range(number):
+        out = fn()
+    return (time.thread_time() - t0) / number, out
 
 
 def race(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int,
          warmup: int = 1) -> tuple[dict[str, Timing], dict[str, object]]:
-    """Time every candidate ``rounds`` times, interleaved; returns timings and last results."""
+    """Time every candidate ``rounds`` times, interleaved; returns timings (seconds per call)
+    and last results. Each candidate is called enough times per round to fill :data:`MIN_SLOT`,
+    judged from its warm-up calls."""
     out: dict[str, object] = {}
-    for _ in range(warmup):
+    number = dict.fromkeys(fns, 1)
+    for _ in range(max(warmup, 1)):
         for name, fn in fns.items():
-            out[name] = fn()
+            dt, out[name] = _time_once(fn, device)
+            number[name] = max(1, min(1000, int(MIN_SLOT / max(dt, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            dt, out[name] = _time_once(fn, device)
+            dt, out[name] = _time_once(fn, device, number[name])
             times[name].append(dt)
     return {k: Timing(v) for k, v in times.items()}, out
 

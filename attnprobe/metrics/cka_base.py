@@ -41,6 +41,8 @@ def _gemm_torch_dtype(gemm_dtype: str) -> torch.dtype:
 
 def _as_tensor(a: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
     """Numpy/torch/array-like -> detached real tensor, moved to ``device`` if given."""
+    if isinstance(a, torch.Tensor) and a.is_floating_point() and (device is None or a.device == device):
+        return a.detach()  # the common case, checked in as few calls as possible
     t = a.detach() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
     if t.is_complex() or t.dtype == torch.bool:
         raise ShapeError(f"{name} must hold real numbers", expected="a float or integer array",

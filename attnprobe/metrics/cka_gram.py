@@ -620,7 +620,10 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
     def centred(group: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         acc: list[torch.Tensor] = []
         for s in range(0, p, _COL_CHUNK):
-            w = torch.stack([x[:, s:s + _COL_CHUNK].to(sub) for x in group])
+            if p <= _COL_CHUNK and all(x.dtype == sub for x in group):
+                w = torch.stack(list(group))
+            else:
+                w = torch.stack([x[:, s:s + _COL_CHUNK].to(sub) for x in group])
             w.sub_(w.mean(1, keepdim=True))  # one float32 reduction; NaN/inf surface in the sums
             if w.dtype != dt:
                 w = w.to(dt)
@@ -677,12 +680,39 @@ def _uncentred_blocks(x: torch.Tensor, dt: torch.dtype) -> list[torch.Tensor] | 
 
 def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<Kᵢ, Kⱼ>`` (L, L) and row sums (L, n) in float64, from :func:`_halved_grams` (small n)."""
-    a_, b_, c_ = (k.to(F64) for k in _halved_grams(feats, dt, estimator))
-    rows = torch.cat([a_.sum(-1) + b_.sum(-1), b_.sum(-2) + c_.sum(-1)], dim=1)
-    fa, fb, fc = (k.reshape(k.shape[0], -1) for k in (a_, b_, c_))
-    inner = torch.addmm(fa @ fa.T, fb, fb.T, alpha=2.0).addmm_(fc, fc.T)
-    return inner, rows
+    """``<Kᵢ, Kⱼ>`` (L, L) and row sums (L, n) in float64, from :func:`_halved_grams` (small n).
+
+    ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>`` is one product of the stacked rows
+    ``[A, B, B, C]`` (:func:`_stacked_inner`); the row sums are float64 sums of the blocks.
+    """
+    a_, b_, c_ = _halved_grams(feats, dt, estimator)
+    n_l = a_.shape[0]
+    rows = torch.cat([a_.sum(-1, dtype=F64) + b_.sum(-1, dtype=F64),
+                      b_.sum(-2, dtype=F64) + c_.sum(-1, dtype=F64)], dim=1)
+    flat = torch.cat([k.reshape(n_l, -1) for k in (a_, b_, b_, c_)], dim=1)
+    return _stacked_inner(flat), rows
+
+
+_INNER_CHUNK = 1024  # float32 terms per partial inner product; partial products add in float64
+
+
+def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
+    """``flat @ flat.T`` (L, L) in float64 for rows ``flat`` (L, m).
+
+    Float64 rows, and rows of at most :data:`_INNER_CHUNK` terms, multiply in float64. Longer
+    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms, multiplied in one batched
+    float32 GEMM (several times cheaper than float64 for so few rows) and added in float64:
+    rounding grows with the piece, not with ``m`` (about 1e-7 of CKA; docs/cka.md).
+    """
+    n_l, m = flat.shape
+    if flat.dtype == F64 or m <= _INNER_CHUNK:  # a short product costs little in float64
+        flat = flat.to(F64)
+        return flat @ flat.T
+    pad = (-m) % _INNER_CHUNK
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    pieces = flat.view(n_l, -1, _INNER_CHUNK).transpose(0, 1)
+    return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
 
 
 def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]

@@ -80,6 +80,8 @@ def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_
         # and column chunks (blocks added in float64) in batches of two layers
         monkeypatch.setattr(cka_gram, "_COL_CHUNK", 8)
         monkeypatch.setattr(cka_gram, "_BATCH_TOTAL", 2 * 25 * 8)
+    else:  # the Gram inner products as float32 pieces of 64 terms (625 = 9 x 64 + 49: padded)
+        monkeypatch.setattr(cka_gram, "_INNER_CHUNK", 64)
     xs = layers(4, 25, [20, 20, 20], mean)
     ys = layers(5, 25, [20, 20], mean)
     assert cka_gram._halvable(xs + ys, torch.float32)
