@@ -292,12 +292,20 @@ class StoreWriter:
 
 
 def all_finite(value: np.ndarray) -> bool:
-    """Whether an array holds no NaN or infinity; float16 by its exponent bits (8x faster than
-    ``np.isfinite``, which converts every element)."""
-    if value.dtype == np.float16:
-        bits = np.ascontiguousarray(value).view(np.uint16)
-        return not bool(((bits & 0x7C00) == 0x7C00).any())
-    return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+    """Whether an array holds no NaN or infinity, from its smallest and largest value.
+
+    ``torch.aminmax`` propagates NaN and returns infinities as they are, in one pass without
+    temporaries: several times faster than ``np.isfinite``, which allocates a mask (the
+    writer checks every sample's maps, often hundreds of MiB).
+    """
+    if value.dtype.kind != "f" or value.size == 0:
+        return True
+    import torch
+
+    if not value.flags.writeable:  # torch.from_numpy wants writeable memory
+        return bool(np.isfinite(value).all())
+    low, high = torch.aminmax(torch.from_numpy(value))
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def check_finite(arrays: Mapping[str, Mapping[str, np.ndarray]], case: str, dtype: str) -> None:

@@ -159,3 +159,20 @@ def test_a_resume_diff_names_the_taps_that_differ_past_the_first_few():
     now = {"taps": stored["taps"][:-1] + ["stage3.block1.out"]}
     (line,) = fingerprint_diff(stored, now)
     assert line == "taps: only stored (stage3.block1.attn), only now (stage3.block1.out)"
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_writers_finite_check_finds_every_non_finite_value(dtype, bad):
+    from attnprobe.store.writer import all_finite
+
+    rng = np.random.default_rng(0)
+    clean = (rng.random((5, 7, 33)) * 60000).astype(dtype)  # large finite values do not overflow it
+    assert all_finite(clean) and all_finite(clean[:, ::2])
+    for where in [(0, 0, 0), (4, 6, 32), (2, 3, 17)]:
+        dirty = clean.copy()
+        dirty[where] = bad
+        assert not all_finite(dirty), where
+        dirty.flags.writeable = False  # read-only arrays take numpy's path
+        assert not all_finite(dirty)
+    assert all_finite(np.zeros(0, dtype)) and all_finite(np.arange(5))
