@@ -2,7 +2,8 @@
 
 On the CPU each call is timed in single-thread CPU time (``time.thread_time``), which other
 processes on a shared machine disturb far less than wall time; on CUDA with CUDA events.
-Rounds interleave the candidates (A B C, A B C, ...) so that load hits all of them alike.
+Rounds interleave the candidates (A B C, B C A, C A B, ...) so that load hits all of them alike
+and none always follows the same neighbour.
 Work shorter than :data:`MIN_SLOT` is called several times per round (as ``timeit`` does) and
 reported per call: one call of a fraction of a millisecond times its first-touch costs and
 the clock's granularity as much as the work.
@@ -64,9 +65,11 @@ def race(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
             dt, out[name] = _time_once(fn, device)
             number[name] = max(1, min(1000, int(MIN_SLOT / max(dt, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            dt, out[name] = _time_once(fn, device, number[name])
+    names = list(fns)
+    for r in range(rounds):
+        # rotate the order each round: no candidate always runs right after the same one
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            dt, out[name] = _time_once(fns[name], device, number[name])
             times[name].append(dt)
     return {k: Timing(v) for k, v in times.items()}, out
 

@@ -16,7 +16,7 @@ sums (:func:`_linear_terms`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, get_args
 
 import torch
@@ -600,6 +600,8 @@ def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
 
 
 _UNCENTRED_MAX = 2.0  # trace(K) / trace(centred K) up to which a large layer skips its centred copy
+_WIDE = 1024  # layers of more features (or more than _BATCH_LAYER values) form their Gram blocks one by one
+_PEEK_ROWS, _PEEK_COLS = 8, 256  # the corner that predicts whether a large layer's mean is small
 
 
 def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str) -> list[torch.Tensor]:
@@ -610,9 +612,11 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
     ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
     means, subtracted in the subtraction dtype) and multiplied in batches of at most
     :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`; partial blocks of
-    column chunks add in float64. A layer larger than :data:`_BATCH_LAYER` whose mean is small
-    next to its spread skips the centred copy (:func:`_uncentred_blocks`). The unbiased
-    estimator zeroes the diagonals of ``A`` and ``C``. For layers that pass :func:`_halvable`.
+    column chunks add in float64. Layers wider than :data:`_WIDE` features, or larger than
+    :data:`_BATCH_LAYER` values, go one by one (:func:`_blocks_one_by_one`): one whose mean is
+    small next to its spread skips the centred copy, the others are centred without a stacked
+    copy. The unbiased estimator zeroes the diagonals of ``A`` and ``C``. For layers that
+    pass :func:`_halvable`.
     """
     n, p = feats[0].shape
     sub = _sub_dtype(feats[0], dt)
@@ -631,15 +635,13 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
             acc = blocks if not acc else [a.to(F64) + b for a, b in zip(acc, blocks)]
         return acc
 
-    groups: list[list[torch.Tensor]] = []
     with _tf32_off(feats[0].device):
-        if n * p > _BATCH_LAYER:  # one by one, as _raw_grams does
-            for x in feats:
-                groups.append((_uncentred_blocks(x, dt) if x.dtype == dt else None) or centred([x]))
+        if p > _WIDE or n * p > _BATCH_LAYER:
+            out = _blocks_one_by_one(feats, sub, dt)
         else:
             per = max(1, _BATCH_TOTAL // (n * min(p, _COL_CHUNK)))
             groups = [centred(feats[g:g + per]) for g in range(0, len(feats), per)]
-    out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(3)]
+            out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(3)]
     if estimator == "unbiased":
         out[0].diagonal(0, 1, 2).zero_()
         out[2].diagonal(0, 1, 2).zero_()
@@ -653,29 +655,82 @@ def _three_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
             torch.bmm(bottom, bottom.transpose(1, 2))]
 
 
-def _uncentred_blocks(x: torch.Tensor, dt: torch.dtype) -> list[torch.Tensor] | None:
-    """The three blocks of one layer's Gram from its features as they are, or ``None``.
+def _blocks_one_by_one(feats: Sequence[torch.Tensor], sub: torch.dtype, dt: torch.dtype) -> list[torch.Tensor]:
+    """The three Gram blocks of large layers, stacked (L, ...), formed layer by layer.
 
     Centring a large layer costs a copy and two passes over it, about what its GEMM costs
     when ``n`` is small. Any centre is exact for the HSIC terms (the row-sum corrections of
     :func:`_linear_terms` remove it); centring only guards float32 against cancellation. So
-    the blocks are kept when the column means take at most half of the Gram's trace
-    (``trace(K) <= 2 trace(HKH)``: float32 loses at most a bit), and ``None`` (centre first)
-    otherwise, or when the sums are not finite.
+    a layer whose first rows suggest a small mean (:func:`_means_look_small`) forms its blocks
+    from the features as they are, and keeps them when its column means take at most half of
+    its Gram's trace (``trace(K) <= 2 trace(HKH)``: float32 loses at most a bit;
+    :func:`_mean_dominated` decides for all layers at once). Any other layer -- and any layer
+    that fails the check, or holds NaN or inf -- is centred first (:func:`_centred_blocks`).
     """
+    n = feats[0].shape[0]
+    tried = [x.dtype == dt and small for x, small in zip(feats, _means_look_small(feats))]
+    per_layer = [_feature_blocks(x, lambda part: part) if raw else _centred_blocks(x, sub, dt)
+                 for x, raw in zip(feats, tried)]
+    out = [torch.cat([blocks[i] for blocks in per_layer]) for i in range(3)]
+    redo = [i for i, bad in enumerate(_mean_dominated(out, n).tolist()) if bad and tried[i]]
+    for i in redo:
+        for whole, block in zip(out, _centred_blocks(feats[i], sub, dt)):
+            whole[i:i + 1] = block
+    return out
+
+
+def _feature_blocks(x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """``A``, ``B``, ``C`` (each (1, ., .)) of one layer, ``prepare`` applied to each column
+    chunk before its GEMMs; partial blocks of column chunks add in float64."""
     n, p = x.shape
-    rows = x.unsqueeze(0)
     blocks: list[torch.Tensor] = []
     for s in range(0, p, _COL_CHUNK):
-        part = _three_blocks(rows[..., s:s + _COL_CHUNK], n)
-        blocks = part if not blocks else [a.to(F64) + b for a, b in zip(blocks, part)]
-    # centring takes n |mean|² = 1ᵀK1 / n off the trace; both from the blocks, in float64
-    a_, b_, c_ = (k.to(F64) for k in blocks)
-    trace = a_.diagonal(0, 1, 2).sum() + c_.diagonal(0, 1, 2).sum()
-    centred_trace = trace - (a_.sum() + 2 * b_.sum() + c_.sum()) / n
-    ok = bool(torch.isfinite(centred_trace)) and float(centred_trace) > 0 and float(trace) <= (
-        _UNCENTRED_MAX * float(centred_trace))
-    return blocks if ok else None
+        new = _three_blocks(prepare(x[:, s:s + _COL_CHUNK]).unsqueeze(0), n)
+        blocks = new if not blocks else [a.to(F64) + b for a, b in zip(blocks, new)]
+    return blocks
+
+
+def _centred_blocks(x: torch.Tensor, sub: torch.dtype, dt: torch.dtype) -> list[torch.Tensor]:
+    """The three blocks of one layer's Gram after centring it (float32 column means,
+    subtracted in ``sub``): one pass for the means and one for the centred copy of each
+    column chunk, and no stacked copy first. NaN/inf surface in the row sums."""
+    def centre(part: torch.Tensor) -> torch.Tensor:
+        part = part.to(sub)
+        return (part - part.mean(0)).to(dt)
+
+    return _feature_blocks(x, centre)
+
+
+def _means_look_small(feats: Sequence[torch.Tensor]) -> list[bool]:
+    """Per layer, whether a corner of it (:data:`_PEEK_ROWS` rows x :data:`_PEEK_COLS`
+    columns) suggests column means small next to the spread; one batched pass for all layers.
+
+    Only a guess, to spare a layer with a large mean a wasted uncentred GEMM; when it says
+    yes, :func:`_mean_dominated` still decides exactly from the Gram. The bound is half of
+    that check's (``|mean|² <= spread``), as a few rows overstate the mean by ``spread / k``.
+    NaN and infinities say no (the centred path reports them).
+    """
+    k = min(_PEEK_ROWS, feats[0].shape[0])
+    if k < 2:
+        return [True] * len(feats)
+    heads = torch.stack([x[:k, :_PEEK_COLS].to(torch.float32) for x in feats])
+    mean = heads.mean(1, keepdim=True)
+    spread = (heads - mean).square_().sum((1, 2)) / (k - 1)
+    return (mean.square().sum((1, 2)) <= 0.5 * spread).tolist()
+
+
+def _mean_dominated(blocks: list[torch.Tensor], n: int) -> torch.Tensor:
+    """Per layer (bool (L,)), whether the Gram in blocks ``A, B, C`` is too far from centred
+    for float32: the column means take more than half of its trace, or it is not finite.
+
+    Centring takes ``n |mean|² = 1ᵀK1 / n`` off the trace; both from the blocks, in float64.
+    """
+    a_, b_, c_ = blocks
+    trace = a_.diagonal(0, 1, 2).sum(-1, dtype=F64) + c_.diagonal(0, 1, 2).sum(-1, dtype=F64)
+    total = a_.sum((1, 2), dtype=F64) + 2 * b_.sum((1, 2), dtype=F64) + c_.sum((1, 2), dtype=F64)
+    centred_trace = trace - total / n
+    ok = torch.isfinite(centred_trace) & (centred_trace > 0) & (trace <= _UNCENTRED_MAX * centred_trace)
+    return ~ok
 
 
 def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str

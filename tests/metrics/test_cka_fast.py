@@ -94,23 +94,36 @@ def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize(("mean", "uncentred"), [(0.0, True), (0.3, True), (1e4, False)])
-def test_large_layers_skip_the_centred_copy_only_when_the_mean_is_small(estimator, mean, uncentred, monkeypatch):
-    # every layer counts as large: its Gram blocks come from the features as they are when the
-    # mean is small next to the spread, from a centred copy otherwise; exact either way
-    monkeypatch.setattr(cka_gram, "_BATCH_LAYER", 0)
-    seen = []
-    real = cka_gram._uncentred_blocks
+@pytest.mark.parametrize(("mean", "raw", "centred"), [
+    (0.0, 3, 0),  # small means: blocks from the features as they are
+    (0.3, 3, 0),
+    (1e4, 0, 3),  # the first rows show a large mean: centred at once
+    ("late", 3, 3),  # the first rows look centred, the Gram check finds the mean: centred after all
+])
+def test_large_layers_skip_the_centred_copy_only_when_the_mean_is_small(estimator, mean, raw, centred,
+                                                                        monkeypatch):
+    # every layer counts as large and forms its Gram blocks on its own; exact either way
+    monkeypatch.setattr(cka_gram, "_WIDE", 0)
+    calls = {"all": 0, "centred": 0}
+    real_blocks, real_centred = cka_gram._feature_blocks, cka_gram._centred_blocks
 
-    def spy(x, dt):
-        seen.append(real(x, dt))
-        return seen[-1]
+    def blocks_spy(x, prepare):
+        calls["all"] += 1
+        return real_blocks(x, prepare)
 
-    monkeypatch.setattr(cka_gram, "_uncentred_blocks", spy)
-    xs = layers(6, 25, [20, 20], mean)
-    ys = layers(7, 25, [20], mean)
+    def centred_spy(x, sub, dt):
+        calls["centred"] += 1
+        return real_centred(x, sub, dt)
+
+    monkeypatch.setattr(cka_gram, "_feature_blocks", blocks_spy)
+    monkeypatch.setattr(cka_gram, "_centred_blocks", centred_spy)
+    xs = layers(6, 25, [20, 20], 0.0 if mean == "late" else mean)
+    ys = layers(7, 25, [20], 0.0 if mean == "late" else mean)
+    if mean == "late":  # a large offset in the rows past the peeked corner
+        for t in xs + ys:
+            t[cka_gram._PEEK_ROWS:] += 1e3
     got = cka_matrix(xs, ys, estimator=estimator)
-    assert len(seen) == 3 and all((blocks is not None) == uncentred for blocks in seen)
+    assert (calls["all"] - calls["centred"], calls["centred"]) == (raw, centred)
     want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
 
