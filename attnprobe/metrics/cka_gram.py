@@ -605,11 +605,12 @@ _PEEK_ROWS, _PEEK_COLS = 8, 256  # the corner that predicts whether a large laye
 
 
 def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str) -> list[torch.Tensor]:
-    """Three blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C = W₂W₂ᵀ`` of the Grams of centred features.
+    """The upper rows ``[A B] = W₁Wᵀ`` (L, h, n) and the corner ``C = W₂W₂ᵀ`` (L, n-h, n-h) of
+    the Grams of centred features.
 
     A Gram is symmetric, so with the examples split in halves ``W = [W₁; W₂]`` three of its
-    four blocks hold all of it -- three quarters of the GEMM work -- and
-    ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
+    four blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C`` hold all of it -- three quarters of the GEMM
+    work -- and ``<K, L> = <[A B], [A' B']> + <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
     means, subtracted in the subtraction dtype) and multiplied in batches of at most
     :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`; partial blocks of
     column chunks add in float64. Layers wider than :data:`_WIDE` features, or larger than
@@ -631,7 +632,7 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
             w.sub_(w.mean(1, keepdim=True))  # one float32 reduction; NaN/inf surface in the sums
             if w.dtype != dt:
                 w = w.to(dt)
-            blocks = _three_blocks(w, n)
+            blocks = _two_blocks(w, n)
             acc = blocks if not acc else [a.to(F64) + b for a, b in zip(acc, blocks)]
         return acc
 
@@ -641,18 +642,17 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
         else:
             per = max(1, _BATCH_TOTAL // (n * min(p, _COL_CHUNK)))
             groups = [centred(feats[g:g + per]) for g in range(0, len(feats), per)]
-            out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(3)]
-    if estimator == "unbiased":
+            out = [torch.cat([grp[i] for grp in groups]) if len(groups) > 1 else groups[0][i] for i in range(2)]
+    if estimator == "unbiased":  # the diagonal of [A B] is A's
         out[0].diagonal(0, 1, 2).zero_()
-        out[2].diagonal(0, 1, 2).zero_()
+        out[1].diagonal(0, 1, 2).zero_()
     return out
 
 
-def _three_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """``A``, ``B``, ``C`` of stacked features ``w`` (g, n, c) split at row ``n // 2``."""
-    top, bottom = w[:, :n // 2], w[:, n // 2:]
-    return [torch.bmm(top, top.transpose(1, 2)), torch.bmm(top, bottom.transpose(1, 2)),
-            torch.bmm(bottom, bottom.transpose(1, 2))]
+def _two_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``[A B]`` and ``C`` of stacked features ``w`` (g, n, c) split at row ``n // 2``."""
+    bottom = w[:, n // 2:]
+    return [torch.bmm(w[:, :n // 2], w.transpose(1, 2)), torch.bmm(bottom, bottom.transpose(1, 2))]
 
 
 def _blocks_one_by_one(feats: Sequence[torch.Tensor], sub: torch.dtype, dt: torch.dtype) -> list[torch.Tensor]:
@@ -671,7 +671,7 @@ def _blocks_one_by_one(feats: Sequence[torch.Tensor], sub: torch.dtype, dt: torc
     tried = [x.dtype == dt and small for x, small in zip(feats, _means_look_small(feats))]
     per_layer = [_feature_blocks(x, lambda part: part) if raw else _centred_blocks(x, sub, dt)
                  for x, raw in zip(feats, tried)]
-    out = [torch.cat([blocks[i] for blocks in per_layer]) for i in range(3)]
+    out = [torch.cat([blocks[i] for blocks in per_layer]) for i in range(2)]
     redo = [i for i, bad in enumerate(_mean_dominated(out, n).tolist()) if bad and tried[i]]
     for i in redo:
         for whole, block in zip(out, _centred_blocks(feats[i], sub, dt)):
@@ -680,12 +680,12 @@ def _blocks_one_by_one(feats: Sequence[torch.Tensor], sub: torch.dtype, dt: torc
 
 
 def _feature_blocks(x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-    """``A``, ``B``, ``C`` (each (1, ., .)) of one layer, ``prepare`` applied to each column
+    """``[A B]`` and ``C`` (each (1, ., .)) of one layer, ``prepare`` applied to each column
     chunk before its GEMMs; partial blocks of column chunks add in float64."""
     n, p = x.shape
     blocks: list[torch.Tensor] = []
     for s in range(0, p, _COL_CHUNK):
-        new = _three_blocks(prepare(x[:, s:s + _COL_CHUNK]).unsqueeze(0), n)
+        new = _two_blocks(prepare(x[:, s:s + _COL_CHUNK]).unsqueeze(0), n)
         blocks = new if not blocks else [a.to(F64) + b for a, b in zip(blocks, new)]
     return blocks
 
@@ -720,14 +720,16 @@ def _means_look_small(feats: Sequence[torch.Tensor]) -> list[bool]:
 
 
 def _mean_dominated(blocks: list[torch.Tensor], n: int) -> torch.Tensor:
-    """Per layer (bool (L,)), whether the Gram in blocks ``A, B, C`` is too far from centred
+    """Per layer (bool (L,)), whether the Gram in blocks ``[A B], C`` is too far from centred
     for float32: the column means take more than half of its trace, or it is not finite.
 
     Centring takes ``n |mean|² = 1ᵀK1 / n`` off the trace; both from the blocks, in float64.
     """
-    a_, b_, c_ = blocks
-    trace = a_.diagonal(0, 1, 2).sum(-1, dtype=F64) + c_.diagonal(0, 1, 2).sum(-1, dtype=F64)
-    total = a_.sum((1, 2), dtype=F64) + 2 * b_.sum((1, 2), dtype=F64) + c_.sum((1, 2), dtype=F64)
+    ab, c_ = blocks
+    h = ab.shape[1]
+    trace = ab.diagonal(0, 1, 2).sum(-1, dtype=F64) + c_.diagonal(0, 1, 2).sum(-1, dtype=F64)
+    total = (ab.sum((1, 2), dtype=F64) + ab[..., h:].sum((1, 2), dtype=F64)
+             + c_.sum((1, 2), dtype=F64))
     centred_trace = trace - total / n
     ok = torch.isfinite(centred_trace) & (centred_trace > 0) & (trace <= _UNCENTRED_MAX * centred_trace)
     return ~ok
@@ -737,14 +739,14 @@ def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``<Kᵢ, Kⱼ>`` (L, L) and row sums (L, n) in float64, from :func:`_halved_grams` (small n).
 
-    ``<K, L> = <A, A'> + 2 <B, B'> + <C, C'>`` is one product of the stacked rows
-    ``[A, B, B, C]`` (:func:`_stacked_inner`); the row sums are float64 sums of the blocks.
+    ``<K, L> = <[A B], [A' B']> + <B, B'> + <C, C'>`` is one product of the stacked rows
+    ``[[A B], B, C]`` (:func:`_stacked_inner`); the row sums are float64 sums of the blocks.
     """
-    a_, b_, c_ = _halved_grams(feats, dt, estimator)
-    n_l = a_.shape[0]
-    rows = torch.cat([a_.sum(-1, dtype=F64) + b_.sum(-1, dtype=F64),
-                      b_.sum(-2, dtype=F64) + c_.sum(-1, dtype=F64)], dim=1)
-    flat = torch.cat([k.reshape(n_l, -1) for k in (a_, b_, b_, c_)], dim=1)
+    ab, c_ = _halved_grams(feats, dt, estimator)
+    n_l, h = ab.shape[:2]
+    b_ = ab[..., h:]
+    rows = torch.cat([ab.sum(-1, dtype=F64), b_.sum(-2, dtype=F64) + c_.sum(-1, dtype=F64)], dim=1)
+    flat = torch.cat([k.reshape(n_l, -1) for k in (ab, b_, c_)], dim=1)
     return _stacked_inner(flat), rows
 
 
@@ -772,12 +774,14 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
 
 def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What :func:`_gram_products` gives for two models' Grams, from their halved blocks."""
-    (ca, xa, ya, rxa, rya, _, _), (cb, xb, yb, rxb, ryb, cxb, cyb), (cc, xc, yc, rxc, ryc, _, _) = (
-        _gram_products(kx, ky) for kx, ky in zip(bx, by))
-    rx = torch.cat([rxa + rxb, cxb + rxc], dim=1)
-    ry = torch.cat([rya + ryb, cyb + ryc], dim=1)
-    return ca + 2 * cb + cc, xa + 2 * xb + xc, ya + 2 * yb + yc, rx, ry
+    """What :func:`_gram_products` gives for two models' Grams, from their blocks ``[A B], C``."""
+    h = bx[0].shape[1]
+    pairs = (bx[0], by[0]), (bx[0][..., h:], by[0][..., h:]), (bx[1], by[1])
+    (ca, xa, ya, rxa, rya, _, _), (cb, xb, yb, _, _, cxb, cyb), (cc, xc, yc, rxc, ryc, _, _) = (
+        _gram_products(kx, ky) for kx, ky in pairs)
+    rx = torch.cat([rxa, cxb + rxc], dim=1)
+    ry = torch.cat([rya, cyb + ryc], dim=1)
+    return ca + cb + cc, xa + xb + xc, ya + yb + yc, rx, ry
 
 
 _POST_ROWS = 1 << 15  # Gram entries per layer converted to float64 at a time
