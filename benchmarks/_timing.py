@@ -2,8 +2,8 @@
 
 On the CPU each call is timed in single-thread CPU time (``time.thread_time``), which other
 processes on a shared machine disturb far less than wall time; on CUDA with CUDA events.
-Rounds interleave the candidates (A B C, B C A, C A B, ...) so that load hits all of them alike
-and none always follows the same neighbour.
+Rounds interleave the candidates, in a new (seeded) order each round (A B C, C A B, B C A, ...),
+so that load hits all of them alike and none always follows the same neighbour.
 Work shorter than :data:`MIN_SLOT` is called several times per round (as ``timeit`` does) and
 reported per call: one call of a fraction of a millisecond times its first-touch costs and
 the clock's granularity as much as the work.
@@ -11,6 +11,7 @@ the clock's granularity as much as the work.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -65,10 +66,12 @@ def race(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
             dt, out[name] = _time_once(fn, device)
             number[name] = max(1, min(1000, int(MIN_SLOT / max(dt, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order = random.Random(0)
     names = list(fns)
-    for r in range(rounds):
-        # rotate the order each round: no candidate always runs right after the same one
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    for _ in range(rounds):
+        # a new order each round: no candidate always runs right after the same one
+        order.shuffle(names)
+        for name in names:
             dt, out[name] = _time_once(fns[name], device, number[name])
             times[name].append(dt)
     return {k: Timing(v) for k, v in times.items()}, out
