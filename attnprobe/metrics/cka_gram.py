@@ -609,11 +609,11 @@ def _halved_grams(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator: str
     the Grams of centred features.
 
     A Gram is symmetric, so with the examples split in halves ``W = [W₁; W₂]`` three of its
-    four blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C`` hold all of it -- three quarters of the GEMM
-    work -- and ``<K, L> = <[A B], [A' B']> + <B, B'> + <C, C'>``. Layers are stacked, centred (float32 column
-    means, subtracted in the subtraction dtype) and multiplied in batches of at most
-    :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`; partial blocks of
-    column chunks add in float64. Layers wider than :data:`_WIDE` features, or larger than
+    four blocks ``A = W₁W₁ᵀ``, ``B = W₁W₂ᵀ``, ``C`` hold all of it -- three quarters of the
+    GEMM work -- and ``<K, L> = <[A B], [A' B']> + <B, B'> + <C, C'>``. Layers are stacked,
+    centred (float32 column means, subtracted in the subtraction dtype) and multiplied in
+    batches of at most :data:`_BATCH_TOTAL` values per column chunk, as in :func:`_group_gram`;
+    partial blocks of column chunks add in float64. Layers wider than :data:`_WIDE` features, or larger than
     :data:`_BATCH_LAYER` values, go one by one (:func:`_blocks_one_by_one`): one whose mean is
     small next to its spread skips the centred copy, the others are centred without a stacked
     copy. The unbiased estimator zeroes the diagonals of ``A`` and ``C``. For layers that
@@ -656,7 +656,7 @@ def _two_blocks(w: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 def _blocks_one_by_one(feats: Sequence[torch.Tensor], sub: torch.dtype, dt: torch.dtype) -> list[torch.Tensor]:
-    """The three Gram blocks of large layers, stacked (L, ...), formed layer by layer.
+    """The Gram blocks ``[A B]`` and ``C`` of large layers, stacked (L, ., .), formed layer by layer.
 
     Centring a large layer costs a copy and two passes over it, about what its GEMM costs
     when ``n`` is small. Any centre is exact for the HSIC terms (the row-sum corrections of
@@ -691,7 +691,7 @@ def _feature_blocks(x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Ten
 
 
 def _centred_blocks(x: torch.Tensor, sub: torch.dtype, dt: torch.dtype) -> list[torch.Tensor]:
-    """The three blocks of one layer's Gram after centring it (float32 column means,
+    """The blocks ``[A B]`` and ``C`` of one layer's Gram after centring it (float32 column means,
     subtracted in ``sub``): one pass for the means and one for the centred copy of each
     column chunk, and no stacked copy first. NaN/inf surface in the row sums."""
     def centre(part: torch.Tensor) -> torch.Tensor:
