@@ -55,16 +55,17 @@ def _time_once(fn: Callable[[], object], device: torch.device, number: int = 1) 
 
 
 def race(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int,
-         warmup: int = 1) -> tuple[dict[str, Timing], dict[str, object]]:
+         warmup: int = 3) -> tuple[dict[str, Timing], dict[str, object]]:
     """Time every candidate ``rounds`` times, interleaved; returns timings (seconds per call)
     and last results. Each candidate is called enough times per round to fill :data:`MIN_SLOT`,
-    judged from its warm-up calls."""
+    judged from its fastest warm-up call (the first call of a size pays one-off costs)."""
     out: dict[str, object] = {}
-    number = dict.fromkeys(fns, 1)
+    fastest = dict.fromkeys(fns, float("inf"))
     for _ in range(max(warmup, 1)):
         for name, fn in fns.items():
             dt, out[name] = _time_once(fn, device)
-            number[name] = max(1, min(1000, int(MIN_SLOT / max(dt, 1e-7))))
+            fastest[name] = min(fastest[name], dt)
+    number = {name: max(1, min(1000, int(MIN_SLOT / max(dt, 1e-7)))) for name, dt in fastest.items()}
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = random.Random(0)
     names = list(fns)
