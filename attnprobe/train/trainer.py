@@ -135,7 +135,8 @@ class Trainer:
     state; only then does it clear an earlier run's files. :meth:`run` trains epoch by epoch
     (:meth:`step`, :meth:`validate`, :meth:`save_last` / :meth:`save_best`) until the last
     epoch or ``stop_after_steps``. The parameters are those of :func:`train`, which is the
-    way to use this class; ``device`` is read as there.
+    way to use this class; ``device`` is read as there, and :meth:`run` switches PyTorch's
+    deterministic algorithms on as ``train(deterministic=True)`` asks.
 
     Attributes
     ----------
@@ -164,8 +165,10 @@ class Trainer:
         on_step: Callable[[StepInfo], None] | None = None,
         on_epoch: Callable[[EpochInfo], None] | None = None,
         log: Callable[[str], None] | None = None,
+        deterministic: bool = True,
     ) -> None:
         self.config = config
+        self.deterministic = deterministic
         self.main = dist.is_main()
         self.log = log if log is not None and self.main else (lambda _msg: None)
         self.on_step, self.on_epoch = on_step, on_epoch
@@ -177,7 +180,8 @@ class Trainer:
         self.checkpoint_every = _positive_or_none("checkpoint_every", checkpoint_every)
         self.stop_after_steps = _positive_or_none("stop_after_steps", stop_after_steps)
         check_run_dir(self.out, overwrite=overwrite, resume=resume)
-        self.world = _check_world(config.batch_size, dist.world_size())
+        self.world = dist.world_size()
+        _check_world(config.batch_size, self.world)
         self.data_info = {"data": str(_abs(data)), "split": split,
                           "val_data": str(_abs(val_data if val_data is not None else data)),
                           "val_split": val_split}
@@ -211,7 +215,6 @@ class Trainer:
 
         self.state = TrainState()
         self.metrics = MetricsLog(self.out / "metrics.csv", write=self.main)
-        self._t0 = time.perf_counter()
         if saved is not None:
             self.resume_from(saved)
         elif self.main:
@@ -299,7 +302,7 @@ class Trainer:
         """Train from the current state to the last epoch, or until ``stop_after_steps`` steps are done."""
         self._t0 = time.perf_counter() - float(self.state.elapsed)
         finished = True
-        with self.metrics:
+        with _deterministic_algorithms(self.deterministic, warn_only=self.device.type == "cuda"), self.metrics:
             while finished and self.state.epoch < self.config.epochs:
                 finished = self.run_epoch()
         dist.barrier()  # on every rank, returning means rank 0's files are written
@@ -475,13 +478,12 @@ def train(
     DataError, CheckpointError
         Unusable data or initial checkpoint.
     """
-    dev = _device(device)
-    with _deterministic_algorithms(deterministic, warn_only=dev.type == "cuda"):
-        trainer = Trainer(config, data, out_dir, split=split, val_data=val_data, val_split=val_split, device=dev,
-                          overwrite=overwrite, resume=resume, allow_random_init=allow_random_init,
-                          checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
-                          num_workers=num_workers, on_step=on_step, on_epoch=on_epoch, log=log)
-        return trainer.run()
+    trainer = Trainer(config, data, out_dir, split=split, val_data=val_data, val_split=val_split, device=device,
+                      overwrite=overwrite, resume=resume, allow_random_init=allow_random_init,
+                      checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
+                      num_workers=num_workers, on_step=on_step, on_epoch=on_epoch, log=log,
+                      deterministic=deterministic)
+    return trainer.run()
 
 
 def _batch_loss(loss: torch.Tensor, n_mine: int, n_batch: int) -> float:
@@ -492,14 +494,13 @@ def _batch_loss(loss: torch.Tensor, n_mine: int, n_batch: int) -> float:
     return float(dist.all_reduce_sum_(total)) / n_batch
 
 
-def _check_world(batch_size: int, world: int) -> int:
-    """``world``, the number of ranks, after checking that each rank gets a volume of a full batch."""
+def _check_world(batch_size: int, world: int) -> None:
+    """Each of the ``world`` ranks must get a volume of a full batch."""
     if batch_size < world:
         raise ConfigError(
             "the batch is smaller than the number of ranks",
             expected=f"batch_size >= {world} (batch_size is the global batch, split over ranks)",
             got=f"batch_size={batch_size}", fix=f"pass --batch-size {world} or more, or start fewer processes")
-    return world
 
 
 def _optimisation(model: nn.Module, config: TrainConfig, *, n_batches: int, device: torch.device) -> tuple[
