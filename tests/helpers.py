@@ -101,17 +101,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: object, nproc: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m attnprobe ARGS``, or under torchrun with ``nproc`` processes; must exit 0."""
-    prefix = [sys.executable]
-    if nproc is not None:
-        prefix += torchrun_prefix(nproc)
-    cmd = [*prefix, "-m", "attnprobe", *map(str, args)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=torchrun_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def torchrun_prefix(nproc: int) -> list[str]:
     """``-m torch.distributed.run`` with ``nproc`` processes on a free local port."""
     return ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",

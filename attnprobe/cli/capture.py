@@ -97,7 +97,7 @@ def capture(
         def advance(case_id: str, skipped: bool) -> None:
             bar.update(task, advance=1, status=f"{case_id}{' (done before)' if skipped else ''}")
 
-        path = capture_cases(net, cases, out, config=config, data=data, taps=taps or ["*"], dtype=dtype,
+        path = capture_cases(net, cases, out, config=config, data=data, taps=taps, dtype=dtype,
                              device=device, overwrite=overwrite, on_case=advance)
     if dist.is_main():
         console.print(f"wrote {path}")

@@ -53,6 +53,7 @@ from torch import nn
 from attnprobe.demo.progress import Advance, OnProgress, Steps
 from attnprobe.environment import versions
 from attnprobe.errors import ConfigError
+from attnprobe.metrics.sweep import SweepSpec
 from attnprobe.models import ARCH_LABELS, model_config
 from attnprobe.models.adapter import as_triple
 from attnprobe.workflows.attention import attention_volume
@@ -79,8 +80,6 @@ __all__ = [
     "check_ssl_layout",
     "finetune",
     "prepare_cases",
-    "adi_sweep",
-    "write_adi",
     "attention_volume",
     "longest_cases",
     "block_cka",
@@ -525,24 +524,6 @@ def finetune(arch: str, preset: str, *, init: str | os.PathLike[str], data: str 
 # --------------------------------------------------------------------------- analysis steps
 
 
-def adi_sweep(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
-              on_step: Callable[[str, int], None] | None = None) -> pd.DataFrame:
-    """Block-level tidy frame of the fixed-ROI padding sweep along ``z`` (docs/definitions.md)."""
-    from attnprobe.metrics.sweep import SweepSpec
-
-    spec = SweepSpec(paddings=tuple(int(p) for p in paddings))
-    return online_sweep(model, cases, spec, on_step=on_step, check_fractions=False)
-
-
-def write_adi(frame: pd.DataFrame, out_dir: str | os.PathLike[str], *, attrs: Mapping[str, Any]) -> Path:
-    """Save a sweep as ``attnprobe adi`` does (an :class:`~attnprobe.results.AdiRun`); ``attrs["label"]``
-    names the run."""
-    attrs = dict(attrs)
-    label = attrs.pop("label", None)
-    save_adi(frame, out_dir, attrs, label=None if label is None else str(label))
-    return Path(out_dir)
-
-
 #: the demo's causal test: the plain forward and attention to padding keys masked in every block
 #: (docs/ablation.md; ``attnprobe ablate`` runs the per-stage masks and token ablations too)
 ABLATION_INTERVENTIONS = ("none", "mask-all")
@@ -555,7 +536,6 @@ def ablation(model: nn.Module, cases: Sequence[Any], *, paddings: Sequence[int],
     per intervention at the largest padding, the change in Dice and detection against the plain
     forward with its bootstrap 95 % interval, and the plain forward's Dice change from padding 0.
     ``on_step`` is called with ``(case, padding, intervention)`` after each forward."""
-    from attnprobe.metrics.sweep import SweepSpec
     from attnprobe.workflows.ablation import ablation_run, intervention_plan, run_interventions
 
     plan = intervention_plan(model, ABLATION_INTERVENTIONS)
@@ -926,14 +906,14 @@ def run_demo(out_dir: str | os.PathLike[str], *, settings: DemoSettings | None =
             sweep = longest[arch]
             with steps.step(f"ADI padding sweep {name}", total=len(sweep) * len(settings.paddings),
                             unit="forwards") as advance:
-                frame = adi_sweep(model, sweep, paddings=settings.paddings,
-                                  on_step=_tick(advance))
-                write_adi(frame, out / "adi" / name,
-                          attrs={"model": name, "arch": arch, "preset": preset,
-                                 "label": f"{ARCH_LABELS[arch]} ({preset})",
-                                 "checkpoint": str(tuned[(arch, preset)]), "roi": list(cube[arch]),
-                                 "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
-                                 "sweep_mode": "fixed-roi"})
+                # the fixed-ROI padding sweep along z (docs/definitions.md), saved as `attnprobe adi` does
+                frame = online_sweep(model, sweep, SweepSpec(paddings=tuple(int(p) for p in settings.paddings)),
+                                     on_step=_tick(advance), check_fractions=False)
+                save_adi(frame, out / "adi" / name,
+                         {"model": name, "arch": arch, "preset": preset,
+                          "checkpoint": str(tuned[(arch, preset)]), "roi": list(cube[arch]),
+                          "paddings": list(settings.paddings), "axis": "z", "pad_mode": "end",
+                          "sweep_mode": "fixed-roi"}, label=f"{ARCH_LABELS[arch]} ({preset})")
             if preset != probe_preset:
                 continue
             frames[arch] = frame

@@ -34,7 +34,7 @@ def data_source(data: str | os.PathLike[str]) -> str:
 
 
 def capture_cases(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike[str], *,
-                  config: PreprocessConfig, data: str | os.PathLike[str], taps: Sequence[str] = ("*",),
+                  config: PreprocessConfig, data: str | os.PathLike[str], taps: Sequence[str] | None = None,
                   dtype: str = "float16", device: Any = "cpu", overwrite: bool = False,
                   on_case: Callable[[str, bool], None] | None = None) -> Path:
     """Capture ``taps`` of every case into a Zarr store; an existing store of the same capture resumes.
@@ -52,7 +52,9 @@ def capture_cases(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike
         Their preprocessing; its ROI must be fixed (not ``"full"``).
     data
         Where the cases come from (recorded as :func:`data_source`).
-    taps, dtype, device, overwrite
+    taps
+        Glob patterns over tap names; None or empty means every tap.
+    dtype, device, overwrite
         As in :func:`attnprobe.store.capture_to_store`.
     on_case
         Called with ``(case id, skipped)`` after each case (``skipped``: captured before).
@@ -65,7 +67,7 @@ def capture_cases(model: nn.Module, cases: Sequence[Any], out: str | os.PathLike
     from attnprobe.store import capture_to_store
 
     attrs = {"preprocessing": config_dict(config), "padding": {"mode": config.pad_mode}, "data": data_source(data)}
-    return capture_to_store(model, cases, out, taps=list(taps) or ["*"], dtype=dtype,  # type: ignore[arg-type]
+    return capture_to_store(model, cases, out, taps=list(taps or ()) or ["*"], dtype=dtype,  # type: ignore[arg-type]
                             device=device, overwrite=overwrite, on_sample=on_case,
                             roi=config.roi,  # type: ignore[arg-type]
                             attrs=attrs)

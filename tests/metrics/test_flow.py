@@ -156,6 +156,20 @@ def test_pad_queries_changes_only_the_padding_query_row():
     assert attention_flow(probs, kinds).pad_queries == "all-windows"  # the paper's is the default
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", ["mean", "per-head"])
+def test_windows_in_cpu_pieces_match_brute_force(heads, dtype, monkeypatch):
+    # pieces of 2 windows over 7: several full pieces and a partial last one, each reusing the
+    # work buffers (real inputs are cut into ~2 MiB pieces; these test blocks fit in one)
+    probs, kinds = random_block(5, batch=(2,), windows=7, dtype=dtype)
+    per_window = 2 * (1 if heads == "mean" else 3) * 6 * 6 * (8 if dtype == torch.float64 else 4)
+    monkeypatch.setattr("attnprobe.metrics.flow._CPU_PIECE_BYTES", 2 * per_window)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    for padding in PADDING_KINDS:
+        ref = brute_force(probs, kinds, padding, heads)
+        assert_same(attention_flow(probs, kinds, padding=padding, heads=heads), ref, **tol)
+
+
 def test_matches_brute_force_float32_and_two_batch_dims():
     # float32 work: per-row sums of <= 6 terms, errors ~1e-7 relative.
     probs, kinds = random_block(1, batch=(2, 2), dtype=torch.float32)

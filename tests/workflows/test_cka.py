@@ -42,7 +42,7 @@ def test_model_comparison_equals_what_the_cli_writes(smit_ckpt, swin_ckpt, datal
     np.testing.assert_allclose(CkaRun.load(tmp_path / "wf").matrix.values, da.values, rtol=0, atol=0)
 
 
-def test_the_baseline_is_shared_with_a_later_comparison(smit):
+def test_the_baseline_is_shared_with_a_later_comparison():
     import xarray as xr
 
     first = xr.DataArray(np.eye(2), dims=("ref", "tgt"), attrs={"baseline": "random-init", "baseline_seeds": 2})

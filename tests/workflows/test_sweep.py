@@ -17,6 +17,7 @@ from attnprobe.workflows.sweep import (
     MAX_SWEEP_LEVELS,
     StoreSweep,
     check_fraction_changes,
+    offline_agreement,
     online_sweep,
     save_adi,
     sweep_spec,
@@ -80,10 +81,14 @@ def test_store_sweep_counts_and_reads_the_finished_cases(swin, datalist, tmp_pat
     from attnprobe.workflows.cases import lazy_cases
 
     store = capture_cases(swin, lazy_cases(datalist, CONFIG, limit=2), tmp_path / "s.zarr", config=CONFIG,
-                          data=datalist, taps=["stage3.*"])
+                          data=datalist, taps=["stage3.*"], dtype="float32")
     sweep = StoreSweep.open(store, limit=1)
     seen = []
     frame = sweep.run(on_case=seen.append)
     assert sweep.total == 1 and seen == ["case0"] and set(frame["case"]) == {"case0"}
     assert set(frame["stage"]) == {3} and sweep.stats.attn_bytes > 0
     assert sweep.attrs(heads="mean", pad_queries="all-windows")["source"] == "store"
+    # the stored maps give the online values (docs/definitions.md: to 1e-5)
+    agreement = offline_agreement(store, online_sweep(swin, lazy_cases(datalist, CONFIG, limit=2), None))
+    assert agreement["rows"] > 0 and agreement["blocks"] == ["stage3.block0", "stage3.block1"]
+    assert agreement["max_abs_diff"] < 1e-5
