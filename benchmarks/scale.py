@@ -106,7 +106,9 @@ def synthetic_store(path: Path, megabytes: int) -> int:
     return n * per_sample
 
 
-PEAK = """
+#: Script text: ``measure(path)`` runs offline ADI on a store and returns (RSS before, peak RSS
+#: during, rows), sampling /proc/self/statm every 5 ms (also used by tests/metrics/test_offline_memory.py).
+MEASURE_PEAK = """
 import os, sys, threading, time
 from attnprobe.metrics.offline import store_flow
 
@@ -114,19 +116,20 @@ def rss_mib():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-peak, stop = [0.0], threading.Event()
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss_mib())
-        time.sleep(0.005)
-
-base = rss_mib()
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
-frame = store_flow(sys.argv[1])
-stop.set(); thread.join()
-print(base, max(peak[0], rss_mib()), len(frame))
+def measure(path):
+    peak, stop = [0.0], threading.Event()
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.005)
+    base = rss_mib()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    frame = store_flow(path)
+    stop.set(); thread.join()
+    return base, max(peak[0], rss_mib()), len(frame)
 """
+PEAK = MEASURE_PEAK + "print(*measure(sys.argv[1]))\n"
 
 
 def part_memory(work: Path, sizes: list[int]) -> None:

@@ -8,32 +8,12 @@ import sys
 
 import pytest
 
-from benchmarks.scale import synthetic_store
+from benchmarks.scale import MEASURE_PEAK, synthetic_store
 
 # One interpreter imports attnprobe (and torch) once, then measures each run in a fork of itself:
 # a fresh process per run, as the benchmark has (benchmarks/scale.py), without one import of torch
 # per run. A fork starts with its parent's resident pages, so its growth is that of the run alone.
-MEASURE = """
-import os, sys, threading, time
-from attnprobe.metrics.offline import store_flow
-
-def rss_mib():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-def measure(path):
-    peak, stop = [0.0], threading.Event()
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.005)
-    base = rss_mib()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    frame = store_flow(path)
-    stop.set(); thread.join()
-    return base, max(peak[0], rss_mib()), len(frame)
-
+MEASURE = MEASURE_PEAK + """
 for path in sys.argv[1:]:
     pid = os.fork()
     if pid == 0:
