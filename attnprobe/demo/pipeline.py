@@ -226,7 +226,7 @@ _TIER_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(n_cases=6, split=(1 / 3, 0.0, 2 / 3), axial_range_mm=(90.0, 140.0), epochs=1, max_steps=1,
                   num_samples=1, paddings=(0, 32), sweep_cases=2, cka_cases=4, eval_cases=2,
                   capture_cases=1, ablation_cases=2, cka_baseline_seeds=1, pretrain_steps=2),
-    # Sized for five minutes on two cores (3 min 22 s to 4 min 26 s measured): 40 one-crop steps per fine-tuning
+    # Sized for five minutes on two cores (3 min 22 s to 4 min 35 s measured): 40 one-crop steps per fine-tuning
     # run (5 epochs of 8 volumes; fine-tuning is most of the run's CPU time) at a high learning rate;
     # with 3 epochs no model detected a tumor, with 5 the act preset detects more tumors than base on both
     # backbones (SMIT 7/8 vs 0/8, Swin UNETR 3/8 vs 2/8; 6 epochs: 8/8 vs 4/8 and 6/8 vs 4/8, but 4 min 50 s);
