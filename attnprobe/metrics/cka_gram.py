@@ -544,8 +544,7 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
             raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
                              fix="pass a list of per-layer features")
     dev = _device_of(*xs, *ys)
-    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
-    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
+    fx, fy = _layer_features(xs, "xs", dev), _layer_features(ys, "ys", dev)
     rows = {t.shape[0] for t in fx + fy}
     if len(rows) != 1:
         raise ShapeError("all layers must hold the same examples", expected="one n for every layer",
@@ -586,9 +585,21 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     if check and not bool(torch.isfinite(tot).all()):  # non-finite features give non-finite sums
         _name_non_finite(fx, fy)
     # small n: one product for cross and self terms; fewer calls beat fewer flops
-    full = torch.addmm(torch.outer(tot, tot), r, r.T, beta=a, alpha=-b).add_(inner).mul_(s)
+    full = inner.addmm_(r, r.T, beta=s, alpha=-b * s).addr_(tot, tot, alpha=a * s)
     diag = full.diagonal()
     return full[:l1, l1:], diag[:l1], diag[l1:]
+
+
+def _layer_features(layers: list[Any], side: str, dev: torch.device | None) -> list[torch.Tensor]:
+    """:func:`_features` of each layer, with plain float matrices on ``dev`` passed through as
+    they are (no detach: nothing here records autograd for them) -- per-layer calls add up
+    at small n."""
+    out = list(layers)
+    for i, t in enumerate(out):
+        if not (type(t) is torch.Tensor and t.ndim == 2 and not t.requires_grad and t.is_floating_point()
+                and t.device == dev):
+            out[i] = _features(t, f"{side}[{i}]", dev)
+    return out
 
 
 def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
@@ -739,15 +750,23 @@ def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``<Kᵢ, Kⱼ>`` (L, L) and row sums (L, n) in float64, from :func:`_halved_grams` (small n).
 
-    ``<K, L> = <[A B], [A' B']> + <B, B'> + <C, C'>`` is one product of the stacked rows
-    ``[[A B], B, C]`` (:func:`_stacked_inner`); the row sums are float64 sums of the blocks.
+    The blocks are laid out once as every entry of ``K``: rows ``[A B | Bᵀ C]`` (``h`` rows
+    of ``2n`` entries) when ``n = 2h``, else ``[[A B], [Bᵀ C]]``. The inner products are one
+    product of those flattened layouts (:func:`_stacked_inner`) and the row sums one float64
+    sum over them: few calls matter more than flops at small n. With ``n = 2h`` the row sums
+    come in the order of examples ``0, h, 1, h + 1, ...``; the HSIC corrections only take
+    their dot products and totals, so any order shared by all layers is right.
     """
     ab, c_ = _halved_grams(feats, dt, estimator)
-    n_l, h = ab.shape[:2]
-    b_ = ab[..., h:]
-    rows = torch.cat([ab.sum(-1, dtype=F64), b_.sum(-2, dtype=F64) + c_.sum(-1, dtype=F64)], dim=1)
-    flat = torch.cat([k.reshape(n_l, -1) for k in (ab, b_, c_)], dim=1)
-    return _stacked_inner(flat), rows
+    n_l, h, n = ab.shape
+    b_t = ab[..., h:].mT
+    if 2 * h == n:
+        k = torch.cat([ab, b_t, c_], dim=2)
+        rows = k.view(n_l, h, 2, n).sum(-1, dtype=F64).view(n_l, n)  # examples 0, h, 1, h+1, ...
+    else:
+        k = torch.cat([ab, torch.cat([b_t, c_], dim=2)], dim=1)
+        rows = k.sum(-1, dtype=F64)
+    return _stacked_inner(k.view(n_l, -1)), rows
 
 
 _INNER_CHUNK = 1024  # float32 terms per partial inner product; partial products add in float64
@@ -829,7 +848,7 @@ def _name_non_finite(fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> 
 def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor,
                 feats: tuple[Sequence[Any], Sequence[Any]] | None = None) -> torch.Tensor:
     """CKA matrix from HSIC terms; non-finite features and constant layers are errors."""
-    if not (bool((xx > 0).all()) and bool((yy > 0).all())):  # NaN fails the test too
+    if not torch.cat([xx, yy]).min().item() > 0:  # NaN fails the test too
         if feats is not None:
             _name_non_finite([_features(x, "x") for x in feats[0]], [_features(y, "y") for y in feats[1]])
         for norms, name in ((xx, "x"), (yy, "y")):
@@ -839,4 +858,4 @@ def _normalised(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor,
                                 expected="features that vary across examples",
                                 got=f"zero centred Gram at layer(s) {bad}",
                                 fix="drop those layers or check the taps")
-    return xy / torch.sqrt(xx[:, None] * yy[None, :])
+    return xy / torch.outer(xx, yy).sqrt_()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnprobe.metrics import cka_base, cka_gram
+from attnprobe.errors import DataError, ShapeError
+from attnprobe.metrics import cka_base, cka_gram, cka_streaming
 from attnprobe.metrics.cka import MinibatchCKA, StreamingLinearCKA, cka_matrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,10 +71,11 @@ def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monk
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("mean", [0.0, 1e4])
-@pytest.mark.parametrize("large_n_path", [False, True])
-def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_n_path, monkeypatch):
-    # equal widths take the halved-Gram path (A, B, C blocks); odd n splits unevenly; the
-    # large-n path forms the block products in row blocks (rectangular B included)
+@pytest.mark.parametrize(("n", "large_n_path"), [(24, False), (25, False), (25, True)])
+def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, n, large_n_path, monkeypatch):
+    # equal widths take the halved-Gram path (A, B, C blocks); even n lays them out as rows
+    # [A B | Bᵀ C], odd n splits unevenly; the large-n path forms the block products in row
+    # blocks (rectangular B included)
     if large_n_path:
         monkeypatch.setattr(cka_gram, "_SMALL_GRAM", 0)
         monkeypatch.setattr(cka_gram, "_POST_ROWS", 30)  # 2 or 3 rows a block
@@ -82,8 +84,8 @@ def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, large_
         monkeypatch.setattr(cka_gram, "_BATCH_TOTAL", 2 * 25 * 8)
     else:  # the Gram inner products as float32 pieces of 64 terms (625 = 9 x 64 + 49: padded)
         monkeypatch.setattr(cka_gram, "_INNER_CHUNK", 64)
-    xs = layers(4, 25, [20, 20, 20], mean)
-    ys = layers(5, 25, [20, 20], mean)
+    xs = layers(4, n, [20, 20, 20], mean)
+    ys = layers(5, n, [20, 20], mean)
     assert cka_gram._halvable(xs + ys, torch.float32)
     got = cka_matrix(xs, ys, estimator=estimator)
     want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
@@ -126,6 +128,31 @@ def test_large_layers_skip_the_centred_copy_only_when_the_mean_is_small(estimato
     assert (calls["all"] - calls["centred"], calls["centred"]) == (raw, centred)
     want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("large_n_path", [False, True])
+def test_all_pairs_errors_name_the_layer_and_keep_no_graph(large_n_path, monkeypatch):
+    if large_n_path:
+        monkeypatch.setattr(cka_gram, "_SMALL_GRAM", 0)
+    xs = layers(8, 24, [12, 12], 0.0)
+    ys = layers(9, 24, [12], 0.0)
+    nan = xs[1].clone()
+    nan[3, 2] = float("nan")
+    with pytest.raises(DataError, match=r"xs\[1\] holds NaN or inf"):
+        cka_matrix([xs[0], nan], ys)
+    with pytest.raises(DataError, match=r"constant y layers.*got zero centred Gram at layer\(s\) \[1\]"):
+        cka_matrix(xs, [ys[0], torch.full((24, 12), 3.0)])
+    with pytest.raises(ShapeError, match="same examples"):
+        cka_matrix(xs, [ys[0][:20]])
+    with pytest.raises(ShapeError, match=r"ys\[0\] must be a feature matrix"):
+        cka_matrix(xs, [ys[0][None]])
+    with pytest.raises(ShapeError, match="ys is empty"):
+        cka_matrix(xs, [])
+    # inputs that record autograd, numpy arrays and float64 tensors: same numbers, no graph
+    want = cka_matrix(xs, ys)
+    got = cka_matrix([x.clone().requires_grad_() for x in xs], [y.numpy() for y in ys])
+    assert not got.requires_grad
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6)
 
 
 def test_all_pairs_large_layers_run_one_by_one():
