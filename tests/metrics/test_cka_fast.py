@@ -204,3 +204,15 @@ def test_streaming_split_and_merge_equal_one_pass():
     merged = left.merge(right)
     for est in ESTIMATORS:  # same batch products, so agreement to float64 rounding
         assert merged.compute(est) == pytest.approx(one.compute(est), rel=1e-11)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_layer_against_an_equal_copy_is_exactly_one(estimator):
+    # self and cross products come from the same float32 GEMMs, so comparing a model with
+    # itself (two stores of the same cases) gives 1 to float64 round-off, not float32's
+    x = layers(10, 1500, [12], 3.0)[0]
+    acc = StreamingLinearCKA()
+    for s in range(0, 1500, 500):
+        acc.update(x[s:s + 500], x[s:s + 500].clone())
+    assert acc.compute(estimator) == pytest.approx(1.0, abs=1e-12)
+    assert cka_matrix([x], [x.clone()], estimator=estimator).item() == pytest.approx(1.0, abs=1e-12)
