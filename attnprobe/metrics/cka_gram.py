@@ -776,19 +776,39 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
     """``flat @ flat.T`` (L, L) in float64 for rows ``flat`` (L, m).
 
     Float64 rows, and rows of at most :data:`_INNER_CHUNK` terms, multiply in float64. Longer
-    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms, multiplied in one batched
-    float32 GEMM (several times cheaper than float64 for so few rows) and added in float64:
-    rounding grows with the piece, not with ``m`` (about 1e-7 of CKA; docs/cka.md).
+    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms (:func:`_pieces`),
+    multiplied in one batched float32 GEMM (several times cheaper than float64 for so few
+    rows) and added in float64: rounding grows with the piece, not with ``m`` (about 1e-7 of
+    CKA; docs/cka.md).
     """
-    n_l, m = flat.shape
-    if flat.dtype == F64 or m <= _INNER_CHUNK:  # a short product costs little in float64
+    if flat.dtype == F64 or flat.shape[1] <= _INNER_CHUNK:  # a short product costs little in float64
         flat = flat.to(F64)
         return flat @ flat.T
-    pad = (-m) % _INNER_CHUNK
+    pieces = _pieces(flat)
+    return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
+
+
+def _pieces(flat: torch.Tensor) -> torch.Tensor:
+    """Rows ``flat`` (L, m) as pieces of :data:`_INNER_CHUNK` terms, (P, L, chunk), the last
+    one padded with zeros."""
+    pad = (-flat.shape[1]) % _INNER_CHUNK
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
-    pieces = flat.view(n_l, -1, _INNER_CHUNK).transpose(0, 1)
-    return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
+    return flat.view(flat.shape[0], -1, _INNER_CHUNK).transpose(0, 1)
+
+
+def _row_sums(block: torch.Tensor) -> torch.Tensor:
+    """Float64 sums over the last dim of float32 ``block`` (L, s, m): float32 within pieces of
+    :data:`_INNER_CHUNK` terms, float64 across them -- no float64 copy of the block."""
+    if block.dtype == F64:
+        return block.sum(-1)
+    m = block.shape[-1]
+    if m <= _INNER_CHUNK:
+        return block.sum(-1).to(F64)
+    pad = (-m) % _INNER_CHUNK
+    if pad:
+        block = torch.nn.functional.pad(block, (0, pad))
+    return block.unflatten(-1, (-1, _INNER_CHUNK)).sum(-1).sum(-1, dtype=F64)
 
 
 def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]
@@ -803,33 +823,36 @@ def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]
     return ca + cb + cc, xa + xb + xc, ya + yb + yc, rx, ry
 
 
-_POST_ROWS = 1 << 15  # Gram entries per layer converted to float64 at a time
+_POST_ROWS = 1 << 15  # Gram entries per layer taken at a time
 
 
 def _gram_products(kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``<Kᵢ, Lⱼ>``, ``|Kᵢ|²``, ``|Lⱼ|²``, the row sums and the column sums of stacked
     (possibly rectangular) Grams, all in float64.
 
-    The Grams are converted to float64 a block of rows at a time, so no float64 copy of the
-    whole stack is made: large fresh allocations cost page faults on every call.
+    A block of rows at a time (at most :data:`_POST_ROWS` entries and :data:`_INNER_CHUNK`
+    rows per layer): float32 Grams give their products as pieces of :data:`_INNER_CHUNK`
+    terms in one batched float32 GEMM and their sums as float32 partial sums of as many terms,
+    all added in float64 -- the rounding of :func:`_stacked_inner` -- so no float64 copy of
+    the Grams is made: converting them cost more than the products themselves.
     """
     (l1, n, m), l2 = kx.shape, ky.shape[0]
-    step = max(1, _POST_ROWS // max(m, 1))
+    step = max(1, min(_INNER_CHUNK, _POST_ROWS // max(m, 1)))
     cross = kx.new_zeros(l1, l2, dtype=F64)
     sx, sy = kx.new_zeros(l1, dtype=F64), kx.new_zeros(l2, dtype=F64)
     rx, ry = kx.new_empty(l1, n, dtype=F64), kx.new_empty(l2, n, dtype=F64)
     cx, cy = kx.new_zeros(l1, m, dtype=F64), kx.new_zeros(l2, m, dtype=F64)
     for i in range(0, n, step):
-        bx = kx[:, i:i + step].to(F64)
-        by = ky[:, i:i + step].to(F64)
-        torch.sum(bx, -1, out=rx[:, i:i + step])
-        torch.sum(by, -1, out=ry[:, i:i + step])
-        cx += bx.sum(1)
+        bx, by = kx[:, i:i + step], ky[:, i:i + step]
+        rx[:, i:i + step] = _row_sums(bx)
+        ry[:, i:i + step] = _row_sums(by)
+        cx += bx.sum(1)  # at most _INNER_CHUNK rows; promoted to float64 as it is added
         cy += by.sum(1)
-        bx, by = bx.reshape(l1, -1), by.reshape(l2, -1)
-        cross.addmm_(bx, by.T)
-        sx += _self_dots(bx)
-        sy += _self_dots(by)
+        # one product for cross and self terms: equal layers give equal terms, bit for bit
+        inner = _stacked_inner(torch.cat([bx.reshape(l1, -1), by.reshape(l2, -1)]))
+        cross += inner[:l1, l1:]
+        sx += inner.diagonal()[:l1]
+        sy += inner.diagonal()[l1:]
     return cross, sx, sy, rx, ry, cx, cy
 
 

@@ -71,19 +71,20 @@ def test_all_pairs_match_float64_brute_force(estimator, mean, large_n_path, monk
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("mean", [0.0, 1e4])
-@pytest.mark.parametrize(("n", "large_n_path"), [(24, False), (25, False), (25, True)])
-def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, n, large_n_path, monkeypatch):
+@pytest.mark.parametrize(("n", "path"), [(24, "small"), (25, "small"), (25, "large-chunks"), (26, "large")])
+def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, n, path, monkeypatch):
     # equal widths take the halved-Gram path (A, B, C blocks); even n lays them out as rows
     # [A B | Bᵀ C], odd n splits unevenly; the large-n path forms the block products in row
     # blocks (rectangular B included)
-    if large_n_path:
+    if path == "small":  # the Gram inner products as float32 pieces of 64 terms (625 = 9 x 64 + 49: padded)
+        monkeypatch.setattr(cka_gram, "_INNER_CHUNK", 64)
+    else:  # products and row sums as float32 pieces of 8 terms (rows of 13 to 26: padded)
         monkeypatch.setattr(cka_gram, "_SMALL_GRAM", 0)
-        monkeypatch.setattr(cka_gram, "_POST_ROWS", 30)  # 2 or 3 rows a block
-        # and column chunks (blocks added in float64) in batches of two layers
+        monkeypatch.setattr(cka_gram, "_POST_ROWS", 60)  # 2 rows a block
+        monkeypatch.setattr(cka_gram, "_INNER_CHUNK", 8)
+    if path == "large-chunks":  # column chunks (blocks added in float64) in batches of two layers
         monkeypatch.setattr(cka_gram, "_COL_CHUNK", 8)
         monkeypatch.setattr(cka_gram, "_BATCH_TOTAL", 2 * 25 * 8)
-    else:  # the Gram inner products as float32 pieces of 64 terms (625 = 9 x 64 + 49: padded)
-        monkeypatch.setattr(cka_gram, "_INNER_CHUNK", 64)
     xs = layers(4, n, [20, 20, 20], mean)
     ys = layers(5, n, [20, 20], mean)
     assert cka_gram._halvable(xs + ys, torch.float32)
