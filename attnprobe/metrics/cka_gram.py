@@ -785,7 +785,8 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
         flat = flat.to(F64)
         return flat @ flat.T
     pieces = _pieces(flat)
-    return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
+    with _tf32_off(flat.device):  # TF32 would keep 10 bits of these products
+        return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
 
 
 def _pieces(flat: torch.Tensor) -> torch.Tensor:

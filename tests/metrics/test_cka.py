@@ -354,6 +354,15 @@ def test_cuda_matches_cpu_and_restores_tf32():
     mm = torch.backends.cuda.matmul
     flag = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
     before = getattr(mm, flag)
+    setattr(mm, flag, "tf32" if flag == "fp32_precision" else True)  # as many training scripts leave it
+    try:
+        _cuda_equals_cpu(xt, yt)
+        assert getattr(mm, flag) in ("tf32", True)
+    finally:
+        setattr(mm, flag, before)
+
+
+def _cuda_equals_cpu(xt: torch.Tensor, yt: torch.Tensor) -> None:
     for e in ESTIMATORS:
         cpu = linear_cka(xt, yt, estimator=e)
         assert linear_cka(xt.cuda(), yt.cuda(), estimator=e) == pytest.approx(cpu, abs=1e-6)
@@ -361,11 +370,13 @@ def test_cuda_matches_cpu_and_restores_tf32():
         for i in range(0, 5000, 1000):
             acc.update(xt[i:i + 1000].cuda(), yt[i:i + 1000].cuda())
         assert acc.compute(e) == pytest.approx(cpu, abs=1e-6)
-    m_cpu = cka_matrix([xt[:200], yt[:200]], [yt[:200]])
-    m_gpu = cka_matrix([xt[:200].cuda(), yt[:200].cuda()], [yt[:200].cuda()])
-    assert m_gpu.device.type == "cuda"
-    torch.testing.assert_close(m_gpu.cpu(), m_cpu, atol=1e-6, rtol=0)
-    assert getattr(mm, flag) == before
+    # equal widths: small n (one product of all Grams) and large n (row blocks), float32 pieces
+    for rows in (64, 200):
+        xs, ys = [xt[:rows, :48], yt[:rows]], [yt[:rows], xt[:rows, 16:]]
+        m_cpu = cka_matrix(xs, ys)
+        m_gpu = cka_matrix([t.cuda() for t in xs], [t.cuda() for t in ys])
+        assert m_gpu.device.type == "cuda"
+        torch.testing.assert_close(m_gpu.cpu(), m_cpu, atol=1e-6, rtol=0)
 
 
 def kornblith_demo_data() -> tuple[np.ndarray, np.ndarray]:
