@@ -61,6 +61,7 @@ from typing import Literal
 import torch
 
 from attnprobe.errors import ConfigError, DataError, ShapeError, check_option
+from attnprobe.metrics.cka_base import _tf32_off
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD, PaddingKind
 
 __all__ = [
@@ -287,30 +288,31 @@ def _block_sums(
     buf = torch.empty((*lead, min(step, n_win), hh, n_tok, n_tok), dtype=work, device=probs.device)
     logs = torch.empty_like(buf) if on_cpu else buf
     tiny = torch.finfo(work).tiny
-    for w0 in range(0, n_win, step):
-        part = probs[..., w0:w0 + step, :, :, :]
-        attn = buf[..., :part.shape[-4], :, :, :]
-        if heads == "mean":
-            # Heads are averaged before anything non-linear (docs/definitions.md); fp16/bf16
-            # heads are upcast by the first copy and added in the work dtype.
-            if part.dtype == work and n_head > 1:
-                torch.add(part[..., :1, :, :], part[..., 1:2, :, :], out=attn)
+    with _tf32_off(probs.device):  # a float32 GEMM on CUDA keeps its 24 bits even where TF32 is on
+        for w0 in range(0, n_win, step):
+            part = probs[..., w0:w0 + step, :, :, :]
+            attn = buf[..., :part.shape[-4], :, :, :]
+            if heads == "mean":
+                # Heads are averaged before anything non-linear (docs/definitions.md); fp16/bf16
+                # heads are upcast by the first copy and added in the work dtype.
+                if part.dtype == work and n_head > 1:
+                    torch.add(part[..., :1, :, :], part[..., 1:2, :, :], out=attn)
+                else:
+                    attn.copy_(part[..., :1, :, :])
+                for h in range(1 + (part.dtype == work), n_head):
+                    attn.add_(part[..., h:h + 1, :, :])
+                attn.div_(n_head)
             else:
-                attn.copy_(part[..., :1, :, :])
-            for h in range(1 + (part.dtype == work), n_head):
-                attn.add_(part[..., h:h + 1, :, :])
-            attn.div_(n_head)
-        else:
-            attn.copy_(part)
-        q, k = rows[..., w0:w0 + step, :, :, :], cols[..., w0:w0 + step, :, :, :]
-        flow_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q, attn).to(sum_dtype), k)
-        if on_cpu:
-            # x log x with 0 log 0 = 0 as x times the vectorised log of max(x, tiny): xlogy is
-            # scalar code on the CPU, several times slower (the two differ by an ulp of the log).
-            torch.mul(attn, torch.clamp_min(attn, tiny, out=logs[..., :attn.shape[-4], :, :, :]).log_(), out=attn)
-        else:
-            torch.special.xlogy(attn, attn, out=attn)
-        ent_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q[..., REAL:REAL + 1, :], attn).to(sum_dtype), k)
+                attn.copy_(part)
+            q, k = rows[..., w0:w0 + step, :, :, :], cols[..., w0:w0 + step, :, :, :]
+            flow_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q, attn).to(sum_dtype), k)
+            if on_cpu:
+                # x log x with 0 log 0 = 0 as x times the vectorised log of max(x, tiny): xlogy is
+                # scalar code on the CPU, several times slower (the two differ by an ulp of the log).
+                torch.mul(attn, torch.clamp_min(attn, tiny, out=logs[..., :attn.shape[-4], :, :, :]).log_(), out=attn)
+            else:
+                torch.special.xlogy(attn, attn, out=attn)
+            ent_w[..., w0:w0 + step, :, :, :] = torch.matmul(torch.matmul(q[..., REAL:REAL + 1, :], attn).to(sum_dtype), k)
 
     flow = flow_w.sum(dim=-4).unflatten(-2, (2, _N_CLASSES))  # (*batch, head', group, 3, 3)
     ent = -ent_w.sum(dim=-4).squeeze(-2)  # (*batch, head', 3)

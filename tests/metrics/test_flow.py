@@ -396,10 +396,18 @@ def test_float64_work_is_kept_and_outputs_are_float64():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu_with_tf32_on():
     probs, kinds = random_block(11, dtype=torch.float32)
     cpu = attention_flow(probs, kinds, heads="per-head")
-    gpu = attention_flow(probs.cuda(), kinds, heads="per-head")  # kinds moved to the device
+    mm = torch.backends.cuda.matmul
+    flag = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
+    before = getattr(mm, flag)
+    setattr(mm, flag, "tf32" if flag == "fp32_precision" else True)  # as many training scripts leave it
+    try:
+        gpu = attention_flow(probs.cuda(), kinds, heads="per-head")  # kinds moved to the device
+        assert getattr(mm, flag) in ("tf32", True)  # the user's setting is back
+    finally:
+        setattr(mm, flag, before)
     assert gpu.adi.device.type == "cuda"
     for m in METRICS:
         torch.testing.assert_close(getattr(gpu, m).cpu(), getattr(cpu, m), rtol=1e-5, atol=1e-6)
