@@ -591,13 +591,13 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
 
 
 def _layer_features(layers: list[Any], side: str, dev: torch.device | None) -> list[torch.Tensor]:
-    """:func:`_features` of each layer, with plain float matrices on ``dev`` passed through as
-    they are (no detach: nothing here records autograd for them) -- per-layer calls add up
-    at small n."""
+    """:func:`_features` of each layer, plain float matrices on ``dev`` checked inline (per-layer
+    calls add up at small n)."""
     out = list(layers)
     for i, t in enumerate(out):
-        if not (type(t) is torch.Tensor and t.ndim == 2 and not t.requires_grad and t.is_floating_point()
-                and t.device == dev):
+        if type(t) is torch.Tensor and t.ndim == 2 and t.is_floating_point() and t.device == dev:
+            out[i] = t.detach()  # also drops forward-mode tangents
+        else:
             out[i] = _features(t, f"{side}[{i}]", dev)
     return out
 
@@ -776,7 +776,7 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
     """``flat @ flat.T`` (L, L) in float64 for rows ``flat`` (L, m).
 
     Float64 rows, and rows of at most :data:`_INNER_CHUNK` terms, multiply in float64. Longer
-    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms (:func:`_pieces`),
+    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms (:func:`_row_pieces`),
     multiplied in one batched float32 GEMM (several times cheaper than float64 for so few
     rows) and added in float64: rounding grows with the piece, not with ``m`` (about 1e-7 of
     CKA; docs/cka.md).
@@ -784,12 +784,12 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
     if flat.dtype == F64 or flat.shape[1] <= _INNER_CHUNK:  # a short product costs little in float64
         flat = flat.to(F64)
         return flat @ flat.T
-    pieces = _pieces(flat)
+    pieces = _row_pieces(flat)
     with _tf32_off(flat.device):  # TF32 would keep 10 bits of these products
         return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
 
 
-def _pieces(flat: torch.Tensor) -> torch.Tensor:
+def _row_pieces(flat: torch.Tensor) -> torch.Tensor:
     """Rows ``flat`` (L, m) as pieces of :data:`_INNER_CHUNK` terms, (P, L, chunk), the last
     one padded with zeros."""
     pad = (-flat.shape[1]) % _INNER_CHUNK
@@ -849,11 +849,17 @@ def _gram_products(kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, ..
         ry[:, i:i + step] = _row_sums(by)
         cx += bx.sum(1)  # at most _INNER_CHUNK rows; promoted to float64 as it is added
         cy += by.sum(1)
-        # one product for cross and self terms: equal layers give equal terms, bit for bit
-        inner = _stacked_inner(torch.cat([bx.reshape(l1, -1), by.reshape(l2, -1)]))
-        cross += inner[:l1, l1:]
-        sx += inner.diagonal()[:l1]
-        sy += inner.diagonal()[l1:]
+        fx, fy = bx.reshape(l1, -1), by.reshape(l2, -1)
+        if fx.dtype == F64 or fy.dtype == F64:  # float64 Grams: only the products needed
+            fx, fy = fx.to(F64), fy.to(F64)
+            cross.addmm_(fx, fy.T)
+            sx += _self_dots(fx)
+            sy += _self_dots(fy)
+        else:  # one product for cross and self terms: equal layers give equal terms
+            inner = _stacked_inner(torch.cat([fx, fy]))
+            cross += inner[:l1, l1:]
+            sx += inner.diagonal()[:l1]
+            sy += inner.diagonal()[l1:]
     return cross, sx, sy, rx, ry, cx, cy
 
 
