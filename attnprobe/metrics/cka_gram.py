@@ -544,7 +544,8 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
             raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
                              fix="pass a list of per-layer features")
     dev = _device_of(*xs, *ys)
-    fx, fy = _layer_features(xs, "xs", dev), _layer_features(ys, "ys", dev)
+    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
+    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
     rows = {t.shape[0] for t in fx + fy}
     if len(rows) != 1:
         raise ShapeError("all layers must hold the same examples", expected="one n for every layer",
@@ -588,18 +589,6 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     full = inner.addmm_(r, r.T, beta=s, alpha=-b * s).addr_(tot, tot, alpha=a * s)
     diag = full.diagonal()
     return full[:l1, l1:], diag[:l1], diag[l1:]
-
-
-def _layer_features(layers: list[Any], side: str, dev: torch.device | None) -> list[torch.Tensor]:
-    """:func:`_features` of each layer, plain float matrices on ``dev`` checked inline (per-layer
-    calls add up at small n)."""
-    out = list(layers)
-    for i, t in enumerate(out):
-        if type(t) is torch.Tensor and t.ndim == 2 and t.is_floating_point() and t.device == dev:
-            out[i] = t.detach()  # also drops forward-mode tangents
-        else:
-            out[i] = _features(t, f"{side}[{i}]", dev)
-    return out
 
 
 def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
@@ -790,12 +779,17 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
 
 
 def _row_pieces(flat: torch.Tensor) -> torch.Tensor:
-    """Rows ``flat`` (L, m) as pieces of :data:`_INNER_CHUNK` terms, (P, L, chunk), the last
-    one padded with zeros."""
-    pad = (-flat.shape[1]) % _INNER_CHUNK
+    """Rows ``flat`` (L, m) as pieces of :data:`_INNER_CHUNK` terms, (P, L, chunk)."""
+    return _in_pieces(flat).transpose(0, 1)
+
+
+def _in_pieces(t: torch.Tensor) -> torch.Tensor:
+    """The last dim of ``t`` (..., m) cut into pieces of :data:`_INNER_CHUNK` terms,
+    (..., P, chunk), the last one padded with zeros."""
+    pad = (-t.shape[-1]) % _INNER_CHUNK
     if pad:
-        flat = torch.nn.functional.pad(flat, (0, pad))
-    return flat.view(flat.shape[0], -1, _INNER_CHUNK).transpose(0, 1)
+        t = torch.nn.functional.pad(t, (0, pad))
+    return t.unflatten(-1, (-1, _INNER_CHUNK))
 
 
 def _row_sums(block: torch.Tensor) -> torch.Tensor:
@@ -803,13 +797,9 @@ def _row_sums(block: torch.Tensor) -> torch.Tensor:
     :data:`_INNER_CHUNK` terms, float64 across them -- no float64 copy of the block."""
     if block.dtype == F64:
         return block.sum(-1)
-    m = block.shape[-1]
-    if m <= _INNER_CHUNK:
+    if block.shape[-1] <= _INNER_CHUNK:
         return block.sum(-1).to(F64)
-    pad = (-m) % _INNER_CHUNK
-    if pad:
-        block = torch.nn.functional.pad(block, (0, pad))
-    return block.unflatten(-1, (-1, _INNER_CHUNK)).sum(-1).sum(-1, dtype=F64)
+    return _in_pieces(block).sum(-1).sum(-1, dtype=F64)
 
 
 def _halved_products(bx: list[torch.Tensor], by: list[torch.Tensor]

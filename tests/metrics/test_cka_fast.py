@@ -213,7 +213,7 @@ def test_streaming_split_and_merge_equal_one_pass():
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_a_layer_against_an_equal_copy_is_exactly_one(estimator):
+def test_a_layer_against_an_equal_copy_is_one_to_float64_round_off(estimator):
     # comparing a model with itself (two stores of the same cases) gives 1 to float64
     # round-off, not float32's: self and cross products must come from GEMMs of the same
     # shapes (three quarters of XᵀX and YᵀY with a full XᵀY broke this for streaming)
