@@ -7,10 +7,11 @@
 
 The linear all-pairs path (:func:`cka_matrix`, also behind
 :class:`~attnprobe.metrics.cka_minibatch.MinibatchCKA`) centres each layer's features once
-(float64 means, float32 subtraction), forms all Grams of equally wide layers in one batched
-float32 GEMM -- three of the four blocks of each symmetric Gram (:func:`_halved_grams`) -- and
-never centres a Gram: the centring enters as exact float64 corrections from the Grams' row
-sums (:func:`_linear_terms`).
+(column sums in float32 within chunks of 8192 rows and in float64 across them, float32
+subtraction), forms all Grams of equally wide layers in one batched float32 GEMM -- three of
+the four blocks of each symmetric Gram (:func:`_halved_grams`) -- and never centres a Gram:
+the centring enters as exact float64 corrections from the Grams' row sums
+(:func:`_linear_terms`).
 """
 
 from __future__ import annotations
@@ -544,8 +545,7 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
             raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
                              fix="pass a list of per-layer features")
     dev = _device_of(*xs, *ys)
-    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
-    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
+    fx, fy = _layer_features(xs, "xs", dev), _layer_features(ys, "ys", dev)
     rows = {t.shape[0] for t in fx + fy}
     if len(rows) != 1:
         raise ShapeError("all layers must hold the same examples", expected="one n for every layer",
@@ -591,12 +591,19 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     return full[:l1, l1:], diag[:l1], diag[l1:]
 
 
+def _layer_features(layers: Sequence[Any], side: str, dev: torch.device | None) -> list[torch.Tensor]:
+    """:func:`_features` of every layer, named ``side[i]`` in errors; plain 2-D float tensors on
+    ``dev`` (the common case) are only detached -- the per-layer checks cost as much as the
+    small GEMMs they precede."""
+    return [x.detach() if type(x) is torch.Tensor and x.ndim == 2 and x.is_floating_point() and x.device == dev
+            else _features(x, f"{side}[{i}]", dev) for i, x in enumerate(layers)]
+
+
 def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
     """All layers share one width and subtraction dtype, with few enough rows for one float32
     reduction of the column sums: their Grams can be formed as halved blocks."""
-    n, p = feats[0].shape
-    sub = _sub_dtype(feats[0], dt)
-    return n <= _ROW_CHUNK and all(x.shape[1] == p and _sub_dtype(x, dt) == sub for x in feats)
+    kinds = {(x.shape[1], x.dtype): x for x in feats}  # one pass; the subtraction dtype per kind
+    return feats[0].shape[0] <= _ROW_CHUNK and len({(p, _sub_dtype(x, dt)) for (p, _), x in kinds.items()}) == 1
 
 
 _UNCENTRED_MAX = 2.0  # trace(K) / trace(centred K) up to which a large layer skips its centred copy
@@ -742,9 +749,10 @@ def _halved_gram_terms(feats: Sequence[torch.Tensor], dt: torch.dtype, estimator
     The blocks are laid out once as every entry of ``K``: rows ``[A B | Bᵀ C]`` (``h`` rows
     of ``2n`` entries) when ``n = 2h``, else ``[[A B], [Bᵀ C]]``. The inner products are one
     product of those flattened layouts (:func:`_stacked_inner`) and the row sums one float64
-    sum over them: few calls matter more than flops at small n. With ``n = 2h`` the row sums
-    come in the order of examples ``0, h, 1, h + 1, ...``; the HSIC corrections only take
-    their dot products and totals, so any order shared by all layers is right.
+    sum over them (float32 sums would put an unbiased CKA at n = 4 up to 4e-6 off): few calls
+    matter more than flops at small n. With ``n = 2h`` the row sums come in the order of
+    examples ``0, h, 1, h + 1, ...``; the HSIC corrections only take their dot products and
+    totals, so any order shared by all layers is right.
     """
     ab, c_ = _halved_grams(feats, dt, estimator)
     n_l, h, n = ab.shape

@@ -98,6 +98,19 @@ def test_all_pairs_of_equal_widths_use_three_gram_blocks(estimator, mean, n, pat
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("mean", [0.0, 1e4])
+@pytest.mark.parametrize("n", [4, 5, 7])
+def test_all_pairs_at_the_fewest_examples(estimator, mean, n):
+    # at n = 4 the unbiased corrections are as large as <K, L> itself, so the row sums must be
+    # float64: float32 sums of these few terms put CKA up to 4e-6 off
+    xs = layers(0, n, [48, 48, 48], mean)
+    ys = layers(100, n, [48, 48], mean)
+    got = cka_matrix(xs, ys, estimator=estimator)
+    want = np.array([[ref_cka(x, y, estimator) for y in ys] for x in xs])
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize(("mean", "raw", "centred"), [
     (0.0, 3, 0),  # small means: blocks from the features as they are
     (0.3, 3, 0),
