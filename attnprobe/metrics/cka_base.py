@@ -154,8 +154,8 @@ def _centre(x: torch.Tensor, sub: torch.dtype, name: str, chunk: int = _ROW_CHUN
     it only has to be close to the data so that ``x - c`` cancels the large common part.
     Non-finite inputs show up here as a non-finite sum, saving a separate pass.
     """
-    acc = torch.zeros(x.shape[1], dtype=F64, device=x.device)
-    for s in range(0, x.shape[0], chunk):
+    acc = x[:chunk].to(sub).sum(0).to(F64)  # a batch is usually one chunk: no zeros, no add
+    for s in range(chunk, x.shape[0], chunk):
         acc += x[s:s + chunk].to(sub).sum(0).to(F64)
     _check_finite(acc, name)
     return (acc / max(x.shape[0], 1)).to(sub)

@@ -232,8 +232,8 @@ class _Pending:
             return
         n = torch.tensor(self.n, dtype=F64, device=m.n.device)  # (B,)
         a, b = torch.stack(self.a), torch.stack(self.b)  # (B, p), (B, q)
-        rx, ryx, sx, cxx_a, cxy_b = torch.stack(self.rw).unbind(2)  # each (B, p)
-        rxy, ry, sy, cyx_a, cyy_b = torch.stack(self.rz).unbind(2)  # each (B, q)
+        rx, ryx, sx, cxx_a, cxy_b = torch.stack(self.rw).unbind(1)  # each (B, p)
+        rxy, ry, sy, cyx_a, cyy_b = torch.stack(self.rz).unbind(1)  # each (B, q)
         tx, ty = torch.stack(self.t).unbind(1)  # Σd, Σe per batch
         quad = torch.stack(self.quad)  # (B, 2, 2)
 
@@ -276,16 +276,18 @@ def _add_batch(m: _Moments, pend: _Pending, w: torch.Tensor, z: torch.Tensor,
     d, e = torch.linalg.vecdot(w64, w64), torch.linalg.vecdot(z64, z64)
     cols = torch.stack([d, e, torch.ones_like(d), w64 @ a, z64 @ b], 1)
     de = cols[:, :2]
-    m.cxx += w.T @ w  # the float32 products are promoted as they are added
-    m.cyy += z.T @ z
-    m.cxy += w.T @ z
+    # rows Σ[d, e, 1, w·a, z·b] w (5, p) while w64 is still in cache, before the p x p sums
+    # evict it; this orientation of the float64 product runs ~2x faster than w64ᵀ cols
+    pend.rw.append(cols.T @ w64)
+    pend.rz.append(cols.T @ z64)
+    pend.t.append(de.sum(0))
+    pend.quad.append(de.T @ de)
     pend.n.append(float(w.shape[0]))
     pend.a.append(a)
     pend.b.append(b)
-    pend.rw.append(w64.T @ cols)  # Σw[d, e, 1, w·a, z·b]
-    pend.rz.append(z64.T @ cols)  # Σz[d, e, 1, w·a, z·b]
-    pend.t.append(de.sum(0))
-    pend.quad.append(de.T @ de)
+    m.cxx += w.T @ w  # the float32 products are promoted as they are added
+    m.cyy += z.T @ z
+    m.cxy += w.T @ z
 
 
 def _hsic_terms(m: _Moments, estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
