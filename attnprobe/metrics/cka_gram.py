@@ -545,7 +545,8 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
             raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
                              fix="pass a list of per-layer features")
     dev = _device_of(*xs, *ys)
-    fx, fy = _layer_features(xs, "xs", dev), _layer_features(ys, "ys", dev)
+    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
+    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
     rows = {t.shape[0] for t in fx + fy}
     if len(rows) != 1:
         raise ShapeError("all layers must hold the same examples", expected="one n for every layer",
@@ -591,19 +592,12 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
     return full[:l1, l1:], diag[:l1], diag[l1:]
 
 
-def _layer_features(layers: Sequence[Any], side: str, dev: torch.device | None) -> list[torch.Tensor]:
-    """:func:`_features` of every layer, named ``side[i]`` in errors; plain 2-D float tensors on
-    ``dev`` (the common case) are only detached -- the per-layer checks cost as much as the
-    small GEMMs they precede."""
-    return [x.detach() if type(x) is torch.Tensor and x.ndim == 2 and x.is_floating_point() and x.device == dev
-            else _features(x, f"{side}[{i}]", dev) for i, x in enumerate(layers)]
-
-
 def _halvable(feats: Sequence[torch.Tensor], dt: torch.dtype) -> bool:
     """All layers share one width and subtraction dtype, with few enough rows for one float32
     reduction of the column sums: their Grams can be formed as halved blocks."""
-    kinds = {(x.shape[1], x.dtype): x for x in feats}  # one pass; the subtraction dtype per kind
-    return feats[0].shape[0] <= _ROW_CHUNK and len({(p, _sub_dtype(x, dt)) for (p, _), x in kinds.items()}) == 1
+    kinds = {(x.shape[1], x.dtype): x for x in feats}  # one layer of each width and dtype
+    subs = {(p, _sub_dtype(x, dt)) for (p, _), x in kinds.items()}
+    return feats[0].shape[0] <= _ROW_CHUNK and len(subs) == 1
 
 
 _UNCENTRED_MAX = 2.0  # trace(K) / trace(centred K) up to which a large layer skips its centred copy
