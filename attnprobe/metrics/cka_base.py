@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -26,6 +26,10 @@ Kernel = Literal["linear", "rbf"]
 Estimator = Literal["biased", "unbiased"]
 GemmDtype = Literal["float32", "float64"]
 Median = Literal["pairs", "kornblith"]
+KERNELS: tuple[str, ...] = get_args(Kernel)
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+GEMM_DTYPES: tuple[str, ...] = get_args(GemmDtype)
+MEDIANS: tuple[str, ...] = get_args(Median)
 
 F64 = torch.float64
 _ROW_CHUNK = 8192  # rows per float32 GEMM before the partial sum moves to float64
@@ -35,7 +39,7 @@ _COL_CHUNK = 16384  # features per float32 Gram GEMM before the partial sum move
 
 
 def _gemm_torch_dtype(gemm_dtype: str) -> torch.dtype:
-    check_option("gemm_dtype", gemm_dtype, get_args(GemmDtype))
+    check_option("gemm_dtype", gemm_dtype, GEMM_DTYPES)
     return torch.float32 if gemm_dtype == "float32" else F64
 
 
@@ -63,9 +67,14 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
                         got="non-finite entries", fix="drop or repair those examples first")
 
 
-def _features(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+def _features(x: Any, name: str, device: torch.device | None = None, index: int | None = None) -> torch.Tensor:
+    """``x`` as a detached real (n, features) tensor on ``device``; errors call it ``name``, or
+    ``name[index]`` for one layer of a list (formed only when needed: all-pairs CKA checks
+    every layer of every call)."""
     if type(x) is torch.Tensor and x.ndim == 2 and x.is_floating_point() and (device is None or x.device == device):
-        return x.detach()  # the common case in one test: all-pairs CKA checks every layer of every call
+        return x.detach()  # the common case in one test
+    if index is not None:
+        name = f"{name}[{index}]"
     t = _as_tensor(x, name, device)
     if t.ndim != 2:
         raise ShapeError(f"{name} must be a feature matrix", expected="shape (n, features)",
@@ -121,12 +130,17 @@ def _ratio(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- precision
 
 
+_NO_GUARD = nullcontext()  # reusable: the CPU has no TF32 to switch off
+
+
+def _tf32_off(device: torch.device) -> AbstractContextManager[None]:
+    """Switch TF32 matmuls off on CUDA for the block and restore the old setting after; on
+    other devices a no-op that costs one attribute test (small-n CKA enters it several times)."""
+    return _tf32_guard() if device.type == "cuda" else _NO_GUARD
+
+
 @contextmanager
-def _tf32_off(device: torch.device) -> Iterator[None]:
-    """Switch TF32 matmuls off on CUDA for the block and restore the old setting after."""
-    if device.type != "cuda":
-        yield
-        return
+def _tf32_guard() -> Iterator[None]:
     mm = torch.backends.cuda.matmul
     if hasattr(mm, "fp32_precision"):  # torch >= 2.9 API; the old flag is being deprecated
         old = mm.fp32_precision

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -26,7 +26,10 @@ from attnprobe.errors import DataError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
     _COL_CHUNK,
     _ROW_CHUNK,
+    ESTIMATORS,
     F64,
+    KERNELS,
+    MEDIANS,
     Estimator,
     GemmDtype,
     Kernel,
@@ -143,7 +146,7 @@ def rbf_gram(x: Any, *, threshold: float = 1.0, median: Median = "pairs",
     torch.Tensor, shape (n, n), float64
     """
     threshold = _check_threshold(threshold)
-    check_option("median", median, get_args(Median))
+    check_option("median", median, MEDIANS)
     k = linear_gram(x, gemm_dtype=gemm_dtype)
     _need_n(k.shape[0], "biased")
     diag = k.diagonal()
@@ -164,8 +167,8 @@ def gram(x: Any, *, kernel: Kernel = "linear", threshold: float = 1.0, median: M
 
     ``threshold`` and ``median`` set the RBF bandwidth (:func:`rbf_gram`); the linear kernel
     ignores them."""
-    check_option("kernel", kernel, get_args(Kernel))
-    check_option("median", median, get_args(Median))
+    check_option("kernel", kernel, KERNELS)
+    check_option("median", median, MEDIANS)
     if kernel == "linear":
         return linear_gram(x, gemm_dtype=gemm_dtype)
     return rbf_gram(x, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
@@ -238,7 +241,7 @@ def hsic(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
     -------
     float
     """
-    check_option("estimator", estimator, get_args(Estimator))
+    check_option("estimator", estimator, ESTIMATORS)
     kt, lt = _gram_pair(gram_x, gram_y)
     n = kt.shape[0]
     _need_n(n, estimator)
@@ -248,7 +251,7 @@ def hsic(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
 
 def cka_from_grams(gram_x: Any, gram_y: Any, *, estimator: Estimator = "biased") -> float:
     """CKA from two Gram matrices, shapes (n, n); ``HSIC(K,L) / sqrt(HSIC(K,K) HSIC(L,L))``."""
-    check_option("estimator", estimator, get_args(Estimator))
+    check_option("estimator", estimator, ESTIMATORS)
     kt, lt = _gram_pair(gram_x, gram_y)
     _need_n(kt.shape[0], estimator)
     kc, lc = _centre_for(kt, estimator), _centre_for(lt, estimator)
@@ -288,9 +291,9 @@ def cka(x: Any, y: Any, *, kernel: Kernel = "linear", estimator: Estimator = "bi
     The linear kernel uses feature cross-products (no ``n x n`` memory) when ``n`` exceeds
     both feature counts, and Grams otherwise; both are exact.
     """
-    check_option("kernel", kernel, get_args(Kernel))
-    check_option("estimator", estimator, get_args(Estimator))
-    check_option("median", median, get_args(Median))
+    check_option("kernel", kernel, KERNELS)
+    check_option("estimator", estimator, ESTIMATORS)
+    check_option("median", median, MEDIANS)
     xt, yt = _feature_pair(x, y)
     n = xt.shape[0]
     _need_n(n, estimator)
@@ -371,7 +374,7 @@ def cka_matrix_from_grams(grams_x: Sequence[Any], grams_y: Sequence[Any], *,
     Each centred Gram is flattened and scaled to unit norm; the whole matrix is then one
     float64 product ``(L1, n²) @ (n², L2)``.
     """
-    check_option("estimator", estimator, get_args(Estimator))
+    check_option("estimator", estimator, ESTIMATORS)
     dev = _device_of(*grams_x, *grams_y)
     out, _, _ = _hsic_stack(grams_x, grams_y, estimator, dev, True)
     return out
@@ -401,8 +404,8 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, kernel: Kernel = "linear
     stacked flattened Grams. Linear kernels centre the features once before a batched float32
     GEMM and never centre a Gram (:func:`_linear_terms`). Memory ``O((L1 + L2) n²)``.
     """
-    check_option("kernel", kernel, get_args(Kernel))
-    check_option("estimator", estimator, get_args(Estimator))
+    check_option("kernel", kernel, KERNELS)
+    check_option("estimator", estimator, ESTIMATORS)
     if kernel == "linear":
         return _normalised(*_linear_terms(xs, ys, estimator, gemm_dtype, check=False), feats=(xs, ys))
     gx, gy = _layer_grams(xs, ys, kernel=kernel, threshold=threshold, median=median, gemm_dtype=gemm_dtype)
@@ -545,8 +548,8 @@ def _linear_terms(xs: Sequence[Any], ys: Sequence[Any], estimator: str, gemm_dty
             raise ShapeError(f"{name} is empty", expected="at least one layer", got="0 layers",
                              fix="pass a list of per-layer features")
     dev = _device_of(*xs, *ys)
-    fx = [_features(x, f"xs[{i}]", dev) for i, x in enumerate(xs)]
-    fy = [_features(y, f"ys[{j}]", dev) for j, y in enumerate(ys)]
+    fx = [_features(x, "xs", dev, i) for i, x in enumerate(xs)]
+    fy = [_features(y, "ys", dev, j) for j, y in enumerate(ys)]
     rows = {t.shape[0] for t in fx + fy}
     if len(rows) != 1:
         raise ShapeError("all layers must hold the same examples", expected="one n for every layer",

@@ -7,13 +7,15 @@ GEMM per batch, no ``n x n`` centring); RBF kernels build their Grams per batch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
 
 from attnprobe.errors import DataError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
+    KERNELS,
+    MEDIANS,
     GemmDtype,
     Kernel,
     Median,
@@ -57,9 +59,9 @@ class MinibatchCKA:
 
     def __init__(self, *, kernel: Kernel = "linear", threshold: float = 1.0, median: Median = "pairs",
                  gemm_dtype: GemmDtype = "float32") -> None:
-        self.kernel = check_option("kernel", kernel, get_args(Kernel))
+        self.kernel = check_option("kernel", kernel, KERNELS)
         self.threshold = _check_threshold(threshold)
-        self.median = check_option("median", median, get_args(Median))
+        self.median = check_option("median", median, MEDIANS)
         _gemm_torch_dtype(gemm_dtype)
         self.gemm_dtype = gemm_dtype
         self.batches = 0

@@ -14,13 +14,14 @@ mean once, when a result is asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import torch
 
 from attnprobe.errors import ConfigError, ShapeError, check_option
 from attnprobe.metrics.cka_base import (
     _ROW_CHUNK,
+    ESTIMATORS,
     F64,
     Estimator,
     GemmDtype,
@@ -328,7 +329,7 @@ def linear_cka(x: Any, y: Any, *, estimator: Estimator = "biased",
     -------
     float
     """
-    check_option("estimator", estimator, get_args(Estimator))
+    check_option("estimator", estimator, ESTIMATORS)
     xt, yt = _feature_pair(x, y)
     _need_n(xt.shape[0], estimator)
     m = _moments_of(xt, yt, _gemm_torch_dtype(gemm_dtype), chunk_rows)
@@ -506,7 +507,7 @@ class StreamingLinearCKA:
 
     def hsic(self, estimator: Estimator = "biased") -> tuple[float, float, float]:
         """``(HSIC(X,Y), HSIC(X,X), HSIC(Y,Y))`` for the linear kernel."""
-        check_option("estimator", estimator, get_args(Estimator))
+        check_option("estimator", estimator, ESTIMATORS)
         m = self._flush()
         if m is None:
             _need_n(0, estimator)
@@ -515,7 +516,7 @@ class StreamingLinearCKA:
 
     def compute(self, estimator: Estimator = "biased") -> float:
         """Linear CKA of all examples seen, biased or unbiased."""
-        check_option("estimator", estimator, get_args(Estimator))
+        check_option("estimator", estimator, ESTIMATORS)
         m = self._flush()
         if m is None:
             _need_n(0, estimator)
