@@ -21,6 +21,7 @@ Usage::
     python benchmarks/cka.py                              # about 2 minutes on one core
     python benchmarks/cka.py --sizes 64x384,512x24576 --rounds 7
     python benchmarks/cka.py --baseline /tmp/cka_before.py
+    python benchmarks/cka.py --parts a --sizes 64x384,128x384 --floor    # eager-PyTorch floor
     python benchmarks/cka.py --device cuda --threads 0
 """
 
@@ -101,6 +102,41 @@ def reference(xs: list[torch.Tensor], ys: list[torch.Tensor], estimator: str) ->
                         dtype=torch.float64)
 
 
+def floor_applies(n: int, p: int) -> bool:
+    """Whether :func:`eager_floor` reproduces attnprobe's path for n examples of p features."""
+    return n % 32 == 0 and 1024 < n * n <= 16384 and p <= 1024  # Grams of more than one piece
+
+
+def eager_floor(xs: list[torch.Tensor], ys: list[torch.Tensor], estimator: str) -> torch.Tensor:
+    """attnprobe's small-n all-pairs CKA (halved Grams, :func:`floor_applies` sizes) written as
+    bare torch calls: no input checks, no choice between paths, no helper functions. Its time
+    is what eager PyTorch needs for the same arithmetic; ``cka_matrix`` must return the same bits.
+    """
+    f = [t.detach() for t in xs + ys]
+    n_l, l1, n = len(f), len(xs), f[0].shape[0]
+    h = n // 2
+    if estimator == "biased":
+        a, b, s = 1.0 / (n * n), 2.0 / n, 1.0 / (n - 1) ** 2
+    else:
+        a, b, s = 1.0 / ((n - 1) * (n - 2)), 2.0 / (n - 2), 1.0 / (n * (n - 3))
+    w = torch.stack(f)
+    w.sub_(w.mean(1, keepdim=True))
+    ab = torch.bmm(w[:, :h], w.transpose(1, 2))
+    low = w[:, h:]
+    c = torch.bmm(low, low.transpose(1, 2))
+    if estimator == "unbiased":
+        ab.diagonal(0, 1, 2).zero_()
+        c.diagonal(0, 1, 2).zero_()
+    k = torch.cat([ab, ab[..., h:].mT, c], dim=2)
+    rows = k.view(n_l, h, 2, n).sum(-1, dtype=torch.float64).view(n_l, n)
+    pieces = k.view(n_l, -1, 1024).transpose(0, 1)
+    inner = torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=torch.float64)
+    tot = rows.sum(-1)
+    full = inner.addmm_(rows, rows.T, beta=s, alpha=-b * s).addr_(tot, tot, alpha=a * s)
+    d = full.diagonal()
+    return full[:l1, l1:] / torch.outer(d[:l1], d[l1:]).sqrt_()
+
+
 def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | None) -> None:
     print(f"\n(a) all-pairs linear CKA, {args.layers} x {args.layers} layers; time / bare float32 Grams "
           f"(goal <= 1.3), median (min) of {args.rounds} rounds")
@@ -110,6 +146,8 @@ def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | Non
         head += f" {'pytorch-cka':>12} {'unb./peer':>12}"
     if before is not None:
         head += f" {'before b.':>12} {'before u.':>12}"
+    if args.floor:
+        head += f" {'floor u.':>12} {'unb./floor':>12}"
     print(head + f" {'max |err| b/u (mean 1e4)':>30}")
     for n, p in args.sizes:
         xs = model_layers(0, n, p, args.layers, 0.0, dev)
@@ -124,7 +162,10 @@ def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | Non
         if before is not None:
             fns["before_b"] = lambda xs=xs, ys=ys: before.cka_matrix(xs, ys, estimator="biased")
             fns["before_u"] = lambda xs=xs, ys=ys: before.cka_matrix(xs, ys, estimator="unbiased")
-        t, _ = race(fns, dev, args.rounds)
+        floor = args.floor and floor_applies(n, p)
+        if floor:
+            fns["floor"] = lambda xs=xs, ys=ys: eager_floor(xs, ys, "unbiased")
+        t, res = race(fns, dev, args.rounds)
         errs = []
         if n * p <= args.check_max:
             big_x = model_layers(2, n, p, 2, 1e4, dev)
@@ -138,6 +179,12 @@ def part_a(args: argparse.Namespace, dev: torch.device, before: ModuleType | Non
             line += f" {ratio(t['peer'], t['grams']):>12} {ratio(t['unbiased'], t['peer']):>12}"
         if before is not None:
             line += f" {ratio(t['before_b'], t['grams']):>12} {ratio(t['before_u'], t['grams']):>12}"
+        if floor:
+            same = torch.equal(res["floor"], res["unbiased"])  # type: ignore[arg-type]
+            line += f" {ratio(t['floor'], t['grams']):>12} {ratio(t['unbiased'], t['floor']):>12}"
+            line += "" if same else " (floor differs from cka_matrix!)"
+        elif args.floor:
+            line += f" {'-':>12} {'-':>12}"
         err = " / ".join(f"{e:.1e}" for e in errs) if errs else "(skipped: --check-max)"
         print(line + f" {err:>30}")
 
@@ -217,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--parts", default="abc")
     ap.add_argument("--baseline", default=None, help="an older cka.py to compare with")
+    ap.add_argument("--floor", action="store_true",
+                    help="(a): also time the small-n path as bare torch calls (n = 64, 96 or 128, "
+                         "p <= 1024), the floor of eager PyTorch for that arithmetic")
     args = ap.parse_args(argv)
     dev = setup_device(args.device, args.threads)
     before = load_baseline(args.baseline)

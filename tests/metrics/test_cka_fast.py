@@ -236,3 +236,17 @@ def test_a_layer_against_an_equal_copy_is_one_to_float64_round_off(estimator):
         acc.update(x[s:s + 500], x[s:s + 500].clone())
     assert acc.compute(estimator) == pytest.approx(1.0, abs=1e-12)
     assert cka_matrix([x], [x.clone()], estimator=estimator).item() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_benchmark_floor_returns_the_library_bits(estimator: str) -> None:
+    """``benchmarks/cka.py --floor`` times the small-n path as bare torch calls; its time is a
+    floor of the library's only while it does the very same arithmetic."""
+    from benchmarks.cka import eager_floor, floor_applies, model_layers
+
+    cpu = torch.device("cpu")
+    for n, p in ((64, 384), (96, 200)):
+        assert floor_applies(n, p)
+        xs, ys = model_layers(0, n, p, 3, 0.0, cpu), model_layers(1, n, p, 2, 5.0, cpu)
+        assert torch.equal(eager_floor(xs, ys, estimator), cka_matrix(xs, ys, estimator=estimator))
+    assert not floor_applies(32, 384) and not floor_applies(64, 3072)
