@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,3 +246,23 @@ def random_cases(*, seed: int, roi: tuple[int, int, int]) -> list:
     shapes = [(50, 60, 30), (64, 40, 20), (40, 64, 32)]
     return [prepare_array(rng.random(s, dtype=np.float32) + 0.1, case_id=f"case{i}", config=config)
             for i, s in enumerate(shapes)]
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def tf32_left_on() -> Iterator[Callable[[], bool]]:
+    """CUDA matmuls with TF32 switched on, as many training scripts leave them, for the block;
+    yields a check that the setting is still on (attnprobe must restore it after its own float32
+    GEMMs). The setting from before is put back at the end."""
+    import torch
+
+    mm = torch.backends.cuda.matmul
+    flag = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
+    before = getattr(mm, flag)
+    setattr(mm, flag, "tf32" if flag == "fp32_precision" else True)
+    try:
+        yield lambda: getattr(mm, flag) in ("tf32", True)
+    finally:
+        setattr(mm, flag, before)

@@ -72,7 +72,7 @@ def _features(x: Any, name: str, device: torch.device | None = None, index: int 
     ``name[index]`` for one layer of a list (formed only when needed: all-pairs CKA checks
     every layer of every call)."""
     if type(x) is torch.Tensor and x.ndim == 2 and x.is_floating_point() and (device is None or x.device == device):
-        return x.detach()  # the common case in one test
+        return x.detach()  # the common case, in one test
     if index is not None:
         name = f"{name}[{index}]"
     t = _as_tensor(x, name, device)

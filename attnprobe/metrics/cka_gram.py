@@ -770,7 +770,7 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
     """``flat @ flat.T`` (L, L) in float64 for rows ``flat`` (L, m).
 
     Float64 rows, and rows of at most :data:`_INNER_CHUNK` terms, multiply in float64. Longer
-    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms (:func:`_row_pieces`),
+    float32 rows are cut into pieces of :data:`_INNER_CHUNK` terms (:func:`_in_pieces`),
     multiplied in one batched float32 GEMM (several times cheaper than float64 for so few
     rows) and added in float64: rounding grows with the piece, not with ``m`` (about 1e-7 of
     CKA; docs/cka.md).
@@ -778,14 +778,9 @@ def _stacked_inner(flat: torch.Tensor) -> torch.Tensor:
     if flat.dtype == F64 or flat.shape[1] <= _INNER_CHUNK:  # a short product costs little in float64
         flat = flat.to(F64)
         return flat @ flat.T
-    pieces = _row_pieces(flat)
+    pieces = _in_pieces(flat).transpose(0, 1)  # (P, L, chunk)
     with _tf32_off(flat.device):  # TF32 would keep 10 bits of these products
         return torch.bmm(pieces, pieces.transpose(1, 2)).sum(0, dtype=F64)
-
-
-def _row_pieces(flat: torch.Tensor) -> torch.Tensor:
-    """Rows ``flat`` (L, m) as pieces of :data:`_INNER_CHUNK` terms, (P, L, chunk)."""
-    return _in_pieces(flat).transpose(0, 1)
 
 
 def _in_pieces(t: torch.Tensor) -> torch.Tensor:
@@ -852,9 +847,10 @@ def _gram_products(kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, ..
             sy += _self_dots(fy)
         else:  # one product for cross and self terms: equal layers give equal terms
             inner = _stacked_inner(torch.cat([fx, fy]))
+            selfs = inner.diagonal()
             cross += inner[:l1, l1:]
-            sx += inner.diagonal()[:l1]
-            sy += inner.diagonal()[l1:]
+            sx += selfs[:l1]
+            sy += selfs[l1:]
     return cross, sx, sy, rx, ry, cx, cy
 
 

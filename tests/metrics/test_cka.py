@@ -34,7 +34,7 @@ from attnprobe.metrics.cka import (
     paper_cka_summary,
     rbf_gram,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, tf32_left_on
 
 # Tiny tensors: one thread is faster and immune to OpenMP stalls on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -351,15 +351,9 @@ def test_low_precision_and_integer_inputs():
 def test_cuda_matches_cpu_and_restores_tf32():
     x, y = related(17, 5000, 64, 48, mean=1e3)
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-    mm = torch.backends.cuda.matmul
-    flag = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
-    before = getattr(mm, flag)
-    setattr(mm, flag, "tf32" if flag == "fp32_precision" else True)  # as many training scripts leave it
-    try:
+    with tf32_left_on() as still_on:
         _cuda_equals_cpu(xt, yt)
-        assert getattr(mm, flag) in ("tf32", True)
-    finally:
-        setattr(mm, flag, before)
+        assert still_on()
 
 
 def _cuda_equals_cpu(xt: torch.Tensor, yt: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from attnprobe.metrics.flow import (
     attention_flow,
 )
 from attnprobe.tokens import INPUT_PAD, PADDING_KINDS, REAL, WINDOW_PAD
+from tests.helpers import tf32_left_on
 
 PAD_SETS = {"input": {INPUT_PAD}, "window": {WINDOW_PAD}, "all": {INPUT_PAD, WINDOW_PAD}}
 
@@ -399,15 +400,9 @@ def test_float64_work_is_kept_and_outputs_are_float64():
 def test_cuda_matches_cpu_with_tf32_on():
     probs, kinds = random_block(11, dtype=torch.float32)
     cpu = attention_flow(probs, kinds, heads="per-head")
-    mm = torch.backends.cuda.matmul
-    flag = "fp32_precision" if hasattr(mm, "fp32_precision") else "allow_tf32"
-    before = getattr(mm, flag)
-    setattr(mm, flag, "tf32" if flag == "fp32_precision" else True)  # as many training scripts leave it
-    try:
+    with tf32_left_on() as still_on:
         gpu = attention_flow(probs.cuda(), kinds, heads="per-head")  # kinds moved to the device
-        assert getattr(mm, flag) in ("tf32", True)  # the user's setting is back
-    finally:
-        setattr(mm, flag, before)
+        assert still_on()  # the user's setting is back
     assert gpu.adi.device.type == "cuda"
     for m in METRICS:
         torch.testing.assert_close(getattr(gpu, m).cpu(), getattr(cpu, m), rtol=1e-5, atol=1e-6)
